@@ -1,0 +1,172 @@
+"""One typed configuration for a trial, end to end.
+
+`TrialConfig` is what a space file suggests (suggest names are exactly the field names), what
+`trainables.train` trains, what every checkpoint stores (`asdict(cfg)`) and what an exported bundle
+carries in `config.json`, so a model can always be rebuilt from its files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+RESIZE_MODES = ("pad", "crop")
+AMP_MODES = ("auto", "bf16", "fp32")
+PHANTOM_PRESETS = ("small", "full")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    model: str = "simple_cnn_10m"
+    """Architecture, a key of `trainables.models.MODELS`."""
+    balance: str = "oversample"
+    """Class balance strategy, a key of `trainables.balance.BALANCES` (seed section 1.3)."""
+    augment: str = "none"
+    """Training augmentation set, a key of `trainables.augment.AUGMENTATIONS`."""
+    frozen_depth: int = 0
+    """How many of stem + 4 stages are frozen (0 to 5); torchvision backbones only."""
+    unfrozen_blocks: int = 0
+    """Blocks at the end of the last frozen stage left trainable. The seed's ResNet50 is
+    frozen_depth=5, unfrozen_blocks=1 (everything frozen but layer4[2] and the head)."""
+    pretrained: bool = False
+    """Load ImageNet weights (torchvision backbones) from `weights_path` or the torch cache."""
+    weights_path: str = ""
+    """A local weights file for `pretrained`; empty means the torch hub cache. Never downloaded."""
+    lr: float = 1e-4
+    """Adam learning rate (the seed's 1e-4)."""
+    weight_decay: float = 5e-5
+    """Adam weight decay (the seed's 5e-5)."""
+    batch_size: int = 32
+    """Training images per step."""
+    epochs: int = 10
+    """Epochs to train (the ASHA max_t when run by the sweep)."""
+    image_size: int = 256
+    """Square side after preprocessing, pixels; a multiple of 32 (both SimpleCNNs need it)."""
+    resize_mode: str = "pad"
+    """Keep the aspect ratio by padding to a square ('pad') or center-cropping ('crop')."""
+    seed: int = 0
+    """Seed for weights, sampling and augmentation."""
+    split_seed: int = 0
+    """Seed of the validation split, kept apart from `seed` so every trial sees the same split."""
+    val_fraction: float = 0.2
+    """Share of train held out for validation, stratified (and grouped by patient)."""
+    data: str = "phantom:small"
+    """An image-folder root, a pediatric `chest_xray` root, or `phantom:small` / `phantom:full`."""
+    amp: str = "auto"
+    """Numerics: 'auto' is bf16 autocast + channels_last on CUDA and fp32 on CPU."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    checkpoint_every: int = 1
+    """Epochs between checkpoints handed to the reporter (the last epoch always gets one)."""
+    max_train_batches: int = 0
+    """Cap on training steps per epoch, 0 for no cap (smoke tests and benchmarks)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        _check_choice("amp", self.amp, AMP_MODES)
+        _check_range("frozen_depth", self.frozen_depth, 0, 5)
+        _check_range("unfrozen_blocks", self.unfrozen_blocks, 0, 3)
+        _check_range("batch_size", self.batch_size, 1, 65536)
+        _check_range("epochs", self.epochs, 1, 100000)
+        _check_range("checkpoint_every", self.checkpoint_every, 1, 100000)
+        _check_range("max_train_batches", self.max_train_batches, 0, 10**9)
+        if not (0.0 < self.lr <= 10.0):
+            raise ValueError(f"lr must be in (0, 10], got {self.lr!r}")
+        if not (0.0 <= self.weight_decay <= 1.0):
+            raise ValueError(f"weight_decay must be in [0, 1], got {self.weight_decay!r}")
+        if not (0.0 < self.val_fraction < 1.0):
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(
+                f"image_size must be a multiple of 32 and at least 32, got {self.image_size!r}"
+            )
+        if self.data.startswith("phantom:"):
+            _check_choice("data", self.data.split(":", 1)[1], PHANTOM_PRESETS, prefix="phantom:")
+        # Registries are imported here, not at module top, so `config` stays import-light.
+        from trainables.augment import AUGMENTATIONS
+        from trainables.balance import BALANCES
+        from trainables.models import MODELS, TORCHVISION_MODELS
+
+        _check_choice("model", self.model, MODELS)
+        _check_choice("balance", self.balance, BALANCES)
+        _check_choice("augment", self.augment, AUGMENTATIONS)
+        if self.model not in TORCHVISION_MODELS:
+            if self.frozen_depth or self.unfrozen_blocks or self.pretrained:
+                raise ValueError(
+                    f"frozen_depth, unfrozen_blocks and pretrained apply only to "
+                    f"{sorted(TORCHVISION_MODELS)}; model {self.model!r} takes none of them"
+                )
+        if self.unfrozen_blocks and not self.frozen_depth:
+            raise ValueError("unfrozen_blocks needs frozen_depth >= 1 (there is nothing to unfreeze)")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        """Build from a plain dict; unknown keys are refused with the list of valid ones."""
+        valid = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown TrialConfig keys {unknown}; valid keys are {sorted(valid)}")
+        coerced = {k: _coerce(valid[k].type, k, v) for k, v in values.items()}
+        return cls(**coerced)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrialConfig:
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config file {path} is not valid JSON: {err}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a JSON object")
+        try:
+            return cls.from_dict(values)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrialConfig)]
+
+
+def _coerce(type_name: Any, key: str, value: Any) -> Any:
+    """Accept what JSON and Optuna hand over (ints for floats, numpy scalars), refuse the rest."""
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "")
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalar from a sampler
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _check_choice(name: str, value: Any, choices: Any, prefix: str = "") -> None:
+    if value not in choices:
+        raise ValueError(
+            f"unknown {name} {prefix}{value!r}; expected one of "
+            f"{sorted(prefix + str(c) for c in choices)}"
+        )
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not (low <= value <= high):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")

@@ -1,0 +1,159 @@
+"""The training loop on the small phantom: it learns, it reports, it resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainables.config import TrialConfig
+from trainables.data import load_for_config
+from trainables.train import (
+    CHECKPOINT_FILE,
+    load_checkpoint,
+    model_from_checkpoint,
+    predict_proba,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = TrialConfig(
+    model="simple_cnn_10m",
+    balance="oversample",
+    augment="none",
+    image_size=64,
+    batch_size=32,
+    lr=1e-3,
+    epochs=4,
+    data="phantom:small",
+)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_for_config(BASE)
+
+
+class Recorder:
+    """A reporter that keeps every epoch's metrics and a copy of every checkpoint."""
+
+    def __init__(self, keep: Path | None = None) -> None:
+        self.metrics: list[dict[str, float]] = []
+        self.keep = keep
+
+    def __call__(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        self.metrics.append(dict(metrics))
+        if self.keep is not None and checkpoint_dir is not None:
+            dest = self.keep / f"epoch{int(metrics['epoch'])}"
+            dest.mkdir(parents=True)
+            (dest / CHECKPOINT_FILE).write_bytes((checkpoint_dir / CHECKPOINT_FILE).read_bytes())
+
+
+@pytest.mark.slow
+def test_short_training_beats_the_majority_class_rate(dataset):
+    rec = Recorder()
+    train(BASE, rec, dataset=dataset, device="cpu")
+    majority = torch.bincount(dataset.val.labels).max().item() / len(dataset.val.labels)
+    best = max(m["val_acc"] for m in rec.metrics)
+    # The loop must actually learn the phantom, not predict the largest class.
+    assert best > majority + 0.15, (best, majority)
+    # One report per epoch, numbered from 1, with the documented keys.
+    assert [int(m["epoch"]) for m in rec.metrics] == [1, 2, 3, 4]
+    for key in ("train_loss", "val_loss", "val_precision", "val_f1", "val_balanced_acc",
+                "val_acc_normal", "val_acc_bacteria", "val_acc_viral", "epoch_time"):
+        assert key in rec.metrics[-1]
+
+
+@pytest.mark.slow
+def test_resume_continues_at_next_epoch_with_same_optimizer_state(dataset, tmp_path):
+    cfg = replace(BASE, epochs=3, augment="seed", max_train_batches=3)
+    full = Recorder(keep=tmp_path / "full")
+    train(cfg, full, dataset=dataset, device="cpu")
+
+    # Resume from the epoch-2 checkpoint of the same run: only epoch 3 is trained again.
+    resumed = Recorder(keep=tmp_path / "resumed")
+    train(cfg, resumed, dataset=dataset, device="cpu", resume_from=tmp_path / "full" / "epoch2")
+    assert [int(m["epoch"]) for m in resumed.metrics] == [3]
+
+    ck2 = load_checkpoint(tmp_path / "full" / "epoch2")
+    assert ck2["epoch"] == 2 and len(ck2["history"]) == 2
+    # Same data order, augmentation draws and optimizer moments: epoch 3 is reproduced exactly.
+    a = load_checkpoint(tmp_path / "full" / "epoch3")
+    b = load_checkpoint(tmp_path / "resumed" / "epoch3")
+    assert b["optimizer"]["state"][0]["step"] == a["optimizer"]["state"][0]["step"]
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key].float(), b["model"][key].float(), atol=1e-6), key
+    assert resumed.metrics[0]["train_loss"] == pytest.approx(full.metrics[2]["train_loss"], rel=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_of_another_architecture(dataset, tmp_path):
+    cfg = replace(BASE, epochs=1, max_train_batches=1)
+    rec = Recorder(keep=tmp_path)
+    train(cfg, rec, dataset=dataset, device="cpu")
+    other = replace(cfg, model="simple_cnn", epochs=2)
+    with pytest.raises(ValueError, match="trained with"):
+        train(other, Recorder(), dataset=dataset, device="cpu", resume_from=tmp_path / "epoch1")
+
+
+def test_checkpoint_rebuilds_the_same_model(dataset, tmp_path):
+    cfg = replace(BASE, epochs=1, max_train_batches=2)
+    train(cfg, Recorder(keep=tmp_path), dataset=dataset, device="cpu")
+    model, loaded_cfg, classes = model_from_checkpoint(tmp_path / "epoch1")
+    assert loaded_cfg == cfg and classes == list(dataset.classes)
+    probs = predict_proba(model, dataset.val.images[:8], "cpu")
+    # Probabilities of three classes that sum to one, for every image.
+    assert probs.shape == (8, 3)
+    assert torch.allclose(probs.sum(1), torch.ones(8), atol=1e-5)
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_importing_trainables_loads_no_search_library():
+    code = (
+        "import sys, trainables.train, trainables.bundle, trainables.phantom, trainables.data; "
+        "bad = [m for m in ('ray', 'optuna', 'wandb') if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    # trainables/ stays plain PyTorch: none of the search-side libraries get imported.
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.slow
+def test_cli_trains_the_example_config_and_prints_each_epoch(tmp_path):
+    cfg = json.loads((REPO / "configs" / "example.json").read_text())
+    cfg.update(epochs=2, image_size=64, max_train_batches=2)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    out = subprocess.run(
+        [sys.executable, "-m", "trainables.train", "--config", str(path), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    epoch_lines = [ln for ln in out.stdout.splitlines() if ln.startswith("epoch ")]
+    assert len(epoch_lines) == 2
+    assert (tmp_path / "o" / CHECKPOINT_FILE).is_file()
+
+
+def test_cli_refuses_an_unknown_config_key(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"model": "simple_cnn_10m", "learning_rate": 0.1}))
+    out = subprocess.run(
+        [sys.executable, "-m", "trainables.train", "--config", str(path)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    # Exit 2 and a message naming the bad key and the valid ones.
+    assert out.returncode == 2
+    assert "learning_rate" in out.stderr and "weight_decay" in out.stderr

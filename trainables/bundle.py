@@ -1,0 +1,183 @@
+"""The exported bundle: a self-contained, safe-to-load model directory.
+
+    BUNDLE/
+      model.safetensors   weights (safetensors: loading never unpickles anything)
+      config.json         the TrialConfig, so the model can be rebuilt
+      bundle.json         format version, class names, preprocessing, metrics, history
+
+`search/` writes bundles and `analysis/` reads them; neither imports the other, both use this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trainables.cache import atomic_dir
+from trainables.config import TrialConfig
+from trainables.models import build_model, count_parameters
+
+FORMAT = "cxr-tune-bundle"
+VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+META_FILE = "bundle.json"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    model: nn.Module
+    cfg: TrialConfig
+    classes: list[str]
+    preprocessing: dict[str, Any]
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    extra: dict[str, Any]
+
+
+def preprocessing_of(cfg: TrialConfig) -> dict[str, Any]:
+    """What an image must go through before the model sees it (mirrors trainables.data/augment)."""
+    return {
+        "image_size": cfg.image_size,
+        "resize_mode": cfg.resize_mode,
+        "grayscale": True,
+        "mean": 0.5,
+        "std": 0.5,
+        "scale": 1 / 255,
+    }
+
+
+def save_bundle(
+    out_dir: str | Path,
+    model: nn.Module,
+    cfg: TrialConfig,
+    classes: list[str],
+    metrics: dict[str, float],
+    history: list[dict[str, float]],
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write a bundle atomically: readers see the old bundle or the new one, never a mix."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ValueError(f"bundle directory {out} exists; pass overwrite=True to replace it")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "classes": list(classes),
+        "preprocessing": preprocessing_of(cfg),
+        "parameters": count_parameters(model),
+        "metrics": _finite(metrics),
+        "history": [_finite(h) for h in history],
+        **(extra or {}),
+    }
+    staged = out.with_name(out.name + ".new")
+    _remove(staged)  # left over from an interrupted save
+    with atomic_dir(staged) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        _remove(old)
+        out.rename(old)
+        staged.rename(out)
+        _remove(old)
+    else:
+        staged.rename(out)
+    return out
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Rebuild a bundle's model (eval mode, CPU). Errors name the file and what is wrong."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"bundle {root} is not a directory")
+    meta = _read_json(root / META_FILE)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{root / META_FILE} is not a cxr-tune bundle (format {meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"{root / META_FILE}: bundle version {meta.get('version')!r}, expected {VERSION}")
+    for key in ("classes", "preprocessing"):
+        if key not in meta:
+            raise ValueError(f"{root / META_FILE} lacks the field {key!r}")
+    try:
+        cfg = TrialConfig.from_dict(_read_json(root / CONFIG_FILE))
+    except ValueError as err:
+        raise ValueError(f"{root / CONFIG_FILE}: {err}") from None
+    weights = root / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ValueError(f"bundle {root} has no weights file {WEIGHTS_FILE}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{weights} cannot be read as safetensors: {err}") from None
+    model = build_model(replace(cfg, pretrained=False), num_classes=len(meta["classes"]))
+    _load_state(model, state, weights)
+    model.eval()
+    known = {"format", "version", "classes", "preprocessing", "metrics", "history"}
+    return Bundle(
+        path=root,
+        model=model,
+        cfg=cfg,
+        classes=list(meta["classes"]),
+        preprocessing=dict(meta["preprocessing"]),
+        metrics=dict(meta.get("metrics", {})),
+        history=list(meta.get("history", [])),
+        extra={k: v for k, v in meta.items() if k not in known},
+    )
+
+
+def _load_state(model: nn.Module, state: dict, weights: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected tensors {unexpected[:5]}")
+        if wrong:
+            parts.append(f"wrong shapes {wrong[:5]}")
+        raise ValueError(f"{weights} does not fit the model in config.json: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"bundle file {path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"bundle file {path} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"bundle file {path} must hold a JSON object")
+    return value
+
+
+def _finite(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN/inf: store them as null."""
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()
+    }
+
+
+def _remove(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)

@@ -1,0 +1,373 @@
+"""Train one `TrialConfig`: the seed's loop (Adam, cross-entropy), fed from device-resident data.
+
+The loop knows one thing about the outside world, a reporter `report(metrics, checkpoint_dir)`
+called once per epoch. In tests it appends to a list; in `search/` it calls Ray. The checkpoint
+directory handed over is only valid during that call: a reporter that wants to keep it copies it.
+
+    python -m trainables.train --config configs/example.json [--data DIR] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.augment import AUGMENTATIONS, normalize, prepare_batch, to_float
+from trainables.balance import epoch_indices, loss_weights
+from trainables.config import TrialConfig
+from trainables.data import Dataset, Split, load_for_config
+from trainables.metrics import classification_metrics
+from trainables.models import build_model, count_parameters
+
+Reporter = Callable[[dict[str, float], "Path | None"], None]
+CHECKPOINT_FILE = "checkpoint.pt"
+EVAL_BATCH = 256  # images per forward pass in evaluation; no gradients, so larger than training
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def use_bf16(cfg: TrialConfig, device: torch.device) -> bool:
+    return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+
+
+def autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if use_bf16(cfg, device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(
+    cfg: TrialConfig,
+    report: Reporter,
+    *,
+    resume_from: Path | None = None,
+    dataset: Dataset | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Train `cfg` for `cfg.epochs` epochs (continuing after a checkpoint's epoch when resuming)."""
+    device = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    data = dataset if dataset is not None else load_for_config(cfg)
+    model, optimizer = build_training(cfg, len(data.classes), device)
+    samplers = make_generators(cfg, device)
+    start_epoch, history = 0, []
+    if resume_from is not None:
+        start_epoch, history = restore_checkpoint(resume_from, cfg, model, optimizer, samplers)
+
+    train_x, train_y = data.train.images.to(device), data.train.labels.to(device)
+    weights = loss_weights(cfg.balance, data.train.labels, len(data.classes))
+    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    step = make_step(cfg, model, optimizer, criterion, device)
+
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        started = time.perf_counter()
+        order = epoch_indices(cfg.balance, data.train.labels, samplers["cpu"])
+        train_stats = train_one_epoch(cfg, step, train_x, train_y, order, samplers["device"])
+        train_seconds = time.perf_counter() - started
+        val_stats = evaluate(model, data.val, device, cfg=cfg, classes=data.classes, prefix="val")
+        metrics = {
+            "epoch": float(epoch),
+            **train_stats,
+            **val_stats,
+            "epoch_time": time.perf_counter() - started,  # seconds, training + validation
+            "train_time": train_seconds,  # seconds
+            "train_images_per_s": train_stats["images_trained"] / max(train_seconds, 1e-9),
+        }
+        history.append(metrics)
+        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+            with tempfile.TemporaryDirectory(prefix="cxr-ckpt-") as tmp:
+                save_checkpoint(Path(tmp), cfg, data, model, optimizer, samplers, epoch, history)
+                report(metrics, Path(tmp))
+        else:
+            report(metrics, None)
+    return metrics
+
+
+def build_training(
+    cfg: TrialConfig, num_classes: int, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = build_model(cfg, num_classes=num_classes).to(device)
+    if use_bf16(cfg, device):
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return model, optimizer
+
+
+def make_generators(cfg: TrialConfig, device: torch.device) -> dict[str, torch.Generator]:
+    """Two seeded streams: epoch sampling on the CPU, augmentation on the training device."""
+    cpu = torch.Generator().manual_seed(cfg.seed)
+    dev = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    return {"cpu": cpu, "device": dev}
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def make_step(
+    cfg: TrialConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    device: torch.device,
+) -> StepFn:
+    """One optimisation step on a normalized batch; returns (summed loss, correct count)."""
+    forward = torch.compile(model) if cfg.compile else model
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(cfg, device):
+            logits = forward(x)
+            loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        correct = (logits.argmax(1) == y).sum()
+        return loss.detach() * y.numel(), correct
+
+    model.train()
+    return step
+
+
+def train_one_epoch(
+    cfg: TrialConfig,
+    step: StepFn,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order: torch.Tensor,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    ops = AUGMENTATIONS[cfg.augment]
+    order = order.to(images.device)
+    n_batches = -(-len(order) // cfg.batch_size)
+    if cfg.max_train_batches:
+        n_batches = min(n_batches, cfg.max_train_batches)
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    seen = 0
+    channels_last = images.device.type == "cuda" and cfg.amp != "fp32"
+    for b in range(n_batches):
+        idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        x = prepare_batch(images[idx], ops, generator)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        batch_loss, batch_correct = step(x, labels[idx])
+        loss_sum += batch_loss
+        correct += batch_correct
+        seen += len(idx)
+    # One host sync per epoch, not per step.
+    return {
+        "train_loss": float(loss_sum) / max(seen, 1),
+        "train_acc": float(correct) / max(seen, 1),
+        "images_trained": float(seen),
+    }
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module,
+    images: torch.Tensor,
+    device: str | torch.device,
+    batch_size: int = EVAL_BATCH,
+    ops: Sequence[str] = (),
+    generator: torch.Generator | None = None,
+    cfg: TrialConfig | None = None,
+) -> torch.Tensor:
+    """Softmax probabilities (N, C) on the CPU for uint8 images (N, 1, S, S), optionally after
+    augmentation ops (a TTA view). Runs in eval mode, batched on `device`."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    bf16 = cfg is not None and use_bf16(cfg, device)
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device, non_blocking=True)
+        x = prepare_batch(x, ops, generator) if ops else normalize(to_float(x))
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    if was_training:
+        model.train()
+    if not out:
+        return torch.empty(0, 0)
+    return torch.cat(out)
+
+
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    device: str | torch.device,
+    *,
+    cfg: TrialConfig | None = None,
+    classes: Sequence[str],
+    prefix: str = "val",
+    batch_size: int = EVAL_BATCH,
+) -> dict[str, float]:
+    """Loss and scikit-learn metrics of `model` on `split`, without augmentation."""
+    probs = predict_proba(model, split.images, device, batch_size, cfg=cfg)
+    labels = split.labels.cpu()
+    loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels).item()
+    preds = probs.argmax(1).numpy()
+    metrics = classification_metrics(labels.numpy(), preds, list(classes), prefix)
+    return {f"{prefix}_loss": loss, **metrics}
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    directory: Path,
+    cfg: TrialConfig,
+    data: Dataset,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    samplers: dict[str, torch.Generator],
+    epoch: int,
+    history: list[dict[str, float]],
+) -> Path:
+    """Everything needed to resume, as tensors and plain types (loadable with weights_only)."""
+    state = {
+        "config": cfg.to_dict(),
+        "classes": list(data.classes),
+        "epoch": epoch,  # completed epochs
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "sampler_cpu": samplers["cpu"].get_state(),
+            "sampler_device": samplers["device"].get_state(),
+        },
+        "history": history,
+        "split_hash": data.split_record.get("hash", ""),
+    }
+    path = directory / CHECKPOINT_FILE
+    torch.save(state, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint dict from a checkpoint directory or file; never unpickles arbitrary objects."""
+    path = Path(path)
+    file = path / CHECKPOINT_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"no checkpoint at {file} (expected a directory holding {CHECKPOINT_FILE})")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"checkpoint {file} cannot be read: {err}") from err
+
+
+def restore_checkpoint(
+    path: Path,
+    cfg: TrialConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    samplers: dict[str, torch.Generator],
+) -> tuple[int, list[dict[str, float]]]:
+    state = load_checkpoint(path)
+    saved = TrialConfig.from_dict(state["config"])
+    if _architecture(saved) != _architecture(cfg):
+        raise ValueError(
+            f"checkpoint {path} was trained with {_architecture(saved)}, not {_architecture(cfg)}"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    samplers["cpu"].set_state(state["rng"]["sampler_cpu"])
+    samplers["device"].set_state(state["rng"]["sampler_device"].to(samplers["device"].device))
+    return int(state["epoch"]), list(state["history"])
+
+
+def _architecture(cfg: TrialConfig) -> dict[str, Any]:
+    keys = ("model", "frozen_depth", "unfrozen_blocks", "image_size")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, TrialConfig, list[str]]:
+    """Rebuild the model of a checkpoint (eval mode, CPU) with its config and class names."""
+    state = load_checkpoint(path)
+    cfg = TrialConfig.from_dict(state["config"])
+    # The weights come from the checkpoint, so do not look for ImageNet weights again.
+    model = build_model(replace(cfg, pretrained=False), num_classes=len(state["classes"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg, list(state["classes"])
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainables.train",
+        description="Train one TrialConfig without Ray and print a line per epoch.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="a JSON file of TrialConfig fields")
+    parser.add_argument("--data", help="override cfg.data: an image folder, chest_xray, phantom:small|full")
+    parser.add_argument("--epochs", type=int, help="override cfg.epochs")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--out", type=Path, help="keep the last checkpoint and history.json here")
+    args = parser.parse_args(argv)
+    try:
+        cfg = TrialConfig.from_json(args.config)
+        overrides = {k: v for k, v in (("data", args.data), ("epochs", args.epochs)) if v is not None}
+        cfg = replace(cfg, **overrides) if overrides else cfg
+        data = load_for_config(cfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    device = resolve_device(args.device)
+    print(data.report.format())
+    model_params = count_parameters(build_model(replace(cfg, pretrained=False), len(data.classes)))
+    print(
+        f"model {cfg.model}: {model_params:,} parameters | device {device} | "
+        f"{len(data.train.labels)} train / {len(data.val.labels)} val images at {cfg.image_size} px | "
+        f"balance {cfg.balance} | augment {cfg.augment} | {cfg.epochs} epochs"
+    )
+
+    def print_epoch(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        print(
+            f"epoch {int(metrics['epoch']):3d} | train loss {metrics['train_loss']:.4f} "
+            f"acc {metrics['train_acc']:.3f} | val loss {metrics['val_loss']:.4f} "
+            f"acc {metrics['val_acc']:.3f} precision {metrics['val_precision']:.3f} | "
+            f"{metrics['train_images_per_s']:.0f} img/s | {metrics['epoch_time']:.1f} s",
+            flush=True,
+        )
+        if args.out and checkpoint_dir is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(checkpoint_dir / CHECKPOINT_FILE, args.out / f".{CHECKPOINT_FILE}.tmp")
+            (args.out / f".{CHECKPOINT_FILE}.tmp").replace(args.out / CHECKPOINT_FILE)
+            (args.out / "history.json").write_text(json.dumps(load_history(args.out), indent=1))
+
+    try:
+        train(cfg, print_epoch, dataset=data, device=device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def load_history(directory: Path) -> list[dict[str, float]]:
+    return list(load_checkpoint(directory)["history"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -75,6 +75,15 @@ def _check_size(image_size: int, multiple: int, name: str) -> None:
         raise ValueError(f"{name} needs image_size a multiple of {multiple}, got {image_size}")
 
 
+def _check_input(x: torch.Tensor, image_size: int) -> None:
+    """The flatten size is fixed at build time, so say so instead of a matmul shape error."""
+    if x.shape[-2:] != (image_size, image_size):
+        raise ValueError(
+            f"model built for {image_size} px images, got {x.shape[-1]} px "
+            f"(input shape {tuple(x.shape)}); rebuild it with that image_size"
+        )
+
+
 class SimpleCNN(nn.Module):
     """The seed's SimpleCNN (section 3.1.1): 134,953,603 parameters at 256 px. The flatten size
     128 * (S / 8)^2 follows the image size (the seed hard-coded 128 * 32 * 32 for S = 256)."""
@@ -82,6 +91,7 @@ class SimpleCNN(nn.Module):
     def __init__(self, num_classes: int = 3, image_size: int = 256) -> None:
         super().__init__()
         _check_size(image_size, 8, "simple_cnn")
+        self.image_size = image_size
         self.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3)
         self.bn1 = nn.BatchNorm2d(64)
         self.pool1 = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -93,6 +103,7 @@ class SimpleCNN(nn.Module):
         self.fc3 = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.image_size)
         x = self.pool1(F.relu(self.bn1(self.conv1(x))))
         x = self.pool2(F.relu(self.bn2(self.conv2(x))))
         x = x.flatten(1)
@@ -108,6 +119,7 @@ class SimpleCNN10M(nn.Module):
     def __init__(self, num_classes: int = 3, image_size: int = 256) -> None:
         super().__init__()
         _check_size(image_size, 32, "simple_cnn_10m")
+        self.image_size = image_size
         self.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3)
         self.bn1 = nn.BatchNorm2d(64)
         self.pool1 = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -124,6 +136,7 @@ class SimpleCNN10M(nn.Module):
         self.fc2 = nn.Linear(256, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.image_size)
         x = self.pool1(F.relu(self.bn1(self.conv1(x))))
         x = self.pool2(F.relu(self.bn2(self.conv2(x))))
         x = self.pool3(F.relu(self.bn3(self.conv3(x))))

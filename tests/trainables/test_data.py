@@ -263,6 +263,8 @@ def test_sixteen_bit_is_scaled_by_its_range_not_clipped():
     out = preprocess(Image.fromarray(ramp), 64, "pad")
     # PIL's own convert("L") clips everything above 255 to white; we keep the whole ramp.
     assert out.min() <= 2 and out.max() >= 253
+    assert 100 < out[32, 32] < 155  # the middle of the ramp is mid-grey, not white
+    assert (out == 255).mean() < 0.05  # clipping would saturate ~94% of the pixels
     assert np.all(np.diff(out.astype(int).ravel()) >= -1)  # still monotone (up to resampling)
 
 
@@ -379,8 +381,10 @@ def _load_in_child(root: str, cache: str, out: str, barrier) -> None:
 @pytest.mark.slow
 def test_concurrent_processes_build_one_correct_cache(tmp_path):
     root = make_folder(tmp_path / "d")
+    # Our own cold cache; loading first also means the forked children inherit the imports.
+    expected = load_dataset(str(root), image_size=S).train
     cache = tmp_path / "shared-cache"
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(2)
     outs = [str(tmp_path / f"out{i}.npy") for i in range(2)]
     procs = [
@@ -391,7 +395,6 @@ def test_concurrent_processes_build_one_correct_cache(tmp_path):
     for p in procs:
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0, 0]
-    expected = load_dataset(str(root), image_size=S).train  # our own cold cache
     for out in outs:
         # Each process got complete, correct pixels (no torn or half-written array).
         assert np.array_equal(np.load(out), expected.images.numpy())

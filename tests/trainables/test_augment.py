@@ -1,0 +1,155 @@
+"""Augmentations: shape, dtype and range kept, seeded, batched, composable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from trainables import augment
+from trainables.augment import (
+    AUGMENTATIONS,
+    OPS,
+    apply_ops,
+    normalize,
+    prepare_batch,
+    to_float,
+)
+
+
+def _batch(seed: int = 0, n: int = 6, size: int = 32) -> torch.Tensor:
+    """A float batch in [0, 1] with structure (a bright off-centre square on noise)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, size, size, generator=g) * 0.3
+    x[:, :, 4:12, 6:20] = 0.9
+    return x
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_each_op_keeps_shape_dtype_and_range(name):
+    x = _batch()
+    y = OPS[name](x, _gen(0))
+    assert y.shape == x.shape and y.dtype == x.dtype  # a drop-in batch transform
+    assert y.min() >= 0 and y.max() <= 1  # stays in [0, 1] for normalize()
+
+
+@pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
+def test_each_set_repeats_under_a_seed(name):
+    x = _batch()
+    first = apply_ops(x, AUGMENTATIONS[name], _gen(3))
+    again = apply_ops(x, AUGMENTATIONS[name], _gen(3))
+    assert torch.equal(first, again)  # reproducible trials and TTA views
+
+
+@pytest.mark.parametrize("name", ["rotate", "hflip", "shift", "affine"])
+def test_random_ops_differ_under_another_seed_and_per_sample(name):
+    x = _batch(n=16)
+    a, b = OPS[name](x, _gen(1)), OPS[name](x, _gen(2))
+    assert not torch.equal(a, b)  # the generator drives the randomness
+    same = _batch(n=1).expand(16, -1, -1, -1).contiguous()
+    out = OPS[name](same, _gen(1))
+    assert not all(torch.equal(out[0], out[i]) for i in range(1, 16))  # per-sample parameters
+
+
+def test_hflip_with_p_one_is_torch_flip_and_p_zero_is_identity():
+    x = _batch()
+    assert torch.equal(augment.hflip(x, _gen(0), p=1.0), torch.flip(x, dims=[-1]))
+    assert torch.equal(augment.hflip(x, _gen(0), p=0.0), x)
+
+
+def test_hflip_flips_about_half_the_batch():
+    x = _batch(n=400, size=8)
+    flipped = (augment.hflip(x, _gen(0)) != x).flatten(1).any(dim=1).float().mean()
+    assert 0.4 < flipped < 0.6  # p = 0.5 as in the seed
+
+
+def test_rotate_stays_within_ten_degrees():
+    # a horizontal bar through the centre: its tilt after rotation measures the angle
+    x = torch.zeros(64, 1, 65, 65)
+    x[:, :, 32, 2:63] = 1
+    y = augment.rotate(x, _gen(0))
+    rows = torch.arange(65.0).view(1, 65, 1)
+    cols = torch.arange(65.0).view(1, 1, 65)
+    w = y[:, 0]
+    mass = w.sum((1, 2))
+    cy = (w * rows).sum((1, 2)) / mass
+    cx = (w * cols).sum((1, 2)) / mass
+    cov = (w * (rows - cy.view(-1, 1, 1)) * (cols - cx.view(-1, 1, 1))).sum((1, 2))
+    var = (w * (cols - cx.view(-1, 1, 1)) ** 2).sum((1, 2))
+    angles = torch.rad2deg(torch.atan(cov / var))
+    assert angles.abs().max() <= 10.5  # ±10 degrees (plus interpolation error)
+    assert angles.abs().max() > 5  # and it really rotates
+
+
+def test_shift_moves_content_up_to_ten_percent():
+    x = torch.zeros(64, 1, 100, 100)
+    x[:, :, 50, 50] = 1
+    y = augment.shift(x, _gen(0))
+    rows = torch.arange(100.0).view(1, 100, 1)
+    cols = torch.arange(100.0).view(1, 1, 100)
+    mass = y[:, 0].sum((1, 2))
+    dy = (y[:, 0] * rows).sum((1, 2)) / mass - 50
+    dx = (y[:, 0] * cols).sum((1, 2)) / mass - 50
+    assert dx.abs().max() <= 10 and dy.abs().max() <= 10  # pixels: 10% of 100
+    assert dx.abs().max() > 5 and dy.abs().max() > 5  # both axes move
+
+
+def test_equalize_matches_pil_per_image():
+    # the seed used PIL's ImageOps.equalize; each image uses its own histogram
+    g = _gen(0)
+    narrow = torch.rand(1, 1, 32, 32, generator=g) * 0.1 + 0.4  # low contrast
+    wide = torch.rand(1, 1, 32, 32, generator=g)
+    x = (torch.cat([narrow, wide]) * 255).round() / 255  # exact 8-bit levels
+    y = augment.equalize(x, None)
+    for image, out in zip(x, y):
+        pil = Image.fromarray((image[0] * 255).round().byte().numpy(), )
+        expected = torch.from_numpy(np.array(ImageOps.equalize(pil))).float() / 255
+        assert torch.allclose(out[0], expected)
+    assert y[0].max() - y[0].min() > 0.9  # the narrow histogram is spread out
+
+
+def test_prepare_batch_maps_uint8_to_normalised_float():
+    x = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 1, 1, 3)
+    y = prepare_batch(x, (), None)
+    assert y.dtype == torch.float32
+    assert torch.allclose(y, torch.tensor([-1.0, 1.0, -0.6]).view(1, 1, 1, 3))  # mean 0.5 std 0.5
+    assert torch.equal(normalize(to_float(x)), y)
+
+
+def test_seed_set_is_the_seed_papers_training_augmentations():
+    assert AUGMENTATIONS["seed"] == ("equalize", "rotate", "hflip", "shift")
+    assert AUGMENTATIONS["none"] == ()
+
+
+def test_apply_ops_accepts_a_set_name():
+    x = _batch()
+    assert torch.equal(apply_ops(x, "seed", _gen(4)), apply_ops(x, AUGMENTATIONS["seed"], _gen(4)))
+
+
+def test_unknown_op_or_set_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown augmentation ops \['blur'\].*hflip"):
+        apply_ops(_batch(), ["rotate", "blur"], _gen(0))
+    with pytest.raises(ValueError, match=r"unknown augment 'heavy'.*flip_rotate"):
+        apply_ops(_batch(), "heavy", _gen(0))
+
+
+def test_wrong_input_types_are_refused():
+    with pytest.raises(ValueError, match="uint8"):
+        to_float(torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="float batch"):
+        apply_ops(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), ["rotate"], _gen(0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_ops_run_on_the_gpu_with_a_gpu_generator():
+    x = _batch().cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    y = apply_ops(x, AUGMENTATIONS["seed"] + ("affine",), g)
+    assert y.device == x.device and y.shape == x.shape  # no hidden CPU round trip
+    g2 = torch.Generator(device="cuda").manual_seed(0)
+    assert torch.equal(y, apply_ops(x, AUGMENTATIONS["seed"] + ("affine",), g2))

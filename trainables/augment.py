@@ -10,7 +10,6 @@ builds its views from `OPS` as well.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch

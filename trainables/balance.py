@@ -74,8 +74,10 @@ def loss_weights(strategy: str, labels: torch.Tensor, num_classes: int) -> torch
         return None
     labels = _check_labels(labels).numpy()
     classes = np.arange(num_classes)
-    missing = sorted(set(classes) - set(np.unique(labels)))
+    missing = sorted(set(classes.tolist()) - set(np.unique(labels).tolist()))
     if missing:
-        raise ValueError(f"class_weights needs every class in the training labels; missing {missing}")
+        raise ValueError(
+            f"class_weights needs every class in the training labels; missing {missing}"
+        )
     weights = compute_class_weight("balanced", classes=classes, y=labels)
     return torch.tensor(weights, dtype=torch.float32)

@@ -33,7 +33,7 @@ def classification_metrics(
             f"{len(y_pred)}"
         )
     labels = np.arange(len(classes))
-    out_of_range = sorted(set(np.concatenate([y_true, y_pred])) - set(labels.tolist()))
+    out_of_range = sorted(set(np.concatenate([y_true, y_pred]).tolist()) - set(labels.tolist()))
     if out_of_range:
         raise ValueError(f"labels {out_of_range} are outside 0..{len(classes) - 1} for {classes}")
     precision, recall, f1, _ = precision_recall_fscore_support(
@@ -49,7 +49,7 @@ def classification_metrics(
         f"{prefix}_f1": f1,
         f"{prefix}_balanced_acc": _balanced_accuracy(y_true, y_pred),
     }
-    for name, value in zip(classes, per_class_recall):
+    for name, value in zip(classes, per_class_recall, strict=True):
         metrics[f"{prefix}_acc_{name.lower()}"] = value
     return {k: float(v) for k, v in metrics.items()}
 

@@ -178,8 +178,10 @@ class Backbone(nn.Module):
         if mode:
             for module in self.modules():
                 params = list(module.parameters(recurse=False))
-                if isinstance(module, _BatchNorm) and params and not any(
-                    p.requires_grad for p in params
+                if (
+                    isinstance(module, _BatchNorm)
+                    and params
+                    and not any(p.requires_grad for p in params)
                 ):
                     module.eval()
         return self

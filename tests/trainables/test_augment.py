@@ -106,8 +106,10 @@ def test_equalize_matches_pil_per_image():
     wide = torch.rand(1, 1, 32, 32, generator=g)
     x = (torch.cat([narrow, wide]) * 255).round() / 255  # exact 8-bit levels
     y = augment.equalize(x, None)
-    for image, out in zip(x, y):
-        pil = Image.fromarray((image[0] * 255).round().byte().numpy(), )
+    for image, out in zip(x, y, strict=True):
+        pil = Image.fromarray(
+            (image[0] * 255).round().byte().numpy(),
+        )
         expected = torch.from_numpy(np.array(ImageOps.equalize(pil))).float() / 255
         assert torch.allclose(out[0], expected)
     assert y[0].max() - y[0].min() > 0.9  # the narrow histogram is spread out

@@ -1,0 +1,225 @@
+"""Export the best checkpoint of a sweep as a self-contained bundle plus an ONNX model.
+
+    python -m search.export EXPERIMENT_DIR --out DIR [--metric NAME --mode max|min]
+
+Works from what the sweep left on disk: each trial directory's `result.json` (one JSON row per
+epoch, with `checkpoint_dir_name` on rows that saved one) and its `checkpoint_*/checkpoint.pt`.
+The best row whose checkpoint still exists wins (Ray keeps the best 2 by the metric plus the
+latest per trial). Metric and mode default to the experiment's `cxr_tune.json`.
+
+The bundle (`trainables.bundle.save_bundle`: safetensors weights, config.json, bundle.json with
+preprocessing, classes, metrics and history) gets `model.onnx` (dynamic batch) next to it, checked
+against PyTorch with onnxruntime; the largest probability difference is recorded in bundle.json
+under `onnx` and must stay below `ONNX_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from search.space import MODES, is_better
+from trainables.bundle import save_bundle
+from trainables.train import load_checkpoint, model_from_checkpoint
+
+EXPERIMENT_FILE = "cxr_tune.json"
+ONNX_FILE = "model.onnx"
+ONNX_TOLERANCE = 1e-4  # max abs difference of class probabilities, ONNX vs PyTorch
+ONNX_OPSET = 17
+CHECK_BATCH = 8  # images in the ONNX check (batch > 1 exercises the dynamic batch axis)
+
+
+@dataclass(frozen=True)
+class BestCheckpoint:
+    trial_dir: Path
+    checkpoint_dir: Path
+    row: dict[str, Any]  # the result row of the epoch that wrote the checkpoint
+    value: float
+
+
+def read_experiment_file(experiment_dir: Path) -> dict[str, Any]:
+    path = experiment_dir / EXPERIMENT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def read_results(trial_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a trial's result.json (JSON lines; a torn last line is skipped)."""
+    rows = []
+    path = trial_dir / "result.json"
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # the driver died mid-write
+    return rows
+
+
+def trial_dirs(experiment_dir: Path) -> list[Path]:
+    return sorted(p for p in experiment_dir.iterdir() if (p / "result.json").is_file())
+
+
+def find_best_checkpoint(experiment_dir: Path, metric: str, mode: str) -> BestCheckpoint:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    best: BestCheckpoint | None = None
+    trials = trial_dirs(experiment_dir)
+    if not trials:
+        raise ValueError(f"{experiment_dir} holds no trial directories with a result.json")
+    for trial_dir in trials:
+        for row in read_results(trial_dir):
+            name = row.get("checkpoint_dir_name")
+            value = row.get(metric)
+            if not name or value is None or not (trial_dir / name / "checkpoint.pt").is_file():
+                continue
+            value = float(value)
+            if best is None or is_better(value, best.value, mode):
+                best = BestCheckpoint(trial_dir, trial_dir / name, row, value)
+    if best is None:
+        raise ValueError(f"{experiment_dir}: no trial has a kept checkpoint with {metric!r}")
+    return best
+
+
+def export_onnx(model: torch.nn.Module, image_size: int, path: Path) -> dict[str, float]:
+    """Write `model` as ONNX with a dynamic batch axis; return its agreement with PyTorch."""
+    model = model.eval()
+    generator = torch.Generator().manual_seed(0)
+    # Normalised inputs, as the model sees them: (x / 255 - 0.5) / 0.5 lies in [-1, 1].
+    x = torch.rand(CHECK_BATCH, 1, image_size, image_size, generator=generator) * 2 - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model,
+            (x[:1],),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], {"image": x.numpy()})[0]
+    with torch.no_grad():
+        torch_logits = model(x).float().numpy()
+    diff_logits = float(np.max(np.abs(onnx_logits - torch_logits)))
+    diff_probs = float(np.max(np.abs(_softmax(onnx_logits) - _softmax(torch_logits))))
+    return {
+        "opset": ONNX_OPSET,
+        "check_batch": CHECK_BATCH,
+        "max_abs_diff_probabilities": diff_probs,
+        "max_abs_diff_logits": diff_logits,
+        "tolerance": ONNX_TOLERANCE,
+    }
+
+
+def export_best(
+    experiment_dir: str | Path,
+    out: str | Path,
+    metric: str | None = None,
+    mode: str | None = None,
+) -> Path:
+    """Export the best checkpoint of `experiment_dir` to the bundle directory `out`."""
+    experiment_dir = Path(experiment_dir).resolve()
+    if not experiment_dir.is_dir():
+        raise ValueError(f"experiment directory {experiment_dir} does not exist")
+    recorded = read_experiment_file(experiment_dir)
+    metric = metric or recorded.get("metric")
+    mode = mode or recorded.get("mode")
+    if not metric or not mode:
+        raise ValueError(f"{experiment_dir} has no {EXPERIMENT_FILE}; pass --metric and --mode")
+    best = find_best_checkpoint(experiment_dir, metric, mode)
+    model, cfg, classes = model_from_checkpoint(best.checkpoint_dir)
+    history = list(load_checkpoint(best.checkpoint_dir)["history"])
+    metrics = {k: float(v) for k, v in history[-1].items()} if history else {}
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        onnx_path = Path(tmp) / ONNX_FILE
+        onnx_check = export_onnx(model, cfg.image_size, onnx_path)
+        if not onnx_check["max_abs_diff_probabilities"] < ONNX_TOLERANCE:
+            raise ValueError(f"ONNX export disagrees with PyTorch: {onnx_check}")
+        source = {
+            "experiment": str(experiment_dir),
+            "trial": best.trial_dir.name,
+            "trial_id": best.row.get("trial_id"),
+            "checkpoint": best.checkpoint_dir.name,
+            "metric": metric,
+            "mode": mode,
+            "value": best.value,
+        }
+        staged = Path(tmp) / "bundle"
+        save_bundle(staged, model, cfg, classes, metrics, history,
+                    extra={"source": source, "onnx": onnx_check})
+        shutil.move(str(onnx_path), staged / ONNX_FILE)
+        _replace_dir(staged, out)
+    return out
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move `new` to `out`, replacing a previous export only once the new one is complete."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        new.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(out)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m search.export",
+        description="Export the best checkpoint of a finished (or interrupted) sweep as a "
+        "bundle (safetensors, config.json, bundle.json) plus model.onnx checked with "
+        "onnxruntime.",
+    )
+    parser.add_argument("experiment_dir", type=Path, help="STORAGE/NAME of the sweep")
+    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    parser.add_argument("--metric", help="metric to rank by (default: from cxr_tune.json)")
+    parser.add_argument("--mode", choices=MODES, help="max or min (default: from cxr_tune.json)")
+    args = parser.parse_args(argv)
+    try:
+        out = export_best(args.experiment_dir, args.out, args.metric, args.mode)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+    meta = json.loads((out / "bundle.json").read_text())
+    src, check = meta["source"], meta["onnx"]
+    value = src["value"]
+    print(f"exported {src['trial']}/{src['checkpoint']} ({src['metric']}="
+          f"{value:.4f}) to {out}")
+    print(f"ONNX vs PyTorch: max |diff| of probabilities {check['max_abs_diff_probabilities']:.2e}"
+          f" (tolerance {check['tolerance']:.0e})")
+    return 0 if math.isfinite(value) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""How much of a machine each trial asks Ray for.
+
+On GPU machines trials get a fractional GPU so small models share a card: what packing buys is
+a GPU that stays busy through other trials' start-up, evaluation and checkpointing. The
+fraction comes from the trial's estimated peak training memory so packing never runs a card
+out of memory:
+
+    fraction = clamp(ceil_to_quarter(peak_bytes(model, batch, image_size) / card_bytes + margin),
+                     0.25, 1.0)
+    peak_bytes = fixed_bytes[model] + per_image_bytes[model] * batch * (image_size / 256) ** 2
+
+`fixed_bytes` covers weights, gradients and Adam state (16 bytes per trainable parameter in
+fp32) plus the CUDA context; `per_image_bytes` is the activation memory per 256x256 training
+image under bf16 autocast. The figures in `PEAK_MEMORY` are estimates from parameter counts and
+layer shapes; replace them with measured `torch.cuda.max_memory_allocated()` figures when a
+card is at hand (same formula, same units). CPU-only machines run CPU trials (no GPU key).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+MIB = 2**20
+CUDA_CONTEXT_BYTES = 600 * MIB  # per process, on top of the model
+MARGIN = 0.05  # share of the card kept free for allocator fragmentation
+MIN_FRACTION = 0.25
+
+# model -> (fixed bytes, activation bytes per 256 px training image). Estimates, see above.
+PEAK_MEMORY: dict[str, tuple[int, int]] = {
+    "simple_cnn": (135_000_000 * 16 + CUDA_CONTEXT_BYTES, 24 * MIB),
+    "simple_cnn_10m": (10_100_000 * 16 + CUDA_CONTEXT_BYTES, 30 * MIB),
+    "resnet18": (11_700_000 * 16 + CUDA_CONTEXT_BYTES, 45 * MIB),
+    "resnet50": (26_000_000 * 16 + CUDA_CONTEXT_BYTES, 130 * MIB),
+    "densenet121": (8_000_000 * 16 + CUDA_CONTEXT_BYTES, 160 * MIB),
+}
+DEFAULT_PEAK = (100_000_000 * 16 + CUDA_CONTEXT_BYTES, 160 * MIB)  # an unlisted model
+
+
+def peak_bytes(model: str, batch_size: int, image_size: int) -> int:
+    """Estimated peak GPU memory of one training trial, bytes."""
+    fixed, per_image = PEAK_MEMORY.get(model, DEFAULT_PEAK)
+    return int(fixed + per_image * batch_size * (image_size / 256) ** 2)
+
+
+def gpu_fraction(model: str, batch_size: int, image_size: int, card_bytes: int) -> float:
+    """The share of one card a trial asks for: a multiple of 1/4, at least 1/4, at most 1."""
+    if card_bytes <= 0:
+        raise ValueError(f"card_bytes must be positive, got {card_bytes!r}")
+    need = peak_bytes(model, batch_size, image_size) / card_bytes + MARGIN
+    return min(1.0, max(MIN_FRACTION, math.ceil(need * 4) / 4))
+
+
+def trial_resources(
+    cpus_per_trial: float,
+    gpus_per_trial: float | None,
+    card_bytes: int | None,
+) -> Callable[[dict[str, Any]], PlacementGroupFactory]:
+    """A function of the trial config for `tune.with_resources`.
+
+    `gpus_per_trial` None means "size it from the model" on GPU machines (`card_bytes` set);
+    0 or `card_bytes` None means CPU trials.
+    """
+
+    def resources(config: dict[str, Any]) -> PlacementGroupFactory:
+        return PlacementGroupFactory([bundle_for(config, cpus_per_trial, gpus_per_trial,
+                                                 card_bytes)])
+
+    return resources
+
+
+def bundle_for(
+    config: dict[str, Any],
+    cpus_per_trial: float,
+    gpus_per_trial: float | None,
+    card_bytes: int | None,
+) -> dict[str, float]:
+    bundle: dict[str, float] = {"CPU": cpus_per_trial}
+    if gpus_per_trial is None and card_bytes:
+        bundle["GPU"] = gpu_fraction(
+            config.get("model", "simple_cnn_10m"),
+            int(config.get("batch_size", 32)),
+            int(config.get("image_size", 256)),
+            card_bytes,
+        )
+    elif gpus_per_trial:
+        bundle["GPU"] = gpus_per_trial
+    return bundle

@@ -1,0 +1,242 @@
+"""Load a space file and refuse a bad one before any trial starts.
+
+A space file is a plain Python module (see `spaces/`):
+
+- `define(trial)` calls `trial.suggest_*` with `TrialConfig` field names and returns a dict of
+  constants (or None). No I/O: Ray's `OptunaSearch` calls it once per trial in the driver.
+- `METRIC` (a metric the trainable reports, e.g. `val_precision`), `MODE` (`max` or `min`),
+  `MAX_EPOCHS` (ASHA's `max_t`, and every trial's `epochs`).
+- Optional: `GRACE_PERIOD` (epochs before ASHA may stop a trial, default 1),
+  `REDUCTION_FACTOR` (ASHA's eta, default 3), `NUM_SAMPLES` (trials, default 20),
+  `POINTS_TO_EVALUATE` (a list of partial parameter dicts tried first, in order).
+
+`load_space` imports the file, checks the constants, then samples `define` a few times with a
+throw-away Optuna study and builds a `TrialConfig` from each sample, so a typo in a suggest name
+or a choice `TrialConfig` refuses shows up as one clear `ValueError` naming the file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainables.config import TrialConfig, field_names
+
+MODES = ("max", "min")
+DEFAULT_GRACE_PERIOD = 1  # epochs
+DEFAULT_REDUCTION_FACTOR = 3
+DEFAULT_NUM_SAMPLES = 20
+VALIDATION_SAMPLES = 5  # define() calls made by the throw-away study
+
+# Per-epoch keys `trainables.train.train` reports (docs/ARCHITECTURE.md); METRIC must be one.
+_CLASSES = ("normal", "bacteria", "viral")
+METRIC_KEYS = frozenset(
+    ["train_loss", "train_acc", "val_loss", "val_acc", "val_precision", "val_recall", "val_f1",
+     "val_balanced_acc"]
+    + [f"val_acc_{c}" for c in _CLASSES]
+)
+# Set by the driver for every trial, so a space may not suggest them.
+RUN_KEYS = ("epochs",)
+
+
+def load_module(path: Path) -> types.ModuleType:
+    """Import a space file by path without registering it in `sys.modules`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"space file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"cxr_space_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"space file {path} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # any import-time error of user code
+        raise ValueError(f"space file {path} does not load: {type(err).__name__}: {err}") from err
+    return module
+
+
+class SpaceDefine:
+    """The space's `define`, plus the run's constants, as a picklable callable.
+
+    Ray's `OptunaSearch` pickles its search space with the searcher state (for `Tuner.restore`),
+    so this holds the file path and re-imports the module after unpickling instead of pickling
+    the user's function. It returns what Ray merges into each trial's config:
+    `defaults` < the space's constants < `overrides`, except for names the space suggested (a
+    returned constant would silently replace the sampled value in Ray's merge).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        defaults: Mapping[str, Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = str(Path(path).resolve())
+        self.defaults = dict(defaults or {})
+        self.overrides = dict(overrides or {})
+        self._define: Callable[[Any], Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "defaults": self.defaults, "overrides": self.overrides}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._define = None
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        if self._define is None:
+            self._define = load_module(Path(self.path)).define
+        returned = self._define(trial) or {}
+        if not isinstance(returned, dict):
+            raise ValueError(
+                f"space file {self.path}: define() must return a dict of constants or None, "
+                f"got {type(returned).__name__}"
+            )
+        suggested = set(trial.params)
+        merged = {k: v for k, v in self.defaults.items() if k not in suggested}
+        merged.update(returned)
+        merged.update({k: v for k, v in self.overrides.items() if k not in suggested})
+        return merged
+
+
+@dataclass(frozen=True)
+class Space:
+    path: Path
+    define: SpaceDefine
+    metric: str
+    mode: str
+    max_epochs: int  # epochs, = ASHA max_t
+    grace_period: int  # epochs
+    reduction_factor: int
+    num_samples: int
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[TrialConfig] = field(default_factory=list)  # configs built while checking
+
+
+def load_space(
+    path: str | Path,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    max_epochs: int | None = None,
+    seed: int = 0,
+) -> Space:
+    """Load and check a space file; `max_epochs` caps the file's `MAX_EPOCHS` (a run profile)."""
+    path = Path(path)
+    module = load_module(path)
+    where = f"space file {path}"
+    define = getattr(module, "define", None)
+    if not callable(define):
+        raise ValueError(f"{where} has no define(trial) function")
+    metric = _constant(module, where, "METRIC", str, None)
+    if metric not in METRIC_KEYS:
+        raise ValueError(f"{where}: METRIC {metric!r} is not reported; expected one of "
+                         f"{sorted(METRIC_KEYS)}")
+    mode = _constant(module, where, "MODE", str, None)
+    if mode not in MODES:
+        raise ValueError(f"{where}: MODE {mode!r} must be one of {list(MODES)}")
+    file_epochs = _constant(module, where, "MAX_EPOCHS", int, None, low=1)
+    epochs = file_epochs if max_epochs is None else min(file_epochs, max_epochs)
+    grace = _constant(module, where, "GRACE_PERIOD", int, DEFAULT_GRACE_PERIOD, low=1)
+    grace = min(grace, epochs)  # a shorter run profile keeps "no early stop" spaces that way
+    reduction = _constant(module, where, "REDUCTION_FACTOR", int, DEFAULT_REDUCTION_FACTOR, low=2)
+    num_samples = _constant(module, where, "NUM_SAMPLES", int, DEFAULT_NUM_SAMPLES, low=1)
+    points = getattr(module, "POINTS_TO_EVALUATE", [])
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ValueError(f"{where}: POINTS_TO_EVALUATE must be a list of dicts")
+
+    run_overrides = {**dict(overrides or {}), "epochs": epochs}
+    space_define = SpaceDefine(path, defaults, run_overrides)
+    samples = sample_configs(space_define, where, points, seed=seed)
+    return Space(
+        path=path.resolve(),
+        define=space_define,
+        metric=metric,
+        mode=mode,
+        max_epochs=epochs,
+        grace_period=grace,
+        reduction_factor=reduction,
+        num_samples=num_samples,
+        points_to_evaluate=points,
+        samples=samples,
+    )
+
+
+def sample_configs(
+    space_define: SpaceDefine,
+    where: str,
+    points: list[dict[str, Any]] | None = None,
+    *,
+    n: int = VALIDATION_SAMPLES,
+    seed: int = 0,
+) -> list[TrialConfig]:
+    """Run `define` through a throw-away Optuna study; every sample must build a TrialConfig."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    for point in points or []:
+        study.enqueue_trial(point)
+    valid = set(field_names())
+    configs = []
+    for i in range(max(n, len(points or []))):
+        trial = study.ask()
+        try:
+            constants = space_define(trial)
+        except Exception as err:  # user code failing on a sample
+            if str(err).startswith("space file"):
+                raise
+            raise ValueError(f"{where}: define() failed on sample {i}: "
+                             f"{type(err).__name__}: {err}") from err
+        unknown = sorted(set(trial.params) - valid)
+        if unknown:
+            raise ValueError(f"{where}: define() suggests {unknown}, which TrialConfig does "
+                             f"not know; valid names are {sorted(valid)}")
+        clash = sorted(set(trial.params) & set(RUN_KEYS))
+        if clash:
+            raise ValueError(f"{where}: define() suggests {clash}, which the run sets "
+                             f"(epochs = MAX_EPOCHS); remove them from the space")
+        values = {**constants, **trial.params}
+        try:
+            configs.append(TrialConfig.from_dict(values))
+        except ValueError as err:
+            raise ValueError(f"{where}: sample {i} {trial.params} is not a valid "
+                             f"TrialConfig: {err}") from err
+        study.tell(trial, 0.0)
+    return configs
+
+
+def _constant(
+    module: types.ModuleType,
+    where: str,
+    name: str,
+    kind: type,
+    default: Any,
+    low: int | None = None,
+) -> Any:
+    if not hasattr(module, name):
+        if default is None:
+            raise ValueError(f"{where} must define {name}")
+        return default
+    value = getattr(module, name)
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{where}: {name} must be an integer, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise ValueError(f"{where}: {name} must be a string, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{where}: {name} must be >= {low}, got {value!r}")
+    return value
+
+
+def is_better(a: float, b: float, mode: str) -> bool:
+    """Whether metric value `a` beats `b` under `mode` (NaN never wins)."""
+    if math.isnan(a):
+        return False
+    if math.isnan(b):
+        return True
+    return a > b if mode == "max" else a < b

@@ -1,0 +1,79 @@
+"""Weights & Biases logging for a sweep, through Ray's `WandbLoggerCallback`.
+
+- One W&B run per trial, grouped by the experiment name, with the trial's config.
+- Mode: `--wandb-mode` if given, else `online` when `WANDB_API_KEY` is set and `offline`
+  otherwise; `disabled` logs nothing and never imports wandb.
+- Runs land in the experiment directory (`STORAGE/NAME/wandb/offline-run-*`); upload offline runs
+  later with `wandb sync STORAGE/NAME/wandb/offline-run-*`.
+- W&B being unreachable never hangs or fails the sweep: each trial's run starts in its own Ray
+  actor with a short init timeout, and the end-of-sweep wait for uploads is bounded.
+- The API key stays in the environment: it is never a callback argument, a config value or a
+  logged field (`excluded_keys` drops anything key-like from what is logged).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+WANDB_MODES = ("online", "offline", "disabled")
+INIT_TIMEOUT = 30.0  # seconds wandb.init may wait for the server before giving up
+UPLOAD_TIMEOUT = 120  # seconds the end of a sweep waits for runs to finish uploading
+SECRET_ENV = ("WANDB_API_KEY",)
+
+
+def resolve_mode(mode: str | None) -> str:
+    if mode is None:
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    if mode not in WANDB_MODES:
+        raise ValueError(f"unknown W&B mode {mode!r}; expected one of {list(WANDB_MODES)}")
+    return mode
+
+
+def wandb_callback(
+    project: str, group: str, mode: str, run_dir: Path
+) -> Any | None:
+    """A configured `WandbLoggerCallback`, or None when W&B is disabled."""
+    if mode == "disabled":
+        return None
+    import wandb
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Ray's callback checks the key in setup() unless WANDB_MODE says offline; the logging
+    # actors inherit this environment.
+    os.environ["WANDB_MODE"] = mode
+    settings = wandb.Settings(
+        init_timeout=INIT_TIMEOUT,
+        x_disable_stats=True,  # no system-metrics sampler competing with training for CPU
+        console="off",
+    )
+    return WandbLoggerCallback(
+        project=project,
+        group=group,
+        mode=mode,
+        dir=str(run_dir),
+        settings=settings,
+        upload_timeout=UPLOAD_TIMEOUT,
+        excludes=excluded_keys(),
+        log_config=False,
+    )
+
+
+def excluded_keys() -> list[str]:
+    """Result and config keys never sent to W&B."""
+    return ["api_key", "wandb_api_key", "WANDB_API_KEY"]
+
+
+def scrub(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `values` without secrets (for files the sweep writes, e.g. cxr_tune.json)."""
+    secrets = {os.environ[k] for k in SECRET_ENV if os.environ.get(k)}
+    clean = {}
+    for key, value in values.items():
+        if "api_key" in key.lower():
+            continue
+        if isinstance(value, str) and any(s in value for s in secrets):
+            continue
+        clean[key] = value
+    return clean

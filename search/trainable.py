@@ -1,0 +1,65 @@
+"""The Ray Tune adapter around `trainables.train.train`.
+
+Ray hands a dict; the adapter turns it into a `TrialConfig`, restores the trial's checkpoint
+when Ray has one (a retry after a worker died, or a resumed experiment), and reports each epoch
+with `ray.tune.report(metrics, checkpoint=...)` (the `ray.train.*` versions fail inside Tune
+2.60). Ray adds `hostname`, `node_ip` and `pid` to every result row, so each trial's node is in
+its `result.json`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from trainables.config import TrialConfig
+from trainables.data import Dataset, load_for_config
+from trainables.train import train
+
+# Decoded datasets kept across trials that reuse this worker process (TuneConfig.reuse_actors),
+# keyed by everything that changes the decoded arrays or the split.
+_DATASETS: dict[tuple, Dataset] = {}
+_MAX_CACHED = 2
+
+
+def dataset_for(cfg: TrialConfig) -> Dataset:
+    key = (cfg.data, cfg.image_size, cfg.resize_mode, cfg.split_seed, cfg.val_fraction)
+    if key not in _DATASETS:
+        while len(_DATASETS) >= _MAX_CACHED:
+            _DATASETS.pop(next(iter(_DATASETS)))
+        _DATASETS[key] = load_for_config(cfg)
+    return _DATASETS[key]
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one trial, one `TrialConfig`."""
+    cfg = TrialConfig.from_dict(config)
+    _limit_threads()
+    dataset = dataset_for(cfg)
+    with tempfile.TemporaryDirectory(prefix="cxr-restore-") as tmp:
+        resume_from = None
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            # Copy to local disk: the checkpoint may live in remote storage (s3://...).
+            resume_from = Path(checkpoint.to_directory(str(Path(tmp) / "checkpoint")))
+        train(cfg, _report, resume_from=resume_from, dataset=dataset)
+
+
+def _report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    # Ray copies the checkpoint into the trial's storage during report(), before train()
+    # deletes its temporary directory.
+    checkpoint = None if checkpoint_dir is None else tune.Checkpoint.from_directory(checkpoint_dir)
+    tune.report(metrics, checkpoint=checkpoint)
+
+
+def _limit_threads() -> None:
+    """One intra-op thread per CPU Ray gave this trial (Ray sets OMP_NUM_THREADS to it)."""
+    import torch
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)

@@ -2,7 +2,8 @@
 
 Two layouts are read, detected automatically:
 
-- image folder: ``ROOT/{train,test}/<CLASS>/*``. Class names come from the folder names and
+- image folder: ``ROOT/{train,test}/<CLASS>/*`` (a ``ROOT/val`` folder, if any, is merged
+  into train before our own split). Class names come from the folder names and
   are ordered as in `CLASSES`. Folder names are matched case-insensitively, with spaces,
   underscores and hyphens treated alike, through `CLASS_ALIASES`:
 
@@ -320,10 +321,10 @@ def _detect_layout(root: Path) -> _Layout:
         if not train.is_dir():
             continue
         names = {p.name.upper() for p in train.iterdir() if p.is_dir()}
-        if "PNEUMONIA" in names:
-            dirs = [train] + ([base / "val"] if (base / "val").is_dir() else [])
-            return _Layout("pediatric", base, {"train": dirs, "test": [base / "test"]})
-        return _Layout("image-folder", base, {"train": [train], "test": [base / "test"]})
+        kind = "pediatric" if "PNEUMONIA" in names else "image-folder"
+        # A given val folder (the pediatric set's has 16 images) joins train before our split.
+        dirs = [train] + ([base / "val"] if (base / "val").is_dir() else [])
+        return _Layout(kind, base, {"train": dirs, "test": [base / "test"]})
     raise ValueError(
         f"missing split folder {root / 'train'}: expected an image folder ROOT/{{train,test}}/"
         f"<CLASS>/ or the pediatric chest_xray/{{train,val,test}}/{{NORMAL,PNEUMONIA}}/"
@@ -632,8 +633,8 @@ def load_dataset(
     report = DataReport(
         str(layout.root), layout.kind, [], image_size=image_size, resize_mode=resize_mode
     )
-    if layout.kind == "pediatric" and len(layout.split_dirs["train"]) > 1:
-        report.notes.append("the official val folder is merged into train before our split")
+    if len(layout.split_dirs["train"]) > 1:
+        report.notes.append("the given val folder is merged into train before our split")
 
     train_entries = _list_split(layout, "train", report)
     test_entries = _list_split(layout, "test", report) if include_test else []

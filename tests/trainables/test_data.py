@@ -432,6 +432,15 @@ def test_pediatric_layout_merges_val_and_parses_classes_and_patients(tmp_path):
     assert again.split_record["hash"] == ds.split_record["hash"]
 
 
+def test_image_folder_val_folder_is_merged_into_train(tmp_path):
+    root = make_folder(tmp_path / "d")
+    _noise(root / "val" / "VIRAL" / "person900_virus_1.png", 4242)
+    ds = load_dataset(str(root), image_size=S)
+    # A given val folder is not silently dropped: its images join train before our split.
+    assert "val/VIRAL/person900_virus_1.png" in ds.train.paths + ds.val.paths
+    assert len(ds.train) + len(ds.val) == 71
+
+
 def test_no_patient_is_in_two_splits(tmp_path):
     make_pediatric(tmp_path, patients=60)
     for seed in range(3):

@@ -531,7 +531,6 @@ def test_split_tensors_have_the_contracted_shapes(tmp_path):
 def test_phantom_small_loads_through_ensure_phantom(monkeypatch):
     # The suite's shared cache (see conftest), so the phantom is generated once per checkout.
     monkeypatch.setenv("CXR_TUNE_CACHE", str(Path(__file__).parents[2] / ".cache" / "test-cache"))
-    pytest.importorskip("trainables.phantom")
     ds = data.load_dataset("phantom:small", image_size=S)
     assert ds.classes == list(CLASSES)
     assert not set(ds.train.patients) & set(ds.val.patients)  # phantom patients are grouped

@@ -650,8 +650,8 @@ def load_dataset(
     test, test_decoded = (None, 0)
     if include_test:
         test, test_decoded = _load_part(test_entries, layout.root, image_size, resize_mode, report)
-        _check_classes(test, classes, "test")
-    _check_classes(train_all, classes, "train")
+        _check_readable(test, classes, "test", report)
+    _check_readable(train_all, classes, "train", report)
     labels = np.array([classes.index(x) for x in train_all[1]], dtype=np.int64)
     train_idx, val_idx, how = _split_train_val(labels, train_all[3], split_seed, val_fraction)
     report.notes.append(f"validation split: {how}, split_seed={split_seed}")
@@ -689,13 +689,17 @@ def _load_part(
     return part, decoded
 
 
-def _check_classes(part: _Part, classes: list[str], split: str) -> None:
-    if not part[2]:
-        raise ValueError(f"the {split} split has no readable images; see the skipped files")
+def _check_readable(part: _Part, classes: list[str], split: str, report: DataReport) -> None:
+    """Refuse a split with no readable images, or (train) a class with none; say why."""
     counts = Counter(part[1])
-    empty = [c for c in classes if counts[c] == 0 and split == "train"]
-    if empty:
-        raise ValueError(f"class {empty[0]} has no readable images in the {split} split")
+    empty = [c for c in classes if counts[c] == 0] if split == "train" else []
+    if part[2] and not empty:
+        return
+    skipped = [f"{s['path']}: {s['reason']}" for s in report.skipped]
+    why = f"; skipped files include {skipped[:3]}" if skipped else ""
+    if not part[2]:
+        raise ValueError(f"the {split} split has no readable images{why}")
+    raise ValueError(f"class {empty[0]} has no readable images in the {split} split{why}")
 
 
 def _check_classes_after_split(report: DataReport, classes: list[str]) -> None:

@@ -200,8 +200,11 @@ def test_class_with_only_unreadable_images_refuses_to_start(tmp_path):
     root = make_folder(tmp_path / "d")
     for f in (root / "train" / "VIRAL").iterdir():
         f.write_bytes(b"")
-    with pytest.raises(ValueError, match="class VIRAL has no readable images in the train split"):
+    with pytest.raises(
+        ValueError, match="class VIRAL has no readable images in the train split"
+    ) as err:
         load_dataset(str(root), image_size=S)
+    assert "zero-byte" in str(err.value)  # the refusal says why the images were unreadable
 
 
 def test_class_that_cannot_fill_both_splits_refuses_to_start(tmp_path):

@@ -543,10 +543,17 @@ def _build_cache(
     return len(missing)
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile by someone cleaning the cache
+        return 0.0
+
+
 def _rows_from_other_arrays(prep_dir: Path, wanted: set[str]) -> dict[str, np.ndarray | str]:
     """Reuse images already decoded for another file list (e.g. train when test is added)."""
     found: dict[str, np.ndarray | str] = {}
-    metas = sorted(prep_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    metas = sorted(prep_dir.glob("*.json"), key=_mtime, reverse=True)
     for meta_path in metas[:20]:
         if len(found) == len(wanted):
             break

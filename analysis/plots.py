@@ -1,0 +1,239 @@
+"""The report's figures (PNG, matplotlib Agg): confusion matrices, training curves, t-SNE of the
+penultimate features, the ASHA view of the sweep, and fANOVA parameter importance."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+from torch import nn  # noqa: E402
+
+from analysis.load import COMPLETED, ERRORED, STOPPED, Experiment, TrialRecord  # noqa: E402
+from trainables.augment import normalize, to_float  # noqa: E402
+from trainables.cache import atomic_write_bytes  # noqa: E402
+from trainables.models import feature_layer  # noqa: E402
+
+DPI = 110
+TSNE_POINTS = 400  # images per split embedded by t-SNE (a seeded subsample above this)
+TSNE_ITERATIONS = 500  # gradient steps; the layout of a few hundred points settles well before
+_STATUS_COLORS = {COMPLETED: "tab:green", STOPPED: "tab:orange", ERRORED: "tab:red"}
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Write the figure as PNG atomically (a reader never sees half a file) and close it."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def confusion_figure(
+    labels: np.ndarray, predictions: dict[str, np.ndarray], classes: Sequence[str], path: Path
+) -> Path:
+    """Side-by-side test confusion matrices, one per named prediction set (seed Figure 11)."""
+    fig, axes = plt.subplots(1, len(predictions), figsize=(4.2 * len(predictions), 3.8))
+    axes = np.atleast_1d(axes)
+    for ax, (title, preds) in zip(axes, predictions.items(), strict=True):
+        ConfusionMatrixDisplay.from_predictions(
+            labels,
+            preds,
+            labels=list(range(len(classes))),
+            display_labels=list(classes),
+            ax=ax,
+            colorbar=False,
+            cmap="Blues",
+        )
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def curves_figure(trials: Sequence[TrialRecord], path: Path) -> Path:
+    """Loss and accuracy per epoch of the given trials, train solid and validation dashed
+    (seed Figures 3, 9 and 12)."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, trial in enumerate(trials):
+        h, color = trial.history, f"C{i % 10}"
+        label = f"{trial.trial_id} ({trial.params.get('model')}, {trial.params.get('balance')})"
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
+            if f"train_{key}" in h:
+                ax.plot(h["epoch"], h[f"train_{key}"], color=color, marker=".", label=label)
+            if f"val_{key}" in h:
+                ax.plot(h["epoch"], h[f"val_{key}"], color=color, marker=".", linestyle="--")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (train solid, validation dashed)")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy (train solid, validation dashed)")
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    loss_ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def penultimate_features(
+    model: nn.Module, images_uint8: torch.Tensor, device: str | torch.device, batch_size: int = 128
+) -> np.ndarray:
+    """The input of the model's last Linear layer (`trainables.models.feature_layer`), (N, F)."""
+    device = torch.device(device)
+    captured: list[torch.Tensor] = []
+    hook = feature_layer(model).register_forward_pre_hook(
+        lambda _module, args: captured.append(args[0].detach().float().flatten(1).cpu())
+    )
+    was_training = model.training
+    model.eval().to(device)
+    try:
+        for start in range(0, len(images_uint8), batch_size):
+            x = images_uint8[start : start + batch_size].to(device)
+            model(normalize(to_float(x)))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return torch.cat(captured).numpy() if captured else np.empty((0, 0))
+
+
+def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def tsne_figure(
+    model: nn.Module,
+    splits: dict[str, tuple[torch.Tensor, np.ndarray]],
+    classes: Sequence[str],
+    device: str | torch.device,
+    path: Path,
+    seed: int = 0,
+) -> Path:
+    """2-D t-SNE of penultimate features, one panel per split (seed Figures 4 and 5)."""
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.4))
+    axes = np.atleast_1d(axes)
+    for ax, (name, (images, labels)) in zip(axes, splits.items(), strict=True):
+        keep = _subsample(len(images), TSNE_POINTS, seed)
+        features = penultimate_features(model, images[keep], device)
+        labels = np.asarray(labels)[keep]
+        # Perplexity must stay below the number of points; 30 is scikit-learn's default.
+        perplexity = float(min(30, max(2, (len(keep) - 1) // 3)))
+        tsne = TSNE(
+            2, perplexity=perplexity, init="pca", max_iter=TSNE_ITERATIONS, random_state=seed
+        )
+        xy = tsne.fit_transform(features)
+        for c, cls in enumerate(classes):
+            mask = labels == c
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=8, alpha=0.7, label=cls)
+        ax.set_title(f"t-SNE of penultimate features: {name} ({len(keep)} images)")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=8, markerscale=2)
+    return _save(fig, path)
+
+
+def rungs(exp: Experiment) -> list[int]:
+    """ASHA's milestones in epochs: grace_period * reduction_factor**k below max_epochs."""
+    grace = int(exp.meta.get("grace_period") or 1)
+    factor = float(exp.meta.get("reduction_factor") or 0)
+    top = exp.max_epochs or max((t.epochs for t in exp.trials), default=1)
+    if factor <= 1:
+        return []
+    out, r = [], grace
+    while r < top:
+        out.append(int(r))
+        r = int(round(r * factor))
+    return out
+
+
+def asha_figure(exp: Experiment, path: Path) -> Path:
+    """Each trial's metric per epoch with its end marked by status: where ASHA stopped whom."""
+    fig, (curve_ax, bar_ax) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=[3, 2])
+    for trial in exp.trials:
+        h = trial.history
+        if exp.metric not in h or not len(h):
+            continue
+        color = _STATUS_COLORS.get(trial.status, "tab:gray")
+        curve_ax.plot(h["epoch"], h[exp.metric], color=color, alpha=0.6, linewidth=1)
+        curve_ax.scatter(h["epoch"].iloc[-1], h[exp.metric].iloc[-1], color=color, s=18, zorder=3)
+    for r in rungs(exp):
+        curve_ax.axvline(r, color="black", linestyle=":", linewidth=1)
+    curve_ax.set(xlabel="epoch", ylabel=exp.metric, title="trials per epoch (dotted: ASHA rungs)")
+    curve_ax.xaxis.get_major_locator().set_params(integer=True)
+    handles = [plt.Line2D([], [], color=c, marker="o", label=s) for s, c in _STATUS_COLORS.items()]
+    curve_ax.legend(handles=handles, fontsize=8)
+    epochs = pd.Series([t.epochs for t in exp.trials])
+    counts = epochs.value_counts().sort_index()
+    bar_ax.bar(counts.index.astype(str), counts.values, color="tab:blue")
+    bar_ax.set(xlabel="epochs trained", ylabel="trials", title="where trials ended")
+    return _save(fig, path)
+
+
+def importance_table(exp: Experiment, seed: int = 0) -> pd.DataFrame:
+    """fANOVA importance of each searched parameter for the trials' best scores.
+
+    The Optuna study is rebuilt from files: one finished trial per scored Ray trial, with the
+    parameters that vary across the sweep. Floats spanning over a decade (learning rates) get a
+    log-scale distribution, as spaces suggest them. Raises ValueError when there is too little
+    to fit (fewer than 2 scored trials or no varying parameter).
+    """
+    import optuna
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    scored = [t for t in exp.trials if t.best_score is not None]
+    if len(scored) < 2:
+        raise ValueError(f"parameter importance needs at least 2 scored trials, got {len(scored)}")
+    frame = pd.DataFrame([t.params for t in scored])
+    distributions = {}
+    for name in frame.columns:
+        values = frame[name]
+        if values.isna().any() or values.map(lambda v: isinstance(v, (dict, list))).any():
+            continue
+        if values.nunique() < 2:
+            continue
+        if values.map(lambda v: isinstance(v, (str, bool))).any():
+            distributions[name] = CategoricalDistribution(sorted(values.unique().tolist(), key=str))
+        elif values.map(lambda v: isinstance(v, int)).all():
+            distributions[name] = IntDistribution(int(values.min()), int(values.max()))
+        else:
+            low, high = float(values.min()), float(values.max())
+            log = low > 0 and high / low > 10
+            distributions[name] = FloatDistribution(low, high, log=log)
+    if not distributions:
+        raise ValueError("parameter importance needs a parameter that varies across trials")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if exp.mode == "max" else "minimize")
+    for trial, params in zip(scored, frame.to_dict("records"), strict=True):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={k: _plain(params[k]) for k in distributions},
+                distributions=distributions,
+                value=float(trial.best_score),
+            )
+        )
+    importances = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
+    return pd.DataFrame({"parameter": list(importances), "importance": list(importances.values())})
+
+
+def _plain(value: object) -> object:
+    return value.item() if hasattr(value, "item") else value
+
+
+def importance_figure(table: pd.DataFrame, metric: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(table)))
+    ordered = table.iloc[::-1]
+    ax.barh(ordered["parameter"], ordered["importance"], color="tab:purple")
+    ax.set(xlabel=f"fANOVA importance for {metric}", xlim=(0, 1))
+    return _save(fig, path)

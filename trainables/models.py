@@ -204,9 +204,11 @@ _WEIGHTS = {
     "densenet121": torchvision.models.DenseNet121_Weights,
 }
 # Old torchvision DenseNet checkpoints name dense-layer modules 'norm.1' etc. (torchvision's own
-# densenet._load_state_dict renames them the same way).
+# densenet._load_state_dict renames them the same way; num_batches_tracked too, for files saved
+# by a newer torch).
 _DENSENET_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torchvision
@@ -187,3 +189,21 @@ def test_cli_lists_the_registry_with_counts(capsys):
     out = capsys.readouterr().out
     assert "134,953,603" in out and "10,075,011" in out  # seed counts printed
     assert "7,087,107" in out  # ResNet50 trainable parameters in the seed's frozen setting
+
+
+def test_pretrained_densenet_accepts_torchvisions_old_key_names(tmp_path):
+    # torchvision's published DenseNet file names dense-layer modules 'norm.1', 'conv.2', ...
+    torch.manual_seed(2)
+    reference = torchvision.models.densenet121(weights=None)
+    old_style = {
+        re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v
+        for k, v in reference.state_dict().items()
+    }
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old_style  # the renaming applied
+    path = tmp_path / "densenet121-local.pth"
+    torch.save(old_style, path)
+    model = build_model(_cfg("densenet121", pretrained=True, weights_path=str(path)))
+    loaded = model.net.features.denseblock4.denselayer16.conv2.weight
+    assert torch.equal(loaded, reference.features.denseblock4.denselayer16.conv2.weight)
+    summed = reference.features.conv0.weight.sum(dim=1, keepdim=True)
+    assert torch.allclose(model.net.features.conv0.weight, summed)

@@ -10,7 +10,10 @@ Here a trial that ends before `max_epochs` without an error is told PRUNED (Optu
 per-epoch intermediate values and uses the last one as its value, the way TPE treats trials a
 pruner stopped), a trial that reached `max_epochs` is told COMPLETE with its final value and an
 errored trial is told FAIL. Intermediate values are reported per epoch (`result["epoch"]`, which
-survives a restore from checkpoint) rather than per Ray iteration.
+survives a restore from checkpoint) rather than per Ray iteration, including the final result:
+Ray's controller does not call `on_trial_result` for the result on which a trial stops (ASHA's
+STOP or the last epoch), only `on_trial_complete`, so without this a trial ASHA stopped at epoch
+1 would reach the study with no intermediate values at all.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ class PrunedOptunaSearch(OptunaSearch):
         if ot_trial is None:
             return
         value = result.get(self.metric) if result else None
+        if result and value is not None and not error:
+            # Ray skips on_trial_result for the result that ends a trial (ASHA's STOP or the
+            # last epoch), so that epoch reaches Optuna here.
+            self.on_trial_result(trial_id, result)
         if error:
             state, values = TrialState.FAIL, None
         elif value is not None and self._epoch(result) >= self.max_epochs:

@@ -421,7 +421,9 @@ def print_summary(summary: dict[str, Any], state: str, exp: dict[str, Any]) -> N
               f"{best['epoch']}): {describe(best['config'])}")
         print("  config: " + json.dumps(best["config"], sort_keys=True, default=str))
     stopped = summary["stopped_early"]
-    print(f"stopped early by ASHA: {len(stopped)}"
+    cause = {"finished": "by ASHA", "time budget reached": "by ASHA or the time budget",
+             "interrupted": "by ASHA or the interruption"}[state]
+    print(f"stopped early {cause}: {len(stopped)}"
           + (": " + ", ".join(f"{s['trial_id']}@epoch {s['epoch']}" for s in stopped)
              if stopped else ""))
     print(f"finished all {exp['max_epochs']} epochs: {summary['finished']}")

@@ -19,7 +19,9 @@ from typing import Any
 
 WANDB_MODES = ("online", "offline", "disabled")
 INIT_TIMEOUT = 30.0  # seconds wandb.init may wait for the server before giving up
-UPLOAD_TIMEOUT = 120  # seconds the end of a sweep waits for runs to finish uploading
+# Seconds the end of a sweep waits for each trial's W&B run to finish (upload when online).
+# Ray waits this long for runs it never told to end, e.g. after Ctrl-C, so keep it short.
+UPLOAD_TIMEOUT = {"online": 120, "offline": 10}
 SECRET_ENV = ("WANDB_API_KEY",)
 
 
@@ -55,7 +57,7 @@ def wandb_callback(
         mode=mode,
         dir=str(run_dir),
         settings=settings,
-        upload_timeout=UPLOAD_TIMEOUT,
+        upload_timeout=UPLOAD_TIMEOUT[mode],
         excludes=excluded_keys(),
         log_config=False,
     )

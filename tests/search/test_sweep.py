@@ -1,0 +1,150 @@
+"""A real sweep on the tiny phantom: ASHA, Optuna states, checkpoints, W&B files, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from search.export import read_results, trial_dirs
+from wandb_log import history_rows
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "0123456789abcdef0123456789abcdef01234567"  # a fake W&B API key
+NUM_SAMPLES = 6
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> dict:
+    """One CLI sweep over spaces/smoke.py: 6 trials of 3 epochs, 2 at a time, W&B offline."""
+    storage = tmp_path_factory.mktemp("sweep") / "runs"
+    env = {**os.environ, "WANDB_API_KEY": SECRET, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.run", "--space", "spaces/smoke.py",
+         "--storage", str(storage), "--name", "smoke", "--num-samples", str(NUM_SAMPLES),
+         "--max-concurrent", "2", "--wandb-mode", "offline", "--seed", "0"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+    )
+    exp = storage / "smoke"
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((exp / "summary.json").read_text())
+    rows = {d.name.removeprefix("trial_"): read_results(d) for d in trial_dirs(exp)}
+    return {"proc": proc, "exp": exp, "summary": summary, "rows": rows}
+
+
+def test_sweep_finishes_with_asha_stopping_some_trials(sweep) -> None:
+    summary, rows = sweep["summary"], sweep["rows"]
+    # The first output line says which profile ran and why.
+    assert sweep["proc"].stdout.splitlines()[0].startswith("profile: cpu (no GPU visible)")
+    assert summary["state"] == "finished" and summary["trials"] == NUM_SAMPLES
+    assert len(rows) == NUM_SAMPLES and not summary["errors"]
+    stopped = {s["trial_id"]: s["epoch"] for s in summary["stopped_early"]}
+    # ASHA stopped at least one trial before MAX_EPOCHS, and its rows stop there.
+    assert stopped, summary
+    for trial_id, epoch in stopped.items():
+        assert epoch < 3 and max(r["epoch"] for r in rows[trial_id]) == epoch
+    # The end summary names the best config and the early stops.
+    assert "stopped early by ASHA" in sweep["proc"].stdout
+    assert summary["best"]["value"] == min(r["val_loss"] for rs in rows.values() for r in rs)
+
+
+def test_asha_stopped_trials_are_pruned_in_the_optuna_study(sweep) -> None:
+    state_file = sorted(sweep["exp"].glob("searcher-state-*.pkl"))[-1]
+    state = pickle.loads(state_file.read_bytes())
+    study, ot_trials = state["_ot_study"], state["_ot_trials"]
+    by_number = {t.number: t for t in study.trials}
+    stopped = {s["trial_id"] for s in sweep["summary"]["stopped_early"]}
+    assert len(ot_trials) == NUM_SAMPLES
+    for ray_id, ot_trial in ot_trials.items():
+        frozen = by_number[ot_trial.number]
+        per_epoch = {int(r["epoch"]): r["val_loss"] for r in sweep["rows"][ray_id]}
+        # Every epoch reached Optuna as an intermediate value at step = epoch.
+        assert frozen.intermediate_values == pytest.approx(per_epoch)
+        if ray_id in stopped:
+            # ASHA's early stop is PRUNED, not COMPLETE with an epoch-1 score.
+            assert frozen.state.name == "PRUNED"
+        else:
+            assert frozen.state.name == "COMPLETE"
+            assert frozen.value == pytest.approx(per_epoch[3])
+
+
+def test_checkpoints_keep_the_best_two_and_the_latest(sweep) -> None:
+    for trial_dir in trial_dirs(sweep["exp"]):
+        rows = read_results(trial_dir)
+        kept = {p.name for p in trial_dir.glob("checkpoint_*")}
+        ranked = sorted(rows, key=lambda r: r["val_loss"])
+        wanted = {r["checkpoint_dir_name"] for r in ranked[:2]} | {rows[-1]["checkpoint_dir_name"]}
+        # Exactly Ray's "best num_to_keep by the metric, plus the latest".
+        assert kept == wanted, trial_dir.name
+
+
+def test_result_rows_record_each_trials_node(sweep) -> None:
+    for rows in sweep["rows"].values():
+        # The cluster view needs which node and process ran each epoch.
+        assert all(r["node_ip"] and r["hostname"] and r["pid"] for r in rows)
+
+
+def test_wandb_offline_runs_hold_the_per_epoch_metrics(sweep) -> None:
+    runs = sorted((sweep["exp"] / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == NUM_SAMPLES
+    for run_file in runs:
+        trial_id = run_file.stem.removeprefix("run-")
+        logged = {int(json.loads(h["epoch"])): json.loads(h["val_loss"])
+                  for h in history_rows(run_file) if "val_loss" in h}
+        expected = {int(r["epoch"]): r["val_loss"] for r in sweep["rows"][trial_id]}
+        # W&B's own Record protobufs hold one history row per epoch, with Ray's values.
+        assert logged == pytest.approx(expected)
+
+
+def test_api_key_is_never_written(sweep) -> None:
+    leaked = [p for p in sweep["exp"].rglob("*")
+              if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaked == []
+    assert SECRET not in sweep["proc"].stdout + sweep["proc"].stderr
+    recorded = json.loads((sweep["exp"] / "cxr_tune.json").read_text())
+    assert recorded["metric"] == "val_loss" and recorded["mode"] == "min"
+
+
+def test_export_bundle_reloads_with_checkpoint_predictions_and_onnx_agrees(sweep) -> None:
+    import onnxruntime as ort
+
+    from search.export import find_best_checkpoint
+    from trainables.bundle import load_bundle
+    from trainables.data import load_for_config
+    from trainables.train import model_from_checkpoint, predict_proba
+
+    out = sweep["exp"] / "export"
+    bundle = load_bundle(out)
+    meta = json.loads((out / "bundle.json").read_text())
+    best = find_best_checkpoint(sweep["exp"], "val_loss", "min")
+    # The export is the best checkpoint of the sweep.
+    assert meta["source"]["checkpoint"] == best.checkpoint_dir.name
+    assert meta["source"]["value"] == sweep["summary"]["best"]["value"]
+    model, cfg, classes = model_from_checkpoint(best.checkpoint_dir)
+    assert bundle.cfg == cfg and bundle.classes == classes
+
+    images = load_for_config(cfg).val.images
+    from_bundle = predict_proba(bundle.model, images, "cpu", 64)
+    from_checkpoint = predict_proba(model, images, "cpu", 64)
+    # Same weights, same predictions.
+    assert torch.equal(from_bundle.argmax(1), from_checkpoint.argmax(1))
+    assert torch.allclose(from_bundle, from_checkpoint, atol=1e-6)
+
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = (images.float() / 255 - 0.5) / 0.5  # the bundle's preprocessing
+    logits = session.run(["logits"], {"image": x.numpy()})[0]
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    # ONNX on real validation images (dynamic batch) agrees with PyTorch.
+    assert np.abs(probs - from_checkpoint.numpy()).max() < 1e-4
+    assert meta["onnx"]["max_abs_diff_probabilities"] < 1e-4

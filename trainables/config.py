@@ -162,7 +162,7 @@ def _coerce(type_name: Any, key: str, value: Any) -> Any:
 def _check_choice(name: str, value: Any, choices: Any, prefix: str = "") -> None:
     if value not in choices:
         raise ValueError(
-            f"unknown {name} {prefix}{value!r}; expected one of "
+            f"unknown {name} {prefix + str(value)!r}; expected one of "
             f"{sorted(prefix + str(c) for c in choices)}"
         )
 

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -79,6 +78,7 @@ class Evaluator:
         val = self.score(model, cfg, data.val.images, data.val.labels, "none", classes)
         test = self.score(model, cfg, data.test.images, data.test.labels, "none", classes)
         ev = TrialEval(trial, list(classes), count_parameters(model), val, test)
+        ev.test_paths, ev.data_root = list(data.test.paths), str(data.root)
         ev.tta["none"] = (TTA_POLICIES["none"], test)
         self.evals[trial.trial_id] = ev
         return ev
@@ -134,6 +134,13 @@ class Document:
         atomic_write_text(path, table.to_csv(index=False))
         self.csvs.append(path)
         self.blocks.append(("table", (caption, display(table), path.name)))
+
+    def csv(self, name: str, table: pd.DataFrame) -> Path:
+        """A table written as CSV only (too long for the page)."""
+        path = self.out / f"{name}.csv"
+        atomic_write_text(path, table.to_csv(index=False))
+        self.csvs.append(path)
+        return path
 
     def figure(self, path: Path, caption: str) -> None:
         self.figures.append(path)
@@ -359,6 +366,12 @@ def _tta_section(doc: Document, t: dict[str, pd.DataFrame], best: TrialEval, cho
         f"`{chosen}`; the test split was not used to choose it."
     )
     doc.text("\n".join(lines))
+    shown = chosen if chosen != "none" else SEED_POLICIES[-1]
+    path = doc.csv("predictions", tables.predictions_table(best, shown))
+    doc.text(
+        f"Every test image's class and probabilities without TTA and with `{shown}` are in "
+        f"[{path.name}]({path.name}) (paths relative to `{best.data_root}`)."
+    )
     doc.table("table4_tta", "Table 4: no TTA against each TTA policy", table)
     doc.table(
         "table4_tta_flips",
@@ -383,11 +396,9 @@ def _figures_section(
 ) -> None:
     doc.heading("4. Figures")
     base = best.tta["none"][1]
-    preds = {"no TTA": base.preds}
-    if chosen != "none":
-        preds[f"TTA {chosen}"] = best.tta[chosen][1].preds
-    else:
-        preds[f"TTA {SEED_POLICIES[-1]}"] = best.tta[SEED_POLICIES[-1]][1].preds
+    # Without and with the policy chosen on validation (the seed's TTA2 when none was chosen).
+    shown = chosen if chosen != "none" else SEED_POLICIES[-1]
+    preds = {"no TTA": base.preds, f"TTA {shown}": best.tta[shown][1].preds}
     path = plots.confusion_figure(base.labels, preds, best.classes, doc.out / "confusion.png")
     doc.figure(path, "Test confusion matrices of the best trial without and with TTA")
     top = exp.ranked()[: max(1, top_k)]
@@ -436,7 +447,8 @@ def log_to_wandb(exp: Experiment, doc: Document, t: dict[str, pd.DataFrame]) -> 
     otherwise); returns the run's local directory."""
     import wandb
 
-    project = exp.meta.get("wandb_project") or exp.meta.get("project") or "cxr-tune"
+    args = exp.meta.get("args") if isinstance(exp.meta.get("args"), dict) else {}
+    project = args.get("wandb_project") or "cxr-tune"  # search.run's --wandb-project
     run = wandb.init(
         project=str(project),
         name=f"report-{exp.name}",
@@ -455,6 +467,34 @@ def log_to_wandb(exp: Experiment, doc: Document, t: dict[str, pd.DataFrame]) -> 
         run.finish()
 
 
+def run_report(
+    experiment: str | Path,
+    out: str | Path | None = None,
+    top_k: int = 3,
+    device: str | None = None,
+    wandb: bool = False,
+) -> tuple[Experiment, Document, dict[str, pd.DataFrame]]:
+    """Everything `python -m analysis.report` does; returns the loaded experiment, the written
+    document and its tables."""
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    exp = load_experiment(experiment)
+    out = Path(out) if out else exp.path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"{exp.name}: {len(exp.trials)} trials, {len(exp.usable())} with checkpoints; "
+        f"metric {exp.metric} ({exp.mode})"
+    )
+    for note in exp.missing:
+        print(f"  missing: {note}")
+    doc, t = build_report(exp, out, top_k, device)
+    md, page = write_report(doc, f"cxr-tune results: {exp.name}")
+    print(f"wrote {md}, {page}, {len(doc.csvs)} tables (CSV) and {len(doc.figures)} figures")
+    if wandb:
+        print(f"logged to W&B: {log_to_wandb(exp, doc, t)}")
+    return exp, doc, t
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.report",
@@ -467,29 +507,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--wandb", action="store_true", help="also log to the sweep's W&B project")
     args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error(f"--top-k must be at least 1, got {args.top_k}")
     try:
-        exp = load_experiment(args.experiment)
-        out = Path(args.out) if args.out else exp.path / "report"
-        out.mkdir(parents=True, exist_ok=True)
-        print(
-            f"{exp.name}: {len(exp.trials)} trials, {len(exp.usable())} with checkpoints; "
-            f"metric {exp.metric} ({exp.mode})"
-        )
-        for note in exp.missing:
-            print(f"  missing: {note}")
-        doc, t = build_report(exp, out, args.top_k, args.device)
-        md, page = write_report(doc, f"cxr-tune results: {exp.name}")
+        run_report(args.experiment, args.out, args.top_k, args.device, args.wandb)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {md}, {page}, {len(doc.csvs)} tables (CSV) and {len(doc.figures)} figures")
-    if args.wandb:
-        print(f"logged to W&B: {log_to_wandb(exp, doc, t)}")
     return 0
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     sys.exit(main())

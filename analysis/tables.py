@@ -55,6 +55,24 @@ class TrialEval:
     test: Scored
     tta: dict[str, tuple[TTAPolicy, Scored]] = field(default_factory=dict)
     """Policy name -> (policy, test predictions); filled for the overall best trial."""
+    test_paths: list[str] = field(default_factory=list)
+    """Test image paths, relative to `data_root`, in the order of `test`."""
+    data_root: str = ""
+
+
+def predictions_table(ev: TrialEval, policy: str) -> pd.DataFrame:
+    """One row per test image: its file, true class, and the class and probabilities without
+    TTA and under `policy` (what `analysis.predict` prints for the same file)."""
+    base, tta = ev.tta["none"][1], ev.tta[policy][1]
+    frame = pd.DataFrame({"image": ev.test_paths, "label": [ev.classes[i] for i in base.labels]})
+    frame["pred"] = [ev.classes[i] for i in base.preds]
+    for c, name in enumerate(ev.classes):
+        frame[f"prob_{name.lower()}"] = base.probs[:, c]
+    frame["tta_policy"] = policy
+    frame["tta_pred"] = [ev.classes[i] for i in tta.preds]
+    for c, name in enumerate(ev.classes):
+        frame[f"tta_prob_{name.lower()}"] = tta.probs[:, c]
+    return frame
 
 
 def _class_keys(classes: Sequence[str]) -> list[str]:

@@ -1,0 +1,140 @@
+"""The report on a real small sweep: its five tables, figures, intervals, and its agreement with
+the sweep's own numbers and with `analysis.predict`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import predict, report
+from analysis.tables import EVALUATED
+from trainables.balance import BALANCES
+from trainables.models import MODELS
+
+pytestmark = pytest.mark.slow
+
+FIGURES = ("confusion", "curves", "tsne", "asha", "importance")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_holds_the_five_tables_with_their_rows_and_columns(smoke_report):
+    exp, doc, tables, out = smoke_report
+    md = (out / "report.md").read_text()
+    for n in range(1, 6):
+        # Each of the seed's tables appears in the report, captioned as the seed numbers them.
+        assert f"*Table {n}:" in md
+    t1 = pd.read_csv(out / "table1_balance.csv")
+    # Every balance strategy has a row, in registry order, covered by the sweep or not.
+    assert t1["balance"].tolist() == list(BALANCES)
+    assert {"val_acc", "test_acc", "test_precision", "test_acc_low", "test_acc_high",
+            "parameters", "epochs", "gpu_hours"} <= set(t1.columns)  # fmt: skip
+    status = dict(zip(t1["balance"], t1["status"], strict=True))
+    # spaces/smoke.py searches original and oversample only: the others are missing rows.
+    assert status["original"] == status["oversample"] == EVALUATED
+    assert status["undersample"].startswith("missing") and status["class_weights"].startswith(
+        "missing"
+    )
+    t2 = pd.read_csv(out / "table2_balance_per_class.csv")
+    assert {"test_acc_normal", "test_acc_bacteria", "test_acc_viral"} <= set(t2.columns)
+    t3 = pd.read_csv(out / "table3_architectures.csv")
+    assert t3["model"].tolist() == list(MODELS)
+    assert t3.set_index("model").loc["simple_cnn_10m", "status"] == EVALUATED
+    assert t3.set_index("model").loc["resnet50", "status"].startswith("missing")
+    t4 = pd.read_csv(out / "table4_tta.csv")
+    # No TTA first, then the seed's two policies and the deterministic one, each with its cost
+    # and McNemar's test against no TTA.
+    assert t4["policy"].tolist()[:4] == ["none", "tta1", "tta2", "mirror"]
+    assert t4["cost"].tolist()[:4] == [1, 3, 3, 2]
+    assert {"mcnemar_p", "verdict", "right_to_wrong", "wrong_to_right"} <= set(t4.columns)
+    assert t4["chosen_on_val"].sum() == 1
+    flips = pd.read_csv(out / "table4_tta_flips.csv")
+    assert set(flips["class"]) == {"NORMAL", "BACTERIA", "VIRAL"}
+    t5 = pd.read_csv(out / "table5_cnn_size.csv")
+    assert t5["model"].tolist() == ["simple_cnn", "simple_cnn_10m"]
+    # The 10M CNN's row carries its parameter count (at 32 px its head is smaller than 10M).
+    assert t5.set_index("model").loc["simple_cnn_10m", "parameters"] > 1_000_000
+
+
+def test_figures_exist_and_the_html_page_embeds_them(smoke_report):
+    _, doc, _, out = smoke_report
+    for name in FIGURES:
+        # Each figure is a real PNG file next to the report.
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC, name
+    page = (out / "report.html").read_text()
+    # Self-contained: every figure inline as base64, no reference to a PNG file.
+    assert page.count("data:image/png;base64,") == len(doc.figures) == len(FIGURES)
+    assert ".png'" not in page and "<table" in page
+
+
+def test_every_interval_in_every_table_contains_its_point_estimate(smoke_report):
+    _, doc, _, _ = smoke_report
+    checked = 0
+    for path in doc.csvs:
+        table = pd.read_csv(path)
+        for col in [c for c in table.columns if f"{c}_low" in table.columns]:
+            rows = table[table[col].notna()]
+            # A CI that excludes its own estimate would be a bug in the bootstrap.
+            assert (rows[f"{col}_low"] <= rows[col] + 1e-12).all(), (path.name, col)
+            assert (rows[col] <= rows[f"{col}_high"] + 1e-12).all(), (path.name, col)
+            checked += len(rows)
+    assert checked > 20
+
+
+def test_report_reproduces_the_sweeps_validation_score(smoke_report):
+    exp, _, tables, _ = smoke_report
+    best = exp.best_trial()
+    t1 = tables["table1_balance"].set_index("balance")
+    row = t1.loc[best.params["balance"]]
+    history = best.history.set_index("epoch").loc[best.best_epoch]
+    # Re-evaluating the chosen checkpoint gives the validation accuracy the trial reported at
+    # that epoch: the checkpoint-to-epoch mapping and the preprocessing are right.
+    assert row["trial_id"] == best.trial_id
+    assert row["val_acc"] == pytest.approx(history["val_acc"], abs=1e-9)
+
+
+def test_statuses_agree_with_the_sweeps_own_summary(smoke_experiment, smoke_report):
+    exp = smoke_report[0]
+    summary = json.loads((smoke_experiment / "summary.json").read_text())
+    stopped = {row["trial_id"] for row in summary["stopped_early"]}
+    # What ASHA stopped, read from files, matches what the live sweep reported.
+    assert {t.trial_id for t in exp.trials if t.status == "stopped early"} == stopped
+    assert len(exp.trials) == summary["trials"] == 4
+    assert exp.missing == []
+
+
+def test_predict_gives_the_reports_class_and_probabilities(smoke_experiment, smoke_report, capsys):
+    exp, _, _, out = smoke_report
+    bundle_meta = json.loads((smoke_experiment / "export" / "bundle.json").read_text())
+    best = exp.best_trial()
+    # The exported bundle is the checkpoint the report ranks first.
+    assert bundle_meta["source"]["trial"] == best.path.name
+    assert bundle_meta["source"]["checkpoint"] == best.best_checkpoint.name
+    preds = pd.read_csv(out / "predictions.csv")
+    root = report.Evaluator("cpu").dataset(best.config).root
+    chosen = preds.groupby("label").head(2)  # two test images of each class
+    capsys.readouterr()
+    rc = predict.main(
+        [str(smoke_experiment / "export"), *[str(root / p) for p in chosen["image"]], "--json"]
+    )
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)["predictions"]
+    for row, got in zip(chosen.itertuples(), result, strict=True):
+        # Same image file, same class and probabilities as the report's test evaluation.
+        assert got["class"] == row.pred
+        expected = [row.prob_normal, row.prob_bacteria, row.prob_viral]
+        actual = [got["probabilities"][c] for c in ("NORMAL", "BACTERIA", "VIRAL")]
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+
+
+def test_report_logs_tables_and_figures_to_wandb_offline(smoke_report, tmp_path, monkeypatch):
+    exp, doc, tables, _ = smoke_report
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    doc.out = tmp_path  # the run lands under tmp_path/wandb
+    run_dir = report.log_to_wandb(exp, doc, tables)
+    offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    # W&B's own offline run file holds what `wandb sync` would upload.
+    assert len(offline) == 1 and offline[0].stat().st_size > 1000
+    assert str(tmp_path) in run_dir

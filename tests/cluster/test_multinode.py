@@ -1,0 +1,456 @@
+"""`search.run --address` on a real multi-node Ray cluster on loopback, with S3 storage.
+
+The cluster is Ray's own `ray.cluster_utils.Cluster`: a head and worker nodes, each a real
+raylet with its own loopback address (127.0.0.2, 127.0.0.3, ...) so a result's `node_ip` tells
+the nodes apart; a node is killed with all its processes by `remove_node`. Storage is a moto S3
+server on loopback. The sweeps run the real trainable on the small phantom at 32 px.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from ray.cluster_utils import Cluster
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SPACE = Path(__file__).with_name("space_cluster.py")
+MAX_EPOCHS = 5  # space_cluster.MAX_EPOCHS; every trial must report epochs 1..5
+# Not 127.0.0.1: Ray rewrites that address to the host's public one when a driver joins.
+HEAD_IP = "127.0.0.2"
+WORKER_IPS = ("127.0.0.3", "127.0.0.4", "127.0.0.5")
+BUCKET = "cxr-tune"
+PREFIX = "experiments"
+SWEEP_TIMEOUT = 300  # seconds, per search.run process
+
+SWEEP_FLAGS = [
+    "--space", str(SPACE), "--profile", "cpu", "--data", "phantom:small",
+    "--cpus-per-trial", "1", "--max-concurrent", "2", "--grace-period", str(MAX_EPOCHS),
+    "--seed", "0", "--wandb-mode", "disabled", "--no-export",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention `text` (Ray puts its temp dir in all)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline and int(pid) != os.getpid():
+            found.append(f"{pid}: {cmdline[:160]}")
+    return found
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, sweep: Sweep | None = None,
+               interval: float = 0.1) -> Any:
+    """Poll `condition` every `interval` seconds until it returns something truthy; fail early
+    if the sweep exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if sweep is not None and sweep.process.poll() is not None:
+            pytest.fail(f"search.run exited ({sweep.process.returncode}) first:\n{sweep.tail()}")
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s" + (f":\n{sweep.tail()}" if sweep else ""))
+
+
+def parse_rows(text: str) -> list[dict[str, Any]]:
+    """result.json rows; a line still being written is skipped."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def local_trial_rows(experiment: Path) -> dict[str, list[dict[str, Any]]]:
+    return {p.parent.name: parse_rows(p.read_text()) for p in experiment.glob("*/result.json")}
+
+
+class Sweep:
+    """One `python -m search.run` process, logging to a file."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.log = cwd / "search-run.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "search.run", *args],
+                cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait(self, timeout: float = SWEEP_TIMEOUT) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"search.run still running after {timeout} s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no handler runs, like a head node losing power."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+class LocalCluster:
+    """A Ray head and worker nodes on loopback, one CPU each, sharing one temp dir."""
+
+    def __init__(self, temp_dir: str) -> None:
+        self.temp_dir = temp_dir
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args=self._node_args(HEAD_IP) | {
+                # Notice a dead node in ~1.5 s instead of Ray's default ~15 s.
+                "_system_config": {"health_check_period_ms": 500,
+                                   "health_check_failure_threshold": 3},
+            },
+        )
+        self.workers: dict[str, Any] = {}
+        self._unused_ips = list(WORKER_IPS)
+
+    def _node_args(self, ip: str) -> dict[str, Any]:
+        return {
+            "node_ip_address": ip,
+            "num_cpus": 1,  # one trial per node at a time
+            "memory": 2 * 2**30,  # bytes; two nodes fit in a small CI machine
+            "object_store_memory": 100 * 2**20,  # bytes; trials pass nothing big through it
+            "temp_dir": self.temp_dir,
+            "include_dashboard": False,
+            "dashboard_port": free_port(),
+        }
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def add_worker(self) -> str:
+        """Start a worker node on a loopback address not used before; returns the address."""
+        ip = self._unused_ips.pop(0)
+        self.workers[ip] = self.cluster.add_node(**self._node_args(ip))
+        self.cluster.wait_for_nodes()
+        return ip
+
+    def kill_worker(self, ip: str) -> None:
+        """Kill the node's raylet and every process on it at once (no graceful shutdown)."""
+        self.cluster.remove_node(self.workers.pop(ip), allow_graceful=False)
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+@dataclass
+class S3:
+    client: Any
+    endpoint: str
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
+                                                                      Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def text(self, key: str) -> str:
+        return self.client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+
+    def trial_rows(self, experiment: str) -> dict[str, list[dict[str, Any]]]:
+        return {key.split("/")[-2]: parse_rows(self.text(key))
+                for key in self.keys(experiment + "/") if key.endswith("/result.json")}
+
+    def trial_statuses(self, experiment: str) -> dict[str, str]:
+        """Trial dir -> status in the newest experiment state the driver synced to the bucket."""
+        states = sorted(k for k in self.keys(experiment + "/experiment_state-"))
+        if not states:
+            return {}
+        try:
+            state = json.loads(self.text(states[-1]))
+        except json.JSONDecodeError:
+            return {}  # an upload in progress
+        statuses = {}
+        for trial_json, _metadata in state["trial_data"]:
+            trial = json.loads(trial_json)
+            statuses[f"trial_{trial['trial_id']}"] = trial["status"]
+        return statuses
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on loopback, and the AWS environment that points boto3, pyarrow and
+    every Ray node at it (set before the cluster starts, so raylets and trials inherit it)."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    patch = pytest.MonkeyPatch()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        patch.setenv(key, value)
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+        def ready() -> bool:
+            if server.poll() is not None:
+                pytest.fail(f"moto server exited with {server.returncode}")
+            try:
+                client.list_buckets()
+                return True
+            except Exception:  # not listening yet
+                return False
+
+        wait_until(ready, 60)
+        client.create_bucket(Bucket=BUCKET)
+        yield S3(client, endpoint)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+        log.close()
+        patch.undo()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    temp_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths
+    (Path(temp_dir) / "ray").mkdir()
+    patch = pytest.MonkeyPatch()
+    # Ray records the cluster address under RAY_TMPDIR: keep it out of the shared /tmp/ray.
+    patch.setenv("RAY_TMPDIR", temp_dir)
+    local = None
+    try:
+        local = LocalCluster(temp_dir)
+        yield local
+    finally:
+        if local is not None:
+            local.shutdown()
+        patch.undo()
+        leftovers = wait_for_exit(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        # Every Ray process the tests started is gone (raylets, GCS, workers).
+        assert leftovers == []
+
+
+def wait_for_exit(temp_dir: str, timeout: float = 20) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := processes_mentioning(temp_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+# --- a worker node dies mid-trial --------------------------------------------------------------
+
+
+@dataclass
+class WorkerLoss:
+    returncode: int
+    worker_ip: str
+    killed_after_epoch: int
+    rows: dict[str, list[dict[str, Any]]]
+    summary: dict[str, Any]
+    log: str
+
+
+@pytest.fixture(scope="module")
+def worker_loss(cluster, tmp_path_factory):
+    """Two trials, one per node; the worker node is killed after its trial's first epoch."""
+    worker_ip = cluster.add_worker()
+    storage = tmp_path_factory.mktemp("storage")
+    experiment = storage / "worker-loss"
+    sweep = Sweep([*SWEEP_FLAGS, "--address", cluster.address, "--storage", str(storage),
+                   "--name", "worker-loss", "--num-samples", "2"],
+                  cwd=tmp_path_factory.mktemp("head"))
+    try:
+        def worker_mid_trial() -> int:
+            for rows in local_trial_rows(experiment).values():
+                epochs = [r["epoch"] for r in rows if r.get("node_ip") == worker_ip]
+                if epochs and epochs[-1] < MAX_EPOCHS:
+                    return epochs[-1]
+            return 0
+
+        killed_after = wait_until(worker_mid_trial, 180, sweep)
+        cluster.kill_worker(worker_ip)
+        returncode = sweep.wait()
+    finally:
+        sweep.stop()
+    summary_file = experiment / "summary.json"
+    return WorkerLoss(
+        returncode=returncode,
+        worker_ip=worker_ip,
+        killed_after_epoch=killed_after,
+        rows=local_trial_rows(experiment),
+        summary=json.loads(summary_file.read_text()) if summary_file.is_file() else {},
+        log=sweep.tail(),
+    )
+
+
+def test_sweep_spreads_its_trials_over_both_nodes(worker_loss):
+    first_nodes = sorted(rows[0]["node_ip"] for rows in worker_loss.rows.values())
+    # One trial started on the head, the other on the worker: Ray placed them on both nodes.
+    assert first_nodes == sorted([HEAD_IP, worker_loss.worker_ip]), worker_loss.log
+
+
+def test_trial_of_a_killed_worker_continues_on_another_node_from_its_checkpoint(worker_loss):
+    moved = [rows for rows in worker_loss.rows.values()
+             if rows[0]["node_ip"] == worker_loss.worker_ip]
+    assert len(moved) == 1, worker_loss.log
+    rows = moved[0]
+    nodes = [r["node_ip"] for r in rows]
+    on_worker = nodes.count(worker_loss.worker_ip)
+    # The kill really came mid-trial: the worker ran some epochs, another node ran the rest.
+    assert worker_loss.killed_after_epoch <= on_worker < MAX_EPOCHS, worker_loss.log
+    assert nodes[:on_worker] == [worker_loss.worker_ip] * on_worker
+    assert worker_loss.worker_ip not in nodes[on_worker:]
+    # It went on from the last checkpoint: the next epoch after the move is not epoch 1.
+    assert rows[on_worker]["epoch"] == rows[on_worker - 1]["epoch"] + 1
+    # Ray counted the node loss as a failure of that trial and retried it.
+    failures = {r["trial_id"]: r["failures"] for r in worker_loss.summary["trial_rows"]}
+    assert failures[rows[0]["trial_id"]] >= 1
+
+
+def test_every_trial_finishes_and_no_epoch_result_is_lost(worker_loss):
+    assert worker_loss.returncode == 0, worker_loss.log
+    assert worker_loss.summary["state"] == "finished"
+    assert worker_loss.summary["errors"] == []
+    for trial, rows in worker_loss.rows.items():
+        # Each epoch reported exactly once, across both nodes: none lost, none repeated.
+        assert [r["epoch"] for r in rows] == list(range(1, MAX_EPOCHS + 1)), trial
+
+
+# --- the driver dies; the sweep resumes from S3 -------------------------------------------------
+
+
+@dataclass
+class DriverLoss:
+    returncode: int
+    experiment: str  # bucket key prefix of the experiment
+    finished_before: dict[str, list[dict[str, Any]]]  # trials done when the driver died
+    unfinished_before: list[str]
+    killed_at: float  # unix seconds
+    statuses: dict[str, str]  # trial dir -> status in the resumed experiment's final state
+    rows: dict[str, list[dict[str, Any]]]  # of those trials
+    keys: list[str]
+    log: str
+
+
+@pytest.fixture(scope="module")
+def driver_loss(cluster, s3, tmp_path_factory):
+    """Three trials on S3 storage; the driver is SIGKILLed once one trial has finished and
+    another has checkpointed; a second driver, in a fresh directory, resumes from the bucket."""
+    while len(cluster.workers) < 1:
+        cluster.add_worker()
+    name = "driver-loss"
+    experiment = f"{PREFIX}/{name}"
+    flags = [*SWEEP_FLAGS, "--address", cluster.address, "--storage",
+             f"s3://{BUCKET}/{PREFIX}", "--name", name, "--num-samples", "3"]
+    first = Sweep(flags, cwd=tmp_path_factory.mktemp("head-a"))
+    try:
+        def one_finished_one_checkpointed():
+            statuses = s3.trial_statuses(experiment)
+            rows = s3.trial_rows(experiment)
+            done = {t: rows[t] for t, s in statuses.items()
+                    if s == "TERMINATED" and len(rows.get(t, [])) == MAX_EPOCHS}
+            running = [t for t, s in statuses.items() if s == "RUNNING" and rows.get(t)]
+            return (done, running) if done and running else None
+
+        finished_before, unfinished_before = wait_until(one_finished_one_checkpointed, 240,
+                                                        first, interval=0.5)
+        killed_at = time.time()
+        first.kill()
+    finally:
+        first.stop()
+    second = Sweep([*flags, "--resume"], cwd=tmp_path_factory.mktemp("head-b"))
+    try:
+        returncode = second.wait()
+    finally:
+        second.stop()
+    # A trial the first driver created after its last synced state is unknown to the resumed
+    # experiment (its folder stays behind, empty): the final state says which trials count.
+    statuses = s3.trial_statuses(experiment)
+    rows = s3.trial_rows(experiment)
+    return DriverLoss(
+        returncode=returncode,
+        experiment=experiment,
+        finished_before=finished_before,
+        unfinished_before=unfinished_before,
+        killed_at=killed_at,
+        statuses=statuses,
+        rows={trial: rows.get(trial, []) for trial in statuses},
+        keys=s3.keys(experiment + "/"),
+        log=first.tail(15) + "\n--- resumed ---\n" + second.tail(),
+    )
+
+
+def test_results_and_checkpoints_land_in_the_bucket(driver_loss):
+    keys = set(driver_loss.keys)
+    exp = driver_loss.experiment
+    # The project's experiment record and Ray's experiment state live next to the trials.
+    assert f"{exp}/cxr_tune.json" in keys
+    assert any(k.startswith(f"{exp}/experiment_state-") for k in keys)
+    assert driver_loss.rows, driver_loss.log
+    for trial in driver_loss.rows:
+        assert {f"{exp}/{trial}/result.json", f"{exp}/{trial}/params.json"} <= keys
+        # Workers uploaded the trainable's checkpoints (checkpoint.pt) straight to the bucket.
+        assert any(k.startswith(f"{exp}/{trial}/checkpoint_") and k.endswith("/checkpoint.pt")
+                   for k in keys), trial
+
+
+def test_resume_from_the_bucket_finishes_the_sweep(driver_loss):
+    assert driver_loss.returncode == 0, driver_loss.log
+    # All three trials of the sweep finished, counted from the experiment state in the bucket.
+    assert sorted(driver_loss.statuses.values()) == ["TERMINATED"] * 3, driver_loss.statuses
+    for trial, rows in driver_loss.rows.items():
+        # Every trial reached its last epoch after the resume.
+        assert rows[-1]["epoch"] == MAX_EPOCHS, (trial, driver_loss.log)
+
+
+def test_resume_does_not_rerun_finished_trials(driver_loss):
+    for trial, before in driver_loss.finished_before.items():
+        # A trial finished before the driver died kept its results, with no new epochs.
+        assert driver_loss.rows[trial] == before, trial
+
+
+def test_interrupted_trial_resumes_from_its_checkpoint(driver_loss):
+    for trial in driver_loss.unfinished_before:
+        rows = driver_loss.rows[trial]
+        resumed = [r for r in rows if r["timestamp"] > driver_loss.killed_at]
+        assert resumed, (trial, driver_loss.log)
+        # The resumed driver restored the trial's checkpoint: it did not start over at epoch 1.
+        assert resumed[0]["epoch"] > 1, [r["epoch"] for r in rows]

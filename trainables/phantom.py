@@ -80,8 +80,8 @@ JPEG_SHARE = 0.8  # of L and RGB images (keeps `full` small on disk)
 
 # Finding strength (added density at severity 1, on a 0..1 density scale). Tuned so a small
 # CNN lands well under 100% and a linear model on raw pixels clearly below it.
-BACTERIA_AMPLITUDE = 0.85
-VIRAL_AMPLITUDE = 0.65
+BACTERIA_AMPLITUDE = 0.95
+VIRAL_AMPLITUDE = 0.75
 
 METADATA_COLUMNS = (
     "split",
@@ -520,6 +520,10 @@ def generate(
     files are the same whatever it is.
     """
     specs = plan(preset, seed)
+    if processes is None:
+        processes = 1 if preset == "small" else min(8, os.cpu_count() or 1)
+    if processes < 1:
+        raise ValueError(f"--processes must be at least 1, got {processes}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output folder {out} exists and is not empty; pass a new --out")
@@ -527,10 +531,6 @@ def generate(
         for cls in CLASSES:
             (out / split / cls).mkdir(parents=True, exist_ok=True)
     jobs = [(out, seed, s, preset, confounder) for s in specs]
-    if processes is None:
-        processes = 1 if preset == "small" else min(8, os.cpu_count() or 1)
-    if processes < 1:
-        raise ValueError(f"--processes must be at least 1, got {processes}")
     if processes > 1:
         ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
         with ctx.Pool(processes) as pool:

@@ -126,6 +126,7 @@ def test_patients_with_several_images_stay_in_one_class_and_split(meta):
     assert (per_patient["classes"] == 1).all() and (per_patient["splits"] == 1).all()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_files_with_any_process_count(small, tmp_path):
     again = generate(tmp_path / "again", preset="small", seed=0, processes=2)
     # Determinism down to the bytes, CSV included, even when rendered by a worker pool.

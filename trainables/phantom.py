@@ -68,7 +68,7 @@ PRESETS: dict[str, Preset] = {
     # Tests and CPU runs: a few hundred low-resolution images; the test mix differs from train.
     "small": Preset({"train": (100, 180, 100), "test": (20, 60, 20)}, (96, 160), 192),
     # The seed study's balance (train ~1,350 / 2,500 / 1,350, test 80 / 240 / 40).
-    "full": Preset({"train": (1350, 2500, 1350), "test": (80, 240, 40)}, (320, 416), 544),
+    "full": Preset({"train": (1350, 2500, 1350), "test": (80, 240, 40)}, (320, 400), 512),
 }
 
 # Planted confounder (confounder=True): share of train images carrying the tag, per class.

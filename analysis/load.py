@@ -27,6 +27,7 @@ import pandas as pd
 from trainables.config import TrialConfig, field_names
 
 META_FILE = "cxr_tune.json"
+SUMMARY_FILE = "summary.json"  # written by search.run at the end of a sweep
 MODES = ("max", "min")
 DEFAULT_METRIC, DEFAULT_MODE = "val_acc", "max"  # when cxr_tune.json is missing
 
@@ -97,6 +98,8 @@ class Experiment:
     trials: list[TrialRecord]
     missing: list[str]
     """What a report on this experiment cannot cover, in words (one item per problem)."""
+    sweep_summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """trial id -> its row in summary.json (written by search.run when a sweep ends)."""
 
     def usable(self) -> list[TrialRecord]:
         """Trials with a scored checkpoint on disk (errored ones included if they have one)."""
@@ -151,7 +154,18 @@ def load_experiment(path: str | Path) -> Experiment:
     ray_status = _ray_statuses(path)
     trials = [_load_trial(d, metric, mode, max_epochs, ray_status) for d in trial_dirs]
     missing += _problems(trials, meta, metric, ray_status)
-    return Experiment(path, path.name, metric, mode, max_epochs, meta, trials, missing)
+    return Experiment(
+        path, path.name, metric, mode, max_epochs, meta, trials, missing, _summary_rows(path)
+    )
+
+
+def _summary_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """summary.json's per-trial rows by trial id; {} when absent or unreadable (optional)."""
+    try:
+        summary = json.loads((path / SUMMARY_FILE).read_text())
+        return {str(r["trial_id"]): r for r in summary.get("trial_rows", []) if "trial_id" in r}
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError, KeyError):
+        return {}
 
 
 def _read_meta(path: Path) -> tuple[dict[str, Any], list[str]]:

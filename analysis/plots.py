@@ -165,6 +165,9 @@ def asha_figure(exp: Experiment, path: Path) -> Path:
         curve_ax.scatter(h["epoch"].iloc[-1], h[exp.metric].iloc[-1], color=color, s=18, zorder=3)
     for r in rungs(exp):
         curve_ax.axvline(r, color="black", linestyle=":", linewidth=1)
+    values = pd.concat([t.history[exp.metric] for t in exp.trials if exp.metric in t.history])
+    if len(values) and values.min() > 0 and values.max() / values.min() > 10:
+        curve_ax.set_yscale("log")  # one diverged trial's loss would flatten all the others
     curve_ax.set(xlabel="epoch", ylabel=exp.metric, title="trials per epoch (dotted: ASHA rungs)")
     curve_ax.xaxis.get_major_locator().set_params(integer=True)
     handles = [plt.Line2D([], [], color=c, marker="o", label=s) for s, c in _STATUS_COLORS.items()]
@@ -195,7 +198,9 @@ def importance_table(exp: Experiment, seed: int = 0) -> pd.DataFrame:
     scored = [t for t in exp.trials if t.best_score is not None]
     if len(scored) < 2:
         raise ValueError(f"parameter importance needs at least 2 scored trials, got {len(scored)}")
-    frame = pd.DataFrame([t.params for t in scored])
+    # The trial's full config, so a parameter a space suggests only for some models (frozen
+    # depth) carries the value the others actually trained with.
+    frame = pd.DataFrame([t.config.to_dict() if t.config else t.params for t in scored])
     distributions = {}
     for name in frame.columns:
         values = frame[name]

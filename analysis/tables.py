@@ -107,9 +107,10 @@ def _trial_columns(ev: TrialEval | None, exp: Experiment) -> dict[str, object]:
 
 
 def gpu_hours(trial: TrialRecord, exp: Experiment) -> float:
-    """Trial wall time times the GPUs it held (cxr_tune.json's `gpus_per_trial`; a number, or
-    a dict by model). NaN when the sweep did not record it; 0 for a CPU-only sweep."""
-    gpus = exp.meta.get("gpus_per_trial")
+    """Trial wall time times the GPUs it held: summary.json's per-trial `gpus` when the sweep
+    wrote it, else cxr_tune.json's `gpus_per_trial` (a number, or a dict by model). NaN when
+    neither is recorded (a GPU fraction sized per trial); 0 for a CPU-only sweep."""
+    gpus = exp.sweep_summary.get(trial.trial_id, {}).get("gpus", exp.meta.get("gpus_per_trial"))
     if isinstance(gpus, dict):
         gpus = gpus.get(str(trial.params.get("model")))
     if not isinstance(gpus, (int, float)):

@@ -167,7 +167,7 @@ class Document:
         for kind, value in self.blocks:
             if kind == "heading":
                 level, text = value
-                body.append(f"<h{level}>{html.escape(text)}</h{level}>")
+                body.append(f"<h{level}>{_inline_html(text)}</h{level}>")
             elif kind == "text":
                 body.append(f"<p>{_inline_html(str(value))}</p>")
             elif kind == "table":
@@ -321,8 +321,8 @@ def _balance_section(doc: Document, t: dict[str, pd.DataFrame]) -> None:
     if top is not None:
         line += (
             f" Highest test accuracy: `{top['balance']}` with {_pct(top['test_acc'])} "
-            f"(95 % CI {_pct(top['test_acc_low'])} to {_pct(top['test_acc_high'])}); strategies "
-            "whose intervals overlap it are not shown to differ."
+            f"(95 % CI {_pct(top['test_acc_low'])} to {_pct(top['test_acc_high'])}); a gap "
+            "smaller than the intervals are wide is no evidence that one strategy is better."
         )
     doc.text(line + _missing(t["table1_balance"], "balance"))
     doc.table("table1_balance", "Table 1: results per balance strategy", t["table1_balance"])

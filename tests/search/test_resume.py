@@ -1,0 +1,89 @@
+"""A driver killed mid-sweep (SIGKILL, no chance to clean up) resumes with --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from search.export import read_results, trial_dirs
+
+REPO = Path(__file__).resolve().parents[2]
+NUM_SAMPLES = 4
+MAX_EPOCHS = 3  # spaces/smoke.py
+
+pytestmark = pytest.mark.slow
+
+
+def _finished_trials(exp: Path) -> dict[str, list[float]]:
+    """Trial dir -> epochs of its result rows, for trials that reached MAX_EPOCHS."""
+    out = {}
+    for d in trial_dirs(exp) if exp.is_dir() else []:
+        epochs = [r["epoch"] for r in read_results(d)]
+        if epochs and max(epochs) >= MAX_EPOCHS:
+            out[d.name] = epochs
+    return out
+
+
+def _started_after(exp: Path, finished: dict) -> bool:
+    return any(read_results(d) for d in trial_dirs(exp) if d.name not in finished)
+
+
+def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+    storage = tmp_path / "runs"
+    exp = storage / "resume"
+    base = [sys.executable, "-m", "search.run", "--space", "spaces/smoke.py",
+            "--storage", str(storage), "--name", "resume", "--wandb-mode", "disabled"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    log = (tmp_path / "first.log").open("w")
+    # One trial at a time, so the kill lands between a finished trial and an unfinished one.
+    first = subprocess.Popen(base + ["--num-samples", str(NUM_SAMPLES), "--max-concurrent", "1"],
+                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and first.poll() is None:
+            finished = _finished_trials(exp)
+            if finished and _started_after(exp, finished):
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, "the sweep ended before it could be killed"
+        assert finished, "no trial finished within 300 s"
+    finally:
+        # SIGKILL the driver's whole process group (driver and the Ray it started).
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+        log.close()
+    before = _finished_trials(exp)
+
+    second = subprocess.run(base + ["--resume"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=400)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming" in second.stdout
+
+    dirs = trial_dirs(exp)
+    # The total is the requested trial count: the searcher kept its history.
+    assert len(dirs) == NUM_SAMPLES
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["state"] == "finished" and summary["trials"] == NUM_SAMPLES
+    after = _finished_trials(exp)
+    for name, epochs in before.items():
+        # Finished before the kill: not re-run (same result rows, no second pass).
+        assert after[name] == epochs
+    for d in dirs:
+        epochs = [r["epoch"] for r in read_results(d)]
+        # No trial repeats an epoch: interrupted ones continued from their checkpoint or,
+        # without one, started once.
+        assert len(epochs) == len(set(epochs)), (d.name, epochs)
+    state = pickle.loads(sorted(exp.glob("searcher-state-*.pkl"))[-1].read_bytes())
+    states = [t.state.name for t in state["_ot_study"].trials]
+    # Optuna saw each trial once and every one reached a final state.
+    assert len(states) == NUM_SAMPLES and set(states) <= {"COMPLETE", "PRUNED"}
+    assert (exp / "export" / "model.onnx").is_file()

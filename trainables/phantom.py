@@ -75,7 +75,7 @@ PRESETS: dict[str, Preset] = {
 CONFOUNDER_TRAIN_RATE = {"NORMAL": 0.05, "BACTERIA": 0.05, "VIRAL": 0.80}
 
 # File modes and how often each is drawn; JPEG is only possible for L and RGB.
-MODES = (("L", 0.55), ("RGB", 0.25), ("I;16", 0.10), ("RGBA", 0.05), ("P", 0.05))
+MODES = (("L", 0.57), ("RGB", 0.25), ("I;16", 0.08), ("RGBA", 0.05), ("P", 0.05))
 JPEG_SHARE = 0.8  # of L and RGB images (keeps `full` small on disk)
 
 # Finding strength (added density at severity 1, on a 0..1 density scale). Tuned so a small

@@ -251,9 +251,12 @@ def s3(tmp_path_factory):
 def cluster(s3):
     temp_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths
     (Path(temp_dir) / "ray").mkdir()
+    (Path(temp_dir) / "tmp").mkdir()
     patch = pytest.MonkeyPatch()
     # Ray records the cluster address under RAY_TMPDIR: keep it out of the shared /tmp/ray.
     patch.setenv("RAY_TMPDIR", temp_dir)
+    # Trials on a killed node never clean their temporary files: keep them in here too.
+    patch.setenv("TMPDIR", f"{temp_dir}/tmp")
     local = None
     try:
         local = LocalCluster(temp_dir)

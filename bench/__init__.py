@@ -1,0 +1,1 @@
+"""Benchmarks of the speed goals (see bench/RESULTS.md); run as `python -m bench.<name>`."""

@@ -1,0 +1,224 @@
+"""A real Ray Tune sweep for the benchmarks, built as `search.run` builds its own, plus timing.
+
+`run_sweep` runs `search.trainable.train_trial` (the product's trainable: the shared decode
+cache, the dataset kept across reused actors, the fast training path) with `reuse_actors=True`,
+`PrunedOptunaSearch` (seeded TPE, multivariate, constant liar) or a seeded random sampler,
+`ASHAScheduler` on `training_iteration` or no early stopping, CPU/GPU resources from
+`search.resources`, W&B from `search.tracking` when asked. A `Timeline` callback records, in the
+driver, the wall time of every trial start and every result, which is what the overhead and
+utilization figures are computed from. Ray is started once per process (`start_ray`) with a short
+temp dir and stopped by `stop_ray`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from search.resources import trial_resources
+from search.space import Space
+from search.trainable import train_trial
+
+# Keys of each result row kept by the Timeline (everything the figures need).
+RESULT_KEYS = (
+    "epoch",
+    "epoch_time",
+    "train_time",
+    "images_trained",
+    "train_images_per_s",
+    "time_this_iter_s",
+    "time_total_s",
+    "val_acc",
+    "val_precision",
+    "val_loss",
+    "pid",
+)
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    config: dict[str, Any]
+    started: float  # driver wall clock, seconds
+    results: list[dict[str, Any]] = field(default_factory=list)  # each with "wall"
+    ended: float | None = None
+
+    @property
+    def images_trained(self) -> float:
+        return sum(r.get("images_trained", 0.0) for r in self.results)
+
+    def first_batch_latency(self) -> float | None:
+        """Seconds from the trial's start to its first training step: the first result's arrival
+        minus that epoch's training and validation (an upper bound: it also holds the first
+        checkpoint save and the report's trip to the driver)."""
+        if not self.results:
+            return None
+        first = self.results[0]
+        return first["wall"] - self.started - first.get("epoch_time", 0.0)
+
+
+class Timeline(tune.Callback):
+    """Wall-clock times of trial starts, results and ends, seen from the driver."""
+
+    def __init__(self) -> None:
+        self.trials: dict[str, TrialRecord] = {}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.trials[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config), time.time())
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._add(trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        record = self.trials[trial.trial_id]
+        record.ended = time.time()
+        last = trial.last_result or {}
+        # Ray does not call on_trial_result for the result on which a trial stops.
+        if last and (not record.results or record.results[-1].get("epoch") != last.get("epoch")):
+            self._add(trial, last)
+
+    def _add(self, trial: Any, result: dict[str, Any]) -> None:
+        row = {k: result[k] for k in RESULT_KEYS if k in result}
+        row["wall"] = time.time()
+        self.trials[trial.trial_id].results.append(row)
+
+
+@dataclass
+class Sweep:
+    wall_s: float  # seconds of Tuner.fit
+    trials: list[TrialRecord]
+    storage: Path
+
+
+def start_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> str | None:
+    """Start a local Ray (short temp dir for its socket paths) and return the temp dir; None
+    when Ray is already running in this process (then the caller leaves it running)."""
+    if ray.is_initialized():
+        return None
+    temp_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp")
+    ray.init(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        object_store_memory=150 * 2**20,  # bytes; trials pass nothing big through it
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp_dir,
+    )
+    return temp_dir
+
+
+def stop_ray(temp_dir: str | None) -> None:
+    if temp_dir is None:
+        return
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def run_sweep(
+    space: Space,
+    *,
+    num_samples: int,
+    storage: Path,
+    name: str,
+    search: str = "tpe",
+    asha: bool = True,
+    max_concurrent: int = 1,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float | None = 0.0,
+    card_bytes: int | None = None,
+    grace_period: int | None = None,
+    reduction_factor: int | None = None,
+    seed: int = 0,
+    wandb_mode: str = "disabled",
+    param_space: dict[str, Any] | None = None,
+) -> Sweep:
+    """One sweep; `search` is 'tpe', 'random' or 'grid' (then `param_space` holds full configs).
+    `gpus_per_trial` None sizes each trial's GPU share from its model (`card_bytes` of the card)."""
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.optuna_pruned import PrunedOptunaSearch
+    from search.tracking import wandb_callback
+
+    if search not in ("tpe", "random", "grid"):
+        raise ValueError(f"unknown search {search!r}; expected one of ['grid', 'random', 'tpe']")
+    searcher = None
+    if search != "grid":
+        sampler = (
+            optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+            if search == "tpe"
+            else optuna.samplers.RandomSampler(seed=seed)
+        )
+        searcher = ConcurrencyLimiter(
+            PrunedOptunaSearch(
+                space=space.define,
+                metric=space.metric,
+                mode=space.mode,
+                sampler=sampler,
+                max_epochs=space.max_epochs,
+            ),
+            max_concurrent=max_concurrent,
+        )
+    if asha:
+        scheduler = ASHAScheduler(
+            metric=space.metric,
+            mode=space.mode,
+            time_attr="training_iteration",  # one report per epoch
+            max_t=space.max_epochs,  # epochs
+            grace_period=grace_period or space.grace_period,  # epochs
+            reduction_factor=reduction_factor or space.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    timeline = Timeline()
+    callbacks: list[Any] = [timeline]
+    if wandb_mode != "disabled":
+        callbacks.append(wandb_callback("cxr-tune-bench", name, wandb_mode, storage / name))
+    resources = trial_resources(cpus_per_trial, gpus_per_trial, card_bytes)
+    tuner = tune.Tuner(
+        tune.with_resources(train_trial, resources=resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=True,  # as search.run: no process start-up between trials
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            callbacks=callbacks,
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=space.metric,
+                checkpoint_score_order=space.mode,
+            ),
+        ),
+    )
+    started = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - started
+    errors = [r for r in grid if r.error is not None]
+    if errors:
+        raise RuntimeError(f"{len(errors)} trial(s) of sweep {name} failed: {errors[0].error}")
+    trials = sorted(timeline.trials.values(), key=lambda t: t.started)
+    return Sweep(wall, trials, storage / name)
+
+
+def space_for(
+    path: Path, defaults: dict[str, Any], overrides: dict[str, Any], max_epochs: int | None
+) -> Space:
+    """Load a space file as search.run does (`defaults` < the space's constants < `overrides`)."""
+    from search.space import load_space
+
+    return load_space(path, defaults=defaults, overrides=overrides, max_epochs=max_epochs)

@@ -394,7 +394,7 @@ def driver_loss(cluster, s3, tmp_path_factory):
             return (done, running) if done and running else None
 
         finished_before, unfinished_before = wait_until(one_finished_one_checkpointed, 240,
-                                                        first, interval=0.5)
+                                                        first, interval=0.2)
         killed_at = time.time()
         first.kill()
     finally:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.space import MODES, Space, load_space
+from search.space import Space, load_space
 from search.tracking import WANDB_MODES, resolve_mode, scrub
 from trainables.config import PHANTOM_PRESETS
 
@@ -50,10 +50,9 @@ class Profile:
 
 
 # CPU profile, for `make run` on a 2-core machine without a GPU: the small phantom (304 train /
-# 76 val images) at 64 px, 5 epochs, 10 trials two at a time, each epoch capped at 6 steps of
-# 32 images; ASHA cuts trials at epochs 1 and 3 (grace 1, reduction 3).
-CPU_PROFILE = Profile("cpu", "phantom:small", 64, 5, 10, 2, grace_period=1, reduction_factor=3,
-                      max_train_batches=6)
+# 76 val images) at 64 px, at most 5 epochs, 10 trials two at a time, each epoch capped at 6
+# steps of 32 images; ASHA keeps the space's grace period (capped at the epochs) and factor.
+CPU_PROFILE = Profile("cpu", "phantom:small", 64, 5, 10, 2, max_train_batches=6)
 FULL_PROFILE = Profile("full", "phantom:full", 256, None, None, None)
 PROFILES = ("auto", "cpu", "full")
 
@@ -233,6 +232,9 @@ def make_progress_callback(metric: str, mode: str, max_epochs: int, num_samples:
             self.started = time.monotonic()
             self.best: float | None = None
 
+        def setup(self, **info: Any) -> None:
+            self.started = time.monotonic()  # also after Tuner.restore unpickles this callback
+
         def _line(self, trials: list, text: str) -> None:
             done = sum(t.status in TERMINAL for t in trials)
             running = sum(t.status == "RUNNING" for t in trials)
@@ -350,10 +352,30 @@ def make_trainable(exp: dict[str, Any], card_bytes: int):
     return tune.with_resources(train_trial, resources=resources)
 
 
+def saved_statuses(exp_path: str) -> dict[str, str]:
+    """Trial id -> status in the newest experiment state Ray saved (what a resume sees).
+
+    After Ctrl-C Ray saves the state first and then stops the running trials, so in memory
+    they look TERMINATED while on disk they are RUNNING and a resume continues them.
+    """
+    if is_uri(exp_path):
+        return {}
+    states = sorted(Path(exp_path).glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+        trials = [json.loads(entry[0]) for entry in data["trial_data"]]
+        return {t["trial_id"]: t["status"] for t in trials}
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+        return {}
+
+
 def summarize(grid: Any, exp: dict[str, Any], wall_s: float, gpus_of) -> dict[str, Any]:
-    """What happened, from the trials Ray tracked."""
+    """What happened, from the trials Ray tracked (statuses as saved for a resume)."""
     metric, mode, max_epochs = exp["metric"], exp["mode"], exp["max_epochs"]
     trials = list(grid._experiment_analysis.trials)
+    saved = saved_statuses(exp["path"])
     rows = []
     gpu_hours = 0.0
     for t in trials:
@@ -361,12 +383,13 @@ def summarize(grid: Any, exp: dict[str, Any], wall_s: float, gpus_of) -> dict[st
         epoch = int(last.get("epoch", 0))
         seconds = float(last.get("time_total_s", 0.0))
         gpu_hours += seconds * gpus_of(t.config) / 3600.0
+        status = saved.get(t.trial_id, t.status)
         rows.append({
             "trial_id": t.trial_id,
-            "status": t.status,
+            "status": status,
             "epochs": epoch,
-            "stopped_early": t.status == "TERMINATED" and epoch < max_epochs,
-            "error": t.status == "ERROR",
+            "stopped_early": status == "TERMINATED" and epoch < max_epochs,
+            "error": status == "ERROR",
             "failures": int(getattr(t, "num_failures", 0)),
             metric: last.get(metric),
             "seconds": seconds,
@@ -401,8 +424,8 @@ def summarize(grid: Any, exp: dict[str, Any], wall_s: float, gpus_of) -> dict[st
     return summary
 
 
-def sweep_state(summary: dict[str, Any], trials: list, budget_hit: bool) -> str:
-    statuses = [t.status for t in trials]
+def sweep_state(summary: dict[str, Any], budget_hit: bool) -> str:
+    statuses = [r["status"] for r in summary["trial_rows"]]
     if all(s in TERMINAL for s in statuses) and len(statuses) >= summary["num_samples"]:
         return "finished"
     if budget_hit and all(s in TERMINAL for s in statuses):
@@ -421,8 +444,7 @@ def print_summary(summary: dict[str, Any], state: str, exp: dict[str, Any]) -> N
               f"{best['epoch']}): {describe(best['config'])}")
         print("  config: " + json.dumps(best["config"], sort_keys=True, default=str))
     stopped = summary["stopped_early"]
-    cause = {"finished": "by ASHA", "time budget reached": "by ASHA or the time budget",
-             "interrupted": "by ASHA or the interruption"}[state]
+    cause = "by ASHA" if state != "time budget reached" else "by ASHA or the time budget"
     print(f"stopped early {cause}: {len(stopped)}"
           + (": " + ", ".join(f"{s['trial_id']}@epoch {s['epoch']}" for s in stopped)
              if stopped else ""))
@@ -447,14 +469,6 @@ def run(argv: Sequence[str] | None = None) -> int:
         card_bytes = local_gpus()[1] if gpus else 0
     else:
         gpus, card_bytes = local_gpus()
-    profile, why = choose_profile(args.profile, gpus)
-    print(f"profile: {profile.name} ({why}): data {args.data or profile.data}, "
-          f"{profile.image_size} px, "
-          f"{'space' if profile.max_epochs is None else profile.max_epochs} epochs, "
-          f"{args.num_samples or profile.num_samples or 'space'} trials"
-          + ("; --profile full forces the full sweep" if profile.name == "cpu" else ""),
-          flush=True)
-
     storage = args.storage if is_uri(args.storage) else str(Path(args.storage).resolve())
     name = args.name
     if args.resume and not name:
@@ -469,9 +483,20 @@ def run(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--resume: {experiment_path(storage, name)} holds no {EXPERIMENT_FILE}")
 
     if recorded is not None:
+        print(f"profile: {recorded['profile']} (recorded in {EXPERIMENT_FILE}); resuming "
+              f"{recorded['path']}", flush=True)
         return resume(parser, args, recorded, card_bytes)
 
-    name = name or f"{args.space.stem}-{profile.name}-{dt.datetime.utcnow():%Y%m%d-%H%M%S}"
+    profile, why = choose_profile(args.profile, gpus)
+    print(f"profile: {profile.name} ({why}): data {args.data or profile.data}, "
+          f"{profile.image_size} px, "
+          f"{'MAX_EPOCHS' if profile.max_epochs is None else f'<= {profile.max_epochs}'} epochs, "
+          f"{args.num_samples or profile.num_samples or 'NUM_SAMPLES'} trials"
+          + ("; --profile full forces the full sweep" if profile.name == "cpu" else ""),
+          flush=True)
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    name = name or f"{args.space.stem}-{profile.name}-{stamp}"
     defaults = {"image_size": profile.image_size}
     if profile.max_train_batches:
         defaults["max_train_batches"] = profile.max_train_batches
@@ -529,8 +554,8 @@ def resume(parser: argparse.ArgumentParser, args: argparse.Namespace, exp: dict[
     if not tune.Tuner.can_restore(exp["path"]):
         parser.error(f"{exp['path']} cannot be restored (no experiment state yet); "
                      f"remove it or choose another --name")
-    print(f"resuming {exp['path']} (space {exp['space']}, {exp['num_samples']} trials); "
-          f"finished trials are kept", flush=True)
+    print(f"resuming {exp['name']}: space {exp['space']}, {exp['num_samples']} trials, "
+          f"metric {exp['metric']} ({exp['mode']}); finished trials are kept", flush=True)
     try:
         space = load_space(exp["space"], defaults=exp["defaults"], overrides=exp["overrides"],
                            max_epochs=exp["max_epochs"], seed=exp["args"].get("seed", 0))
@@ -579,7 +604,7 @@ def execute(args: argparse.Namespace, exp: dict[str, Any], space: Space, card_by
                               card_bytes or None).get("GPU", 0.0)
 
         summary = summarize(grid, exp, wall, gpus_of)
-        state = sweep_state(summary, list(grid._experiment_analysis.trials), budget_hit)
+        state = sweep_state(summary, budget_hit)
         summary["state"] = state
         print_summary(summary, state, exp)
         if not is_uri(exp["storage"]):

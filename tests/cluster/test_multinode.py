@@ -202,7 +202,7 @@ class S3:
         statuses = {}
         for trial_json, _metadata in state["trial_data"]:
             trial = json.loads(trial_json)
-            statuses[f"trial_{trial['trial_id']}"] = trial["status"]
+            statuses[Path(trial["relative_logdir"]).name] = trial["status"]
         return statuses
 
 

@@ -191,3 +191,24 @@ def test_autoscaler_prefers_spot_and_falls_back_to_on_demand(name):
     # When spot launches have just failed, the same demand is met with on-demand GPUs.
     fallback = _launches(config, spot, 2)
     assert fallback and not set(fallback) & spot
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_project_copy_leaves_git_ignored_files_behind(name):
+    config = load_cluster(name)
+    ignored = (REPO / ".gitignore").read_text().split()
+    # file_mounts rsyncs the checkout; .gitignore as a filter keeps the venv and caches (GBs) home.
+    assert ".gitignore" in config["rsync_filter"]
+    assert {".venv/", ".cache/"} <= set(ignored)
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_gpu_workers_carry_credentials_for_the_bucket(name):
+    config = load_cluster(name)
+    workers = {k: v for k, v in config["available_node_types"].items()
+               if k != config["head_node_type"]}
+    for node_type, spec in workers.items():
+        node = spec["node_config"]
+        # Trials upload checkpoints from the workers themselves, so each worker needs an
+        # identity with access to the storage (an EC2 instance profile or a GCE service account).
+        assert "IamInstanceProfile" in node or "serviceAccounts" in node, node_type

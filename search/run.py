@@ -165,6 +165,24 @@ def local_gpus() -> tuple[int, int]:
     return count, min(torch.cuda.get_device_properties(i).total_memory for i in range(count))
 
 
+def cluster_card_bytes(timeout_s: float = 120.0) -> int:
+    """Memory of a GPU on the cluster's GPU nodes (the driver may run on a CPU-only head)."""
+    import ray
+
+    @ray.remote(num_gpus=1, num_cpus=0)
+    def card() -> int:
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory
+
+    try:
+        return int(ray.get(card.remote(), timeout=timeout_s))
+    except Exception as err:  # no free GPU in time: fall back to one whole GPU per trial
+        print(f"could not measure a GPU's memory on the cluster ({err}); trials get 1 GPU "
+              f"each unless --gpus-per-trial says otherwise", file=sys.stderr)
+        return 0
+
+
 def choose_profile(requested: str, gpus: int) -> tuple[Profile, str]:
     if requested == "cpu" or (requested == "auto" and not gpus):
         why = "no GPU visible" if requested == "auto" else "--profile cpu"
@@ -466,7 +484,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         ray.init(address=args.address, log_to_driver=False)
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        card_bytes = local_gpus()[1] if gpus else 0
+        card_bytes = cluster_card_bytes() if gpus else 0
     else:
         gpus, card_bytes = local_gpus()
     storage = args.storage if is_uri(args.storage) else str(Path(args.storage).resolve())
@@ -510,6 +528,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     if grace > space.max_epochs:
         parser.error(f"--grace-period {grace} exceeds the {space.max_epochs} epochs of the run")
     gpus_per_trial = args.gpus_per_trial if gpus else 0.0
+    if gpus and gpus_per_trial is None and not card_bytes:
+        gpus_per_trial = 1.0  # card size unknown: no packing
     wandb_mode = resolve_mode(args.wandb_mode)
     exp_path = experiment_path(storage, name)
     exp = {

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from trainables.config import TrialConfig
@@ -46,7 +47,9 @@ def train_trial(config: dict[str, Any]) -> None:
         if checkpoint is not None:
             # Copy to local disk: the checkpoint may live in remote storage (s3://...).
             resume_from = Path(checkpoint.to_directory(str(Path(tmp) / "checkpoint")))
-        train(cfg, _report, resume_from=resume_from, dataset=dataset)
+        # Only trials Ray gave a GPU use one, even on a machine with GPUs.
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        train(cfg, _report, resume_from=resume_from, dataset=dataset, device=device)
 
 
 def _report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:

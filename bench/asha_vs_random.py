@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     space = space_for(
         prof["space"], prof["defaults"], prof["overrides"], args.max_epochs or prof["max_epochs"]
     )
-    results = Results("asha_vs_random", args, device)
+    results = Results("asha_vs_random", args, device, argv)
     cores = os.cpu_count() or 1
     gpu = device.type == "cuda"
     # CPU: one core per trial, `cores` at once; GPU: fractions sized from the model.

@@ -107,12 +107,19 @@ def median(values: Sequence[float]) -> float:
 class Results:
     """Collects the figures of one run and prints the ratio lines as they come."""
 
-    def __init__(self, bench: str, args: argparse.Namespace, device: torch.device) -> None:
+    def __init__(
+        self,
+        bench: str,
+        args: argparse.Namespace,
+        device: torch.device,
+        argv: Sequence[str] | None = None,
+    ) -> None:
         self.bench = bench
+        given = sys.argv[1:] if argv is None else list(argv)
         self.payload: dict[str, Any] = {
             "bench": bench,
             "size": args.size,
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "command": " ".join(["python", "-m", f"bench.{bench}", *given]),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(device),
             "ratios": {},

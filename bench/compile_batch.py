@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{base.model} at {base.image_size} px on {device}: {len(data.train)} train / "
         f"{len(data.val)} val images"
     )
-    results = Results("compile_batch", args, device)
+    results = Results("compile_batch", args, device, argv)
     if args.skip != "compile":
         compare_compile(base, data, device, compile_epochs, prof["compile_batches"], results)
     if args.skip != "batch":

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     processes = min(args.processes or prof["processes"], trials)
     if trials < 1 or processes < 1:
         raise ValueError("--trials and --processes must be >= 1")
-    results = Results("decode_once", args, device)
+    results = Results("decode_once", args, device, argv)
 
     # The phantom is generated (or found) in the ordinary cache; only the decode cache is fresh.
     from trainables.data import _resolve_root

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if batches < 1 or repeats < 1 or workers < 0:
         raise ValueError("--batches and --repeats must be >= 1 and --workers >= 0")
 
-    results = Results("pipeline", args, device)
+    results = Results("pipeline", args, device, argv)
     base = TrialConfig(
         data=prof["data"],
         image_size=prof["image_size"],

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ValueError(f"unknown --arms {unknown}; expected one_per_device, packed")
         chosen = [a for a in chosen if a["name"] in names]
-    results = Results("sweep_utilization", args, device)
+    results = Results("sweep_utilization", args, device, argv)
     space = space_for(SPACE, prof["defaults"], prof["overrides"], prof["max_epochs"])
 
     # Compute floors of every model the space can pick, with the trials' batch and numerics.

@@ -50,9 +50,9 @@ class Profile:
 
 
 # CPU profile, for `make run` on a 2-core machine without a GPU: the small phantom (304 train /
-# 76 val images) at 64 px, at most 5 epochs, 10 trials two at a time, each epoch capped at 6
-# steps of 32 images; ASHA keeps the space's grace period (capped at the epochs) and factor.
-CPU_PROFILE = Profile("cpu", "phantom:small", 64, 5, 10, 2, max_train_batches=6)
+# 76 val images) at 64 px, at most 5 epochs, 10 trials two at a time, only the space's
+# CPU_CHOICES; ASHA keeps the space's grace period (capped at the epochs) and factor.
+CPU_PROFILE = Profile("cpu", "phantom:small", 64, 5, 10, 2)
 FULL_PROFILE = Profile("full", "phantom:full", 256, None, None, None)
 PROFILES = ("auto", "cpu", "full")
 
@@ -521,7 +521,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     overrides = {"data": args.data or profile.data, "seed": args.seed}
     try:
         space = load_space(args.space, defaults=defaults, overrides=overrides,
-                           max_epochs=profile.max_epochs, seed=args.seed)
+                           max_epochs=profile.max_epochs, cpu=profile.name == "cpu",
+                           seed=args.seed)
     except ValueError as err:
         parser.error(str(err))
     grace = args.grace_period or profile.grace_period or space.grace_period
@@ -578,7 +579,8 @@ def resume(parser: argparse.ArgumentParser, args: argparse.Namespace, exp: dict[
           f"metric {exp['metric']} ({exp['mode']}); finished trials are kept", flush=True)
     try:
         space = load_space(exp["space"], defaults=exp["defaults"], overrides=exp["overrides"],
-                           max_epochs=exp["max_epochs"], seed=exp["args"].get("seed", 0))
+                           max_epochs=exp["max_epochs"], cpu=exp["profile"] == "cpu",
+                           seed=exp["args"].get("seed", 0))
     except ValueError as err:
         parser.error(str(err))
     return execute(args, exp, space, card_bytes, restore=True)

@@ -8,7 +8,9 @@ A space file is a plain Python module (see `spaces/`):
   `MAX_EPOCHS` (ASHA's `max_t`, and every trial's `epochs`).
 - Optional: `GRACE_PERIOD` (epochs before ASHA may stop a trial, default 1),
   `REDUCTION_FACTOR` (ASHA's eta, default 3), `NUM_SAMPLES` (trials, default 20),
-  `POINTS_TO_EVALUATE` (a list of partial parameter dicts tried first, in order).
+  `POINTS_TO_EVALUATE` (a list of partial parameter dicts tried first, in order),
+  `CPU_CHOICES` (name -> the categorical choices the CPU profile keeps, e.g. only the models a
+  laptop trains in seconds).
 
 `load_space` imports the file, checks the constants, then samples `define` a few times with a
 throw-away Optuna study and builds a `TrialConfig` from each sample, so a typo in a suggest name
@@ -20,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,14 +77,17 @@ class SpaceDefine:
         path: str | Path,
         defaults: Mapping[str, Any] | None = None,
         overrides: Mapping[str, Any] | None = None,
+        restrict: Mapping[str, Sequence[Any]] | None = None,
     ) -> None:
         self.path = str(Path(path).resolve())
         self.defaults = dict(defaults or {})
         self.overrides = dict(overrides or {})
+        self.restrict = {k: list(v) for k, v in (restrict or {}).items()}
         self._define: Callable[[Any], Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "defaults": self.defaults, "overrides": self.overrides}
+        return {"path": self.path, "defaults": self.defaults, "overrides": self.overrides,
+                "restrict": self.restrict}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -91,7 +96,8 @@ class SpaceDefine:
     def __call__(self, trial: Any) -> dict[str, Any]:
         if self._define is None:
             self._define = load_module(Path(self.path)).define
-        returned = self._define(trial) or {}
+        returned = self._define(_Restricted(trial, self.restrict) if self.restrict else trial)
+        returned = {} if returned is None else returned
         if not isinstance(returned, dict):
             raise ValueError(
                 f"space file {self.path}: define() must return a dict of constants or None, "
@@ -102,6 +108,26 @@ class SpaceDefine:
         merged.update(returned)
         merged.update({k: v for k, v in self.overrides.items() if k not in suggested})
         return merged
+
+
+class _Restricted:
+    """A trial whose `suggest_categorical` keeps only the allowed choices of some names."""
+
+    def __init__(self, trial: Any, allowed: Mapping[str, Sequence[Any]]) -> None:
+        self._trial = trial
+        self._allowed = allowed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        if name in self._allowed:
+            kept = [c for c in choices if c in self._allowed[name]]
+            if not kept:
+                raise ValueError(f"CPU_CHOICES[{name!r}] = {list(self._allowed[name])} keeps "
+                                 f"none of {list(choices)}")
+            choices = kept
+        return self._trial.suggest_categorical(name, choices)
 
 
 @dataclass(frozen=True)
@@ -124,9 +150,11 @@ def load_space(
     defaults: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     max_epochs: int | None = None,
+    cpu: bool = False,
     seed: int = 0,
 ) -> Space:
-    """Load and check a space file; `max_epochs` caps the file's `MAX_EPOCHS` (a run profile)."""
+    """Load and check a space file. A run profile may cap `MAX_EPOCHS` (`max_epochs`) and, with
+    `cpu`, keep only the space's `CPU_CHOICES`."""
     path = Path(path)
     module = load_module(path)
     where = f"space file {path}"
@@ -150,8 +178,12 @@ def load_space(
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise ValueError(f"{where}: POINTS_TO_EVALUATE must be a list of dicts")
 
+    restrict = getattr(module, "CPU_CHOICES", {}) if cpu else {}
+    if not isinstance(restrict, dict) or not all(isinstance(v, (list, tuple))
+                                                 for v in restrict.values()):
+        raise ValueError(f"{where}: CPU_CHOICES must be a dict of name -> list of choices")
     run_overrides = {**dict(overrides or {}), "epochs": epochs}
-    space_define = SpaceDefine(path, defaults, run_overrides)
+    space_define = SpaceDefine(path, defaults, run_overrides, restrict)
     samples = sample_configs(space_define, where, points, seed=seed)
     return Space(
         path=path.resolve(),

@@ -19,6 +19,8 @@ REDUCTION_FACTOR = 3  # ASHA keeps the top 1/3 at each rung
 NUM_SAMPLES = 48
 
 MODELS = ["simple_cnn", "simple_cnn_10m", "resnet50", "resnet18", "densenet121"]
+# The CPU profile (`make run` without a GPU) keeps the models that train an epoch in seconds.
+CPU_CHOICES = {"model": ["simple_cnn", "simple_cnn_10m", "resnet18"]}
 # ImageNet weights are never downloaded: `pretrained` is offered only for backbones whose
 # torchvision weights are already in the torch hub cache when this file is imported.
 PRETRAINED_AVAILABLE = frozenset(

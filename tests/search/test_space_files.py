@@ -130,3 +130,15 @@ def test_unknown_suggest_name_lists_the_valid_names(tmp_path: Path) -> None:
 def test_missing_space_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         load_space(tmp_path / "nope.py", **RUN)
+
+
+def test_cpu_profile_keeps_only_the_spaces_cpu_choices() -> None:
+    path = REPO / "spaces" / "transfer.py"
+    cpu = load_space(path, cpu=True, **RUN)
+    models = {c.model for c in sample_configs(cpu.define, "transfer", n=40, seed=2)}
+    # Only the models the space marks as fast on a CPU; the full profile offers all five.
+    assert models and models <= {"simple_cnn", "simple_cnn_10m", "resnet18"}
+    full = load_space(path, **RUN)
+    assert {c.model for c in sample_configs(full.define, "transfer", n=60, seed=2)} - models
+    # The restriction survives the pickling Ray does for Tuner.restore.
+    assert pickle.loads(pickle.dumps(cpu.define)).restrict == cpu.define.restrict

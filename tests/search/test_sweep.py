@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from wandb_log import history_rows
 
 from search.export import read_results, trial_dirs
-from wandb_log import history_rows
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # a fake W&B API key

@@ -7,7 +7,7 @@ epochs spent so far (all trials' epochs, in the order their results arrived). Th
 share of the random search's total epochs that ASHA + TPE needed to come within one point of the
 random search's best score (goal <= 1/3). Both curves go to a PNG and a CSV.
 
-    python -m bench.asha_vs_random --size small   # CPU: small models, 64 px, 4 epochs of 6 steps
+    python -m bench.asha_vs_random --size small   # CPU: simple_cnn_10m, 64 px, 4 epochs of 6 steps
     python -m bench.asha_vs_random --size full    # GPU: spaces/transfer.py on phantom:full
 """
 
@@ -27,7 +27,7 @@ from trainables.cache import atomic_write_bytes, atomic_write_text
 
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
-        "space": REPO / "bench" / "spaces" / "small_models.py",
+        "space": REPO / "bench" / "spaces" / "cpu_small.py",
         "defaults": {"image_size": 32, "max_train_batches": 1},
         "overrides": {"data": "phantom:small"},
         "max_epochs": 2,
@@ -35,7 +35,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "random_trials": 2,
     },
     "small": {
-        "space": REPO / "bench" / "spaces" / "small_models.py",
+        "space": REPO / "bench" / "spaces" / "cpu_small.py",
         "defaults": {"image_size": 64, "max_train_batches": 6},
         "overrides": {"data": "phantom:small"},
         "max_epochs": 4,

@@ -65,10 +65,15 @@ class TrialRecord:
 
 
 class Timeline(tune.Callback):
-    """Wall-clock times of trial starts, results and ends, seen from the driver."""
+    """Wall-clock times of trial starts, results and ends, seen from the driver. Tune calls
+    `on_trial_start` once the trial's actor is up (a new process, or a reused one)."""
 
     def __init__(self) -> None:
         self.trials: dict[str, TrialRecord] = {}
+        self.fit_started = time.time()
+
+    def setup(self, **info: Any) -> None:
+        self.fit_started = time.time()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.trials[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config), time.time())
@@ -95,6 +100,20 @@ class Sweep:
     wall_s: float  # seconds of Tuner.fit
     trials: list[TrialRecord]
     storage: Path
+    fit_started: float  # driver wall clock, seconds
+
+    def idle_gaps(self) -> list[float]:
+        """For trials run one at a time: seconds from the previous trial's end (the sweep's
+        start for the first) to this trial's first training step, i.e. the device's idle time
+        between trials: actor start or reuse, data load, model build."""
+        gaps, previous_end = [], self.fit_started
+        for t in self.trials:
+            first = t.first_batch_latency()
+            if first is None or t.ended is None:
+                continue
+            gaps.append(t.started + first - previous_end)
+            previous_end = t.ended
+        return gaps
 
 
 def start_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> str | None:
@@ -212,7 +231,7 @@ def run_sweep(
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) of sweep {name} failed: {errors[0].error}")
     trials = sorted(timeline.trials.values(), key=lambda t: t.started)
-    return Sweep(wall, trials, storage / name)
+    return Sweep(wall, trials, storage / name, timeline.fit_started)
 
 
 def space_for(

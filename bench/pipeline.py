@@ -57,8 +57,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data": "phantom:small",
         "image_size": 64,
         "batch_size": 32,
-        "batches": 4,
-        "repeats": 3,
+        "batches": 2,
+        "repeats": 2,
         "models": ("simple_cnn", "resnet50"),
     },
     "full": {

@@ -1,8 +1,8 @@
 """Goal 3: the device works for the whole sweep.
 
 A real Ray Tune sweep (the product's trainable, TPE + ASHA, reused actors; see bench/harness.py)
-of 16 short trials of the small models of spaces/transfer.py (bench/spaces/small_models.py), run
-twice side by side: one trial per device, and packed trials. The useful-training fraction is
+of 16 short trials of the small models of spaces/transfer.py (bench/spaces/small_models.py on a
+GPU; simple_cnn_10m only on a CPU, bench/spaces/cpu_small.py), run twice side by side: one trial per device, and packed trials. The useful-training fraction is
 
     sum over trials of (images trained / compute-floor rate of that trial's model) / sweep wall
 
@@ -33,7 +33,8 @@ from bench.pipeline import floor_images_per_s
 from trainables.config import TrialConfig
 from trainables.data import load_for_config
 
-SPACE = REPO / "bench" / "spaces" / "small_models.py"
+CPU_SPACE = REPO / "bench" / "spaces" / "cpu_small.py"  # simple_cnn_10m only
+GPU_SPACE = REPO / "bench" / "spaces" / "small_models.py"  # simple_cnn_10m and resnet18
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
         "defaults": {"image_size": 32, "max_train_batches": 1},
@@ -41,6 +42,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_epochs": 1,
         "trials": 2,
         "floor_batches": 1,
+        "space": CPU_SPACE,
+        "models": ("simple_cnn_10m",),
     },
     "small": {
         "defaults": {"image_size": 64, "max_train_batches": 6},
@@ -48,6 +51,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_epochs": 3,
         "trials": 16,
         "floor_batches": 4,
+        "space": CPU_SPACE,
+        "models": ("simple_cnn_10m",),
     },
     "full": {
         "defaults": {"image_size": 256},
@@ -55,6 +60,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_epochs": 6,
         "trials": 16,
         "floor_batches": 20,
+        "space": GPU_SPACE,
+        "models": ("simple_cnn_10m", "resnet18"),
     },
 }
 
@@ -103,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"unknown --arms {unknown}; expected one_per_device, packed")
         chosen = [a for a in chosen if a["name"] in names]
     results = Results("sweep_utilization", args, device, argv)
-    space = space_for(SPACE, prof["defaults"], prof["overrides"], prof["max_epochs"])
+    space = space_for(prof["space"], prof["defaults"], prof["overrides"], prof["max_epochs"])
 
     # Compute floors of every model the space can pick, with the trials' batch and numerics.
     base = TrialConfig.from_dict({**prof["defaults"], **prof["overrides"]})
     data = load_for_config(base)  # also warms the decode cache the trials will read
     floors = {}
-    for model in ("simple_cnn_10m", "resnet18"):
+    for model in prof["models"]:
         cfg = replace(base, model=model)
         floors[model] = floor_images_per_s(cfg, len(data.classes), device, prof["floor_batches"])
         note(f"compute floor {model}: {floors[model]:,.1f} img/s ({device}, batch "
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     "images_trained": images,
                     "trials": len(sweep.trials),
                     "epochs": epochs,
+                    "idle_gaps_s": sweep.idle_gaps() if arm["max_concurrent"] == 1 else None,
                 },
             )
             gpu = "" if device.type != "cuda" else (

@@ -2,7 +2,8 @@
 
 A real Ray Tune sweep (the product's trainable, TPE + ASHA, reused actors; see bench/harness.py)
 of 16 short trials of the small models of spaces/transfer.py (bench/spaces/small_models.py on a
-GPU; simple_cnn_10m only on a CPU, bench/spaces/cpu_small.py), run twice side by side: one trial per device, and packed trials. The useful-training fraction is
+GPU; simple_cnn_10m only on a CPU, bench/spaces/cpu_small.py), run twice side by side: one
+trial per device, and packed trials. The useful-training fraction is
 
     sum over trials of (images trained / compute-floor rate of that trial's model) / sweep wall
 

@@ -430,16 +430,28 @@ def summarize(grid: Any, exp: dict[str, Any], wall_s: float, gpus_of) -> dict[st
     }
     try:
         best = grid.get_best_result(metric=metric, mode=mode, scope="all")
-        summary["best"] = {
-            "trial_id": best.metrics.get("trial_id"),
-            "value": float(best.metrics[metric]),
-            "epoch": int(best.metrics.get("epoch", 0)),
-            "config": best.config,
-            "path": best.path,
-        }
     except (RuntimeError, KeyError, ValueError):
-        summary["best"] = None
+        best = None
+    summary["best"] = None
+    if best is not None and best.metrics_dataframe is not None:
+        # `best.metrics` is the trial's last epoch; the best epoch is a row of its history.
+        frame = best.metrics_dataframe.dropna(subset=[metric])
+        if len(frame):
+            row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
+            summary["best"] = {
+                "trial_id": str(row.get("trial_id", best.metrics.get("trial_id"))),
+                "value": float(row[metric]),
+                "epoch": int(row.get("epoch", 0)),
+                "config": best.config,
+                "metrics": {k: float(row[k]) for k in row.index
+                            if k.startswith(("val_", "train_")) and _is_number(row[k])},
+                "path": best.path,
+            }
     return summary
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def sweep_state(summary: dict[str, Any], budget_hit: bool) -> str:
@@ -458,8 +470,10 @@ def print_summary(summary: dict[str, Any], state: str, exp: dict[str, Any]) -> N
           f"trials, wall {summary['wall_s']:.0f} s, {summary['gpu_hours']:.3f} GPU-hours)")
     best = summary.get("best")
     if best:
+        others = ", ".join(f"{k} {best['metrics'][k]:.4f}" for k in ("val_acc", "val_loss")
+                           if k in best["metrics"] and k != metric)
         print(f"best {metric} {best['value']:.4f} (trial {best['trial_id']}, epoch "
-              f"{best['epoch']}): {describe(best['config'])}")
+              f"{best['epoch']}{'; ' + others if others else ''}): {describe(best['config'])}")
         print("  config: " + json.dumps(best["config"], sort_keys=True, default=str))
     stopped = summary["stopped_early"]
     cause = "by ASHA" if state != "time budget reached" else "by ASHA or the time budget"

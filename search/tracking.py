@@ -6,7 +6,7 @@
 - Runs land in the experiment directory (`STORAGE/NAME/wandb/offline-run-*`); upload offline runs
   later with `wandb sync STORAGE/NAME/wandb/offline-run-*`.
 - W&B being unreachable never hangs or fails the sweep: each trial's run starts in its own Ray
-  actor with a short init timeout, and the end-of-sweep wait for uploads is bounded.
+  actor with a short init timeout, and the end-of-sweep wait for runs to finish is bounded.
 - The API key stays in the environment: it is never a callback argument, a config value or a
   logged field (`excluded_keys` drops anything key-like from what is logged).
 """
@@ -19,9 +19,9 @@ from typing import Any
 
 WANDB_MODES = ("online", "offline", "disabled")
 INIT_TIMEOUT = 30.0  # seconds wandb.init may wait for the server before giving up
-# Seconds the end of a sweep waits for each trial's W&B run to finish (upload when online).
-# Ray waits this long for runs it never told to end, e.g. after Ctrl-C, so keep it short.
-UPLOAD_TIMEOUT = {"online": 120, "offline": 10}
+# Seconds the end of a sweep waits for the trials' W&B runs to finish (upload when online);
+# a loaded machine needs tens of seconds just to start a run's process.
+UPLOAD_TIMEOUT = {"online": 180, "offline": 90}
 SECRET_ENV = ("WANDB_API_KEY",)
 
 
@@ -40,7 +40,8 @@ def wandb_callback(
     if mode == "disabled":
         return None
     import wandb
-    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    from search.wandb_callback import EndingWandbLoggerCallback
 
     run_dir.mkdir(parents=True, exist_ok=True)
     # Ray's callback checks the key in setup() unless WANDB_MODE says offline; the logging
@@ -51,7 +52,7 @@ def wandb_callback(
         x_disable_stats=True,  # no system-metrics sampler competing with training for CPU
         console="off",
     )
-    return WandbLoggerCallback(
+    return EndingWandbLoggerCallback(
         project=project,
         group=group,
         mode=mode,

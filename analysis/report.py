@@ -465,6 +465,9 @@ def log_to_wandb(exp: Experiment, doc: Document, t: dict[str, pd.DataFrame]) -> 
         return str(run.dir)
     finally:
         run.finish()
+        # finish() can return before W&B's service has written the run file; teardown waits
+        # for it, so the offline run is complete when the command ends.
+        wandb.teardown()
 
 
 def run_report(

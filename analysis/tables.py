@@ -254,8 +254,14 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
                 )
             ]
         else:
-            out[_LABELS.get(col, col)] = [_cell(col, v) for v in table[col]]
+            label = _LABELS.get(col, f"{col} (%)" if _is_fraction(col) else col)
+            out[label] = [_cell(col, v) for v in table[col]]
     return out
+
+
+def _is_fraction(col: str) -> bool:
+    """Accuracy-like columns (fractions in [0, 1]) that the report shows as percent."""
+    return col.endswith(("_acc", "_precision", "_recall", "_f1")) or "_acc_" in col
 
 
 def _cell(col: str, value: object) -> str:
@@ -273,7 +279,7 @@ def _cell(col: str, value: object) -> str:
         return f"{float(value):.3g}"
     if col == "seconds":
         return f"{float(value):.1f}"
-    if col.endswith(("_acc", "_precision")) or "_acc_" in col:
+    if _is_fraction(col):
         return f"{100 * float(value):.1f}"  # a fraction shown as percent, like the CI columns
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -3,9 +3,11 @@ one report built from it, shared by the analysis tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,5 +44,27 @@ def smoke_report(smoke_experiment: Path, tmp_path_factory: pytest.TempPathFactor
     from analysis.report import run_report
 
     out = tmp_path_factory.mktemp("report")
-    exp, doc, tables = run_report(smoke_experiment, out, top_k=2, device="cpu")
+    with one_torch_thread():
+        exp, doc, tables = run_report(smoke_experiment, out, top_k=2, device="cpu")
     return exp, doc, tables, out
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny 32 px batches run faster on one thread, and much faster when the cores are shared
+    with other test processes; the previous setting is restored for other tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """`one_torch_thread` for the length of one test."""
+    with one_torch_thread():
+        yield

@@ -93,14 +93,15 @@ def test_errored_and_checkpointless_trials_are_reported_as_missing(tmp_path, smo
 
 
 @pytest.mark.slow
-def test_partial_sweep_is_reported_with_what_is_missing(tmp_path, smoke_experiment):
+def test_partial_sweep_is_reported_with_what_is_missing(tmp_path, smoke_experiment, single_thread):
     exp_dir = _link_copy(smoke_experiment, tmp_path / "smoke")
     trials = load_experiment(exp_dir).ranked()
     # Take away the best trial's checkpoints: the report falls back to the next one.
     for ckpt in trials[0].path.glob("checkpoint_*"):
         shutil.rmtree(ckpt)
     out = tmp_path / "out"
-    assert report.main([str(exp_dir), "--out", str(out), "--device", "cpu", "--top-k", "1"]) == 0
+    rc = report.main([str(exp_dir), "--out", str(out), "--device", "cpu", "--top-k", "1"])
+    assert rc == 0
     md = (out / "report.md").read_text()
     assert "What this report cannot cover" in md
     assert f"trial {trials[0].trial_id} has no checkpoint on disk" in md

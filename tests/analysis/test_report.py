@@ -135,6 +135,10 @@ def test_report_logs_tables_and_figures_to_wandb_offline(smoke_report, tmp_path,
     doc.out = tmp_path  # the run lands under tmp_path/wandb
     run_dir = report.log_to_wandb(exp, doc, tables)
     offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    # W&B's own offline run file holds what `wandb sync` would upload.
-    assert len(offline) == 1 and offline[0].stat().st_size > 1000
+    # W&B's own offline run file holds what `wandb sync` would upload, complete on return.
+    assert len(offline) == 1 and offline[0].stat().st_size > 10_000
     assert str(tmp_path) in run_dir
+    media = offline[0].parent / "files" / "media"
+    # Every figure as an image and every table as a W&B table.
+    assert len(list((media / "images").glob("*.png"))) == len(doc.figures)
+    assert len(list((media / "table").glob("*.table.json"))) == len(tables)

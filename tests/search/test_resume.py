@@ -1,4 +1,4 @@
-"""A driver killed mid-sweep (SIGKILL, no chance to clean up) resumes with --resume."""
+"""An interrupted sweep resumes: after Ctrl-C (SIGINT) and after SIGKILL of the driver."""
 
 from __future__ import annotations
 
@@ -36,37 +36,59 @@ def _started_after(exp: Path, finished: dict) -> bool:
     return any(read_results(d) for d in trial_dirs(exp) if d.name not in finished)
 
 
-def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+def _wait_for(condition, proc: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None and not condition():
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    assert condition(), f"condition not met within {seconds} s"
+
+
+def test_interrupted_and_killed_sweep_resumes_without_rerunning_finished_trials(
+    tmp_path: Path,
+) -> None:
     storage = tmp_path / "runs"
     exp = storage / "resume"
     base = [sys.executable, "-m", "search.run", "--space", "spaces/smoke.py",
             "--storage", str(storage), "--name", "resume", "--wandb-mode", "disabled"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    log = (tmp_path / "first.log").open("w")
-    # One trial at a time, so the kill lands between a finished trial and an unfinished one.
+
+    # 1. Ctrl-C after the first epoch: a clean stop that says how to resume, and no export.
+    # One trial at a time, so interruptions land between a finished trial and an unfinished one.
     first = subprocess.Popen(base + ["--num-samples", str(NUM_SAMPLES), "--max-concurrent", "1"],
-                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and first.poll() is None:
-            finished = _finished_trials(exp)
-            if finished and _started_after(exp, finished):
-                break
-            time.sleep(0.5)
-        assert first.poll() is None, "the sweep ended before it could be killed"
-        assert finished, "no trial finished within 300 s"
+        _wait_for(lambda: any(read_results(d) for d in trial_dirs(exp)) if exp.is_dir()
+                  else False, first)
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=240)
     finally:
-        # SIGKILL the driver's whole process group (driver and the Ray it started).
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=60)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=60)
+    assert first.returncode == 130, out[-3000:]
+    assert "interrupted" in out and "--resume" in out and "nothing exported" in out
+    assert not (exp / "export").exists()
+
+    # 2. Resume, then SIGKILL the driver's process group (driver and its Ray) mid-sweep.
+    log = (tmp_path / "second.log").open("w")
+    second = subprocess.Popen(base + ["--resume"], cwd=REPO, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: bool(_finished_trials(exp))
+                  and _started_after(exp, _finished_trials(exp)), second)
+    finally:
+        os.killpg(second.pid, signal.SIGKILL)
+        second.wait(timeout=60)
         log.close()
     before = _finished_trials(exp)
 
-    second = subprocess.run(base + ["--resume"], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=400)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming" in second.stdout
+    # 3. Resume to the end.
+    third = subprocess.run(base + ["--resume"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=400)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "resuming" in third.stdout
 
     dirs = trial_dirs(exp)
     # The total is the requested trial count: the searcher kept its history.

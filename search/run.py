@@ -97,6 +97,15 @@ def _data(text: str) -> str:
     return str(path.resolve())
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one (not "(default: None)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m search.run",
@@ -104,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "proposes trials from a space file, ASHA stops weak ones early, Ray Tune runs them "
         "(fractional GPUs when a GPU is visible), W&B logs them, and the best checkpoint is "
         "exported as a bundle plus ONNX.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--space", type=Path, required=True,
                    help="space file: define(trial) plus METRIC, MODE, MAX_EPOCHS (see spaces/)")

@@ -43,7 +43,7 @@ SPACE = REPO / "bench" / "spaces" / "cpu_small.py"  # for metric and mode only (
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
         "base": {"data": "phantom:small", "image_size": 32, "max_train_batches": 1},
-        "epochs": 2,
+        "epochs": 3,
         "wandb_trials": 1,
         "wandb_epochs": 1,
     },
@@ -81,10 +81,11 @@ def checkpoint_cost(cfg: TrialConfig, data: Dataset, device: torch.device) -> di
     return {"mb": megabytes, "save_s": median(seconds)}
 
 
-def per_epoch_overhead(trial: TrialRecord) -> tuple[float, float]:
-    """(overhead seconds, iteration seconds) summed over epochs after the first: Ray's time
-    between two reports minus the trial's own training + validation time."""
-    later = trial.results[1:]
+def per_epoch_overhead(trial: TrialRecord, last: bool = True) -> tuple[float, float]:
+    """(overhead seconds, iteration seconds) summed over epochs after the first (and before the
+    last, which always checkpoints, when `last` is False): Ray's time between two reports minus
+    the trial's own training + validation time."""
+    later = trial.results[1:] if last else trial.results[1:-1]
     iteration = sum(r["time_this_iter_s"] for r in later)
     work = sum(r["epoch_time"] for r in later)
     return iteration - work, iteration
@@ -93,6 +94,16 @@ def per_epoch_overhead(trial: TrialRecord) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--skip-wandb", action="store_true", help="leave the W&B comparison out")
+    p.add_argument(
+        "--checkpoint-only",
+        action="store_true",
+        help="only part 1 (checkpoint MB and seconds per save), no Ray",
+    )
+    p.add_argument(
+        "--checkpoint-image-size",
+        type=int,
+        help="image size of part 1 (default: the size's); 256 gives the full-size checkpoints",
+    )
     args = p.parse_args(argv)
     device = setup(args)
     prof = PROFILES[args.size]
@@ -102,10 +113,23 @@ def main(argv: list[str] | None = None) -> int:
     data = load_for_config(base)  # warms the decode cache, so trials start on a warm node
 
     costs = {}
+    ckpt_size = args.checkpoint_image_size or base.image_size
     for size, model in MODELS.items():
-        costs[size] = checkpoint_cost(replace(base, model=model), data, device)
+        cfg = replace(base, model=model, image_size=ckpt_size, batch_size=2)
+        costs[size] = checkpoint_cost(cfg, data, device)
+        costs[size]["image_size"] = ckpt_size
         note(f"checkpoint of {model}: {costs[size]['mb']:.1f} MB in {costs[size]['save_s']:.2f} s")
     results.figure("checkpoint", costs)
+    if args.checkpoint_only:
+        for size, model in MODELS.items():
+            results.ratio(
+                f"{size}.checkpoint_seconds_per_save",
+                costs[size]["save_s"],
+                detail=f"seconds; {model} at {ckpt_size} px: {costs[size]['mb']:.0f} MB "
+                "(weights + Adam state)",
+            )
+        results.save()
+        return 0
 
     cores = os.cpu_count() or 1
     gpus = 1.0 if device.type == "cuda" else 0.0
@@ -159,7 +183,9 @@ def report_timing(sweep: Sweep, costs: dict[str, dict[str, float]], results: Res
     for t in sweep.trials:
         size = by_size[t.config["model"]]
         every = t.config["checkpoint_every"]
-        overhead, iteration = per_epoch_overhead(t)
+        # Without per-epoch checkpoints only the last epoch saves: leave it out.
+        overhead, iteration = per_epoch_overhead(t, last=every == 1)
+        epochs_used = len(t.results) - (1 if every == 1 else 2)
         epoch_s = median([r["epoch_time"] for r in t.results])
         kind = "checkpoint_and_report" if every == 1 else "report_only"
         results.figure(f"{size}.{kind}", {"overhead_s": overhead, "iteration_s": iteration,
@@ -169,7 +195,7 @@ def report_timing(sweep: Sweep, costs: dict[str, dict[str, float]], results: Res
             overhead / iteration if iteration else float("nan"),
             "< 0.02",
             f"{t.config['model']}, checkpoint_every={every}: {overhead:.2f} s of "
-            f"{iteration:.2f} s in epochs 2..{len(t.results)} outside training + validation",
+            f"{iteration:.2f} s over {epochs_used} epoch(s) outside training + validation",
         )
         if every == 1:
             # Smallest checkpoint_every that keeps saves under BUDGET of trial time.

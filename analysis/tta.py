@@ -77,7 +77,8 @@ class TTAPolicy:
             return "plain image only"
         views = "; ".join(" + ".join(v) if v else "plain" for v in self.views)
         draws = f", {self.draws} draws each" if self.draws > 1 else ""
-        return f"plain + [{views}]{draws}, {self.merge}"
+        merge = "" if self.merge == "mean" else f", {self.merge}"  # mean is the seed's rule
+        return f"plain + [{views}]{draws}{merge}"
 
 
 TTA_POLICIES: dict[str, TTAPolicy] = {}

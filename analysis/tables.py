@@ -118,7 +118,7 @@ def gpu_hours(trial: TrialRecord, exp: Experiment) -> float:
     return trial.seconds / 3600 * float(gpus)
 
 
-def _status(group: str, candidates: Sequence[TrialRecord], ev: TrialEval | None) -> str:
+def _status(candidates: Sequence[TrialRecord], ev: TrialEval | None) -> str:
     if ev is not None:
         return EVALUATED
     if not candidates:
@@ -137,7 +137,7 @@ def _group_rows(
     for group in groups:
         ev = evals.get(group)
         candidates = [t for t in exp.trials if t.params.get(key) == group]
-        row: dict[str, object] = {key: group, "status": _status(group, candidates, ev)}
+        row: dict[str, object] = {key: group, "status": _status(candidates, ev)}
         row["trials"] = len(candidates)
         other = "balance" if key == "model" else "model"  # what else the chosen trial used
         row[other] = None if ev is None else ev.trial.params.get(other)

@@ -7,10 +7,11 @@ trial per device, and packed trials. The useful-training fraction is
 
     sum over trials of (images trained / compute-floor rate of that trial's model) / sweep wall
 
-where the floor is measured first, in this process, on the same device with random tensors
-(bench/pipeline.py's floor). On a CPU-only machine "the device" is the whole CPU: one trial at a
-time gets every core (`cpus_per_trial` = cores, as many torch threads), packed trials get one
-core each, `cores` of them at once. On a GPU: 1.0 GPU per trial against fractional GPUs sized
+where the floor is measured in this process before and after the sweeps (the higher counts), on
+the same device with random tensors (bench/pipeline.py's floor). On a CPU-only machine "the
+device" is the whole CPU: one trial at a time gets every core (`cpus_per_trial` = cores, as many
+torch threads), packed trials get one core each, `cores` of them at once, and the floor is the
+better of one process on every core and `cores` times one single-threaded process. On a GPU: 1.0 GPU per trial against fractional GPUs sized
 from each model's peak memory (search/resources.py).
 
     python -m bench.sweep_utilization --size small    # 2-core CPU: 64 px, 3 epochs of 6 steps
@@ -92,6 +93,63 @@ def useful_fraction(sweep: Sweep, floors: dict[str, float]) -> tuple[float, floa
     return useful / sweep.wall_s, useful, images
 
 
+def measure_floors(
+    base: TrialConfig, prof: dict[str, Any], num_classes: int, device: torch.device, cores: int
+) -> dict[str, float]:
+    """Compute floor per model, images/s. On a CPU the device is every core: the better of one
+    process with `cores` threads and `cores` times one thread (the packed trials' layout,
+    assuming perfect scaling, so the floor is never below what packing could reach)."""
+    floors = {}
+    for model in prof["models"]:
+        cfg = replace(base, model=model)
+        rate = floor_images_per_s(cfg, num_classes, device, prof["floor_batches"])
+        if device.type == "cpu" and cores > 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                one = floor_images_per_s(cfg, num_classes, device, prof["floor_batches"])
+            finally:
+                torch.set_num_threads(threads)
+            rate = max(rate, cores * one)
+        floors[model] = rate
+        note(f"compute floor {model}: {rate:,.1f} img/s ({device}, batch {cfg.batch_size})")
+    return floors
+
+
+def report_arm(
+    sweep: Sweep,
+    arm: dict[str, Any],
+    floors: dict[str, float],
+    device: torch.device,
+    results: Results,
+) -> None:
+    fraction, useful, images = useful_fraction(sweep, floors)
+    epochs = sum(len(t.results) for t in sweep.trials)
+    results.figure(
+        arm["name"],
+        {
+            **{k: v for k, v in arm.items() if k != "card"},
+            "wall_s": sweep.wall_s,
+            "useful_s": useful,
+            "images_trained": images,
+            "trials": len(sweep.trials),
+            "epochs": epochs,
+            "idle_gaps_s": sweep.idle_gaps() if arm["max_concurrent"] == 1 else None,
+        },
+    )
+    gpu = "" if device.type != "cuda" else (
+        f" + {'a sized share of a' if arm['gpus'] is None else arm['gpus']} GPU"
+    )
+    how = f"{arm['max_concurrent']} at a time, {arm['cpus']} CPU{gpu} per trial"
+    results.ratio(
+        f"{arm['name']}.useful_fraction",
+        fraction,
+        ">= 0.80",
+        f"{len(sweep.trials)} trials, {epochs} epochs, {images:,.0f} images = "
+        f"{useful:.1f} s at the floor in {sweep.wall_s:.1f} s of sweep ({how})",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, help="trials per sweep (default 16)")
@@ -112,20 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [a for a in chosen if a["name"] in names]
     results = Results("sweep_utilization", args, device, argv)
     space = space_for(prof["space"], prof["defaults"], prof["overrides"], prof["max_epochs"])
-
-    # Compute floors of every model the space can pick, with the trials' batch and numerics.
     base = TrialConfig.from_dict({**prof["defaults"], **prof["overrides"]})
     data = load_for_config(base)  # also warms the decode cache the trials will read
-    floors = {}
-    for model in prof["models"]:
-        cfg = replace(base, model=model)
-        floors[model] = floor_images_per_s(cfg, len(data.classes), device, prof["floor_batches"])
-        note(f"compute floor {model}: {floors[model]:,.1f} img/s ({device}, batch "
-             f"{cfg.batch_size})")
-    results.figure("floor_images_per_s", floors)
+    before = measure_floors(base, prof, len(data.classes), device, cores)
 
     storage = Path(tempfile.mkdtemp(prefix="cxr-bench-util-"))
     temp_dir = start_ray(num_cpus=cores)
+    sweeps = []
     try:
         for arm in chosen:
             sweep = run_sweep(
@@ -138,34 +189,19 @@ def main(argv: list[str] | None = None) -> int:
                 gpus_per_trial=arm["gpus"],
                 card_bytes=arm.get("card"),
             )
-            fraction, useful, images = useful_fraction(sweep, floors)
-            epochs = sum(len(t.results) for t in sweep.trials)
-            results.figure(
-                arm["name"],
-                {
-                    **{k: v for k, v in arm.items() if k != "card"},
-                    "wall_s": sweep.wall_s,
-                    "useful_s": useful,
-                    "images_trained": images,
-                    "trials": len(sweep.trials),
-                    "epochs": epochs,
-                    "idle_gaps_s": sweep.idle_gaps() if arm["max_concurrent"] == 1 else None,
-                },
-            )
-            gpu = "" if device.type != "cuda" else (
-                f" + {'a sized share of a' if arm['gpus'] is None else arm['gpus']} GPU"
-            )
-            how = f"{arm['max_concurrent']} at a time, {arm['cpus']} CPU{gpu} per trial"
-            results.ratio(
-                f"{arm['name']}.useful_fraction",
-                fraction,
-                ">= 0.80",
-                f"{len(sweep.trials)} trials, {epochs} epochs, {images:,.0f} images = "
-                f"{useful:.1f} s at the floor in {sweep.wall_s:.1f} s of sweep ({how})",
-            )
+            sweeps.append((sweep, arm))
     finally:
         stop_ray(temp_dir)
         shutil.rmtree(storage, ignore_errors=True)
+    # The floor again after the sweeps; the higher of the two counts (a busy machine only
+    # lowers a floor, and a low floor would flatter the fraction).
+    after = measure_floors(base, prof, len(data.classes), device, cores)
+    floors = {m: max(before[m], after[m]) for m in before}
+    results.figure("floor_images_per_s_before", before)
+    results.figure("floor_images_per_s_after", after)
+    results.figure("floor_images_per_s", floors)
+    for sweep, arm in sweeps:
+        report_arm(sweep, arm, floors, device, results)
     results.save()
     return 0
 

@@ -11,8 +11,8 @@ where the floor is measured in this process before and after the sweeps (the hig
 the same device with random tensors (bench/pipeline.py's floor). On a CPU-only machine "the
 device" is the whole CPU: one trial at a time gets every core (`cpus_per_trial` = cores, as many
 torch threads), packed trials get one core each, `cores` of them at once, and the floor is the
-better of one process on every core and `cores` times one single-threaded process. On a GPU: 1.0 GPU per trial against fractional GPUs sized
-from each model's peak memory (search/resources.py).
+better of one process on every core and `cores` times one single-threaded process. On a GPU:
+1.0 GPU per trial against fractional GPUs sized from each model's peak memory (search/resources.py).
 
     python -m bench.sweep_utilization --size small    # 2-core CPU: 64 px, 3 epochs of 6 steps
     python -m bench.sweep_utilization --size full     # GPU: phantom:full at 256 px, full epochs

@@ -168,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asha = run_sweep(space, num_samples=asha_trials, storage=storage, name="asha_tpe",
                          search="tpe", asha=True, **placement)
+        # Its own seed: TPE starts with random samples of the same seed, which would make the
+        # first trials of both arms the same configurations.
         rand = run_sweep(space, num_samples=random_trials, storage=storage, name="random",
-                         search="random", asha=False, **placement)
+                         search="random", asha=False, seed=1, **placement)
     finally:
         stop_ray(temp_dir)
         shutil.rmtree(storage, ignore_errors=True)
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             "asha_epochs": asha_epochs,
             "asha_wall_s": asha.wall_s,
             "asha_epochs_to_within_point": needed,
+            "seeds": {"asha_tpe": 0, "random": 1},
         },
     )
     note(

@@ -4,7 +4,8 @@ linearly scaled learning rate?
 Side by side in one run, each a real `trainables.train.train` of a few epochs on the same data:
 
 - compile: `compile=False` against `compile=True`, wall time of the whole trial (compilation and
-  any recompilation for a short last batch included) and steady epochs (after the first);
+  any recompilation for a short last batch included) and steady epochs (after the first), with
+  an empty inductor cache (a model's first trial on a machine) and a warm one (later trials);
 - batch: the base batch and lr against `--scale` times the batch with `--scale` times the lr
   (the linear scaling rule), as time to reach the validation accuracy the base run reaches.
 
@@ -14,6 +15,8 @@ Side by side in one run, each a real `trainables.train.train` of a few epochs on
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import replace
 from typing import Any
@@ -72,49 +75,61 @@ def run_trial(cfg: TrialConfig, data: Dataset, device: Any) -> tuple[float, list
 def compare_compile(
     base: TrialConfig, data: Dataset, device: Any, epochs: int, batches: int, results: Results
 ) -> None:
-    cfg = replace(base, epochs=epochs, max_train_batches=batches)
-    off_wall, off = run_trial(replace(cfg, compile=False), data, device)
+    """compile off, then on with an empty inductor cache (the first trial of a model on a
+    machine), then on again with that cache warm (every later trial of the same model, batch
+    and image size on the machine: inductor caches compiled graphs on disk)."""
     import torch._dynamo
 
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    on_wall, on = run_trial(replace(cfg, compile=True), data, device)
-    graphs = int(torch._dynamo.utils.counters["stats"].get("unique_graphs", 0))
+    cfg = replace(base, epochs=epochs, max_train_batches=batches)
+    off_wall, off = run_trial(replace(cfg, compile=False), data, device)
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-inductor-") as cache:
+        previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # read when inductor first needs it
+        try:
+            for kind in ("cold", "warm"):
+                torch._dynamo.reset()  # in-memory graphs go; only the disk cache remains
+                torch._dynamo.utils.counters.clear()
+                wall, hist = run_trial(replace(cfg, compile=True), data, device)
+                graphs = int(torch._dynamo.utils.counters["stats"].get("unique_graphs", 0))
+                runs[kind] = (wall, hist, graphs)
+        finally:
+            if previous is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
     off_epoch = median([h["train_time"] for h in off[1:]])
-    on_epoch = median([h["train_time"] for h in on[1:]])
-    compile_cost = on[0]["train_time"] - on_epoch  # seconds the first compiled epoch paid extra
-    saving = off_epoch - on_epoch  # seconds per steady epoch
-    break_even = compile_cost / saving if saving > 0 else float("inf")
-    results.figure(
-        "compile",
-        {
-            "epochs": epochs,
-            "off_wall_s": off_wall,
-            "on_wall_s": on_wall,
-            "off_train_time_per_epoch": [h["train_time"] for h in off],
-            "on_train_time_per_epoch": [h["train_time"] for h in on],
-            "compile_seconds": compile_cost,
+    figures: dict[str, Any] = {
+        "epochs": epochs,
+        "steps_per_epoch": batches or "full epoch",
+        "off_wall_s": off_wall,
+        "off_train_time_per_epoch": [h["train_time"] for h in off],
+    }
+    for kind, (wall, hist, graphs) in runs.items():
+        on_epoch = median([h["train_time"] for h in hist[1:]])
+        cost = hist[0]["train_time"] - on_epoch  # seconds the first compiled epoch paid extra
+        saving = off_epoch - on_epoch  # seconds per steady epoch
+        break_even = cost / saving if saving > 0 else float("inf")
+        figures[kind] = {
+            "wall_s": wall,
+            "train_time_per_epoch": [h["train_time"] for h in hist],
+            "compile_seconds": cost,
             "break_even_epochs": break_even,
             "compiled_graphs": graphs,
-            "steps_per_epoch": batches or "full epoch",
-        },
-    )
-    note(
-        f"compile off: {off_wall:.1f} s for {epochs} epochs; on: {on_wall:.1f} s "
-        f"(first epoch {on[0]['train_time']:.1f} s, steady {on_epoch:.2f} s vs {off_epoch:.2f} s; "
-        f"{graphs} graphs compiled)"
-    )
-    results.ratio(
-        "compile.trial_speedup",
-        off_wall / on_wall,
-        "> 1 pays",
-        f"whole {epochs}-epoch trial, compile time included ({compile_cost:.1f} s)",
-    )
-    results.ratio(
-        "compile.steady_epoch_speedup",
-        off_epoch / on_epoch,
-        detail=f"epochs after the first; compilation pays back after {break_even:.1f} epochs",
-    )
+        }
+        note(
+            f"compile on, {kind} cache: {wall:.1f} s for {epochs} epochs against {off_wall:.1f} s "
+            f"off (first epoch {hist[0]['train_time']:.1f} s, steady {on_epoch:.2f} s vs "
+            f"{off_epoch:.2f} s; {graphs} graphs compiled)"
+        )
+        results.ratio(
+            f"compile.trial_speedup_{kind}_cache",
+            off_wall / wall,
+            "> 1 pays",
+            f"whole {epochs}-epoch trial, compilation included ({cost:.1f} s); steady epochs "
+            f"{off_epoch / on_epoch:.2f}x faster, paid back after {break_even:.1f} epochs",
+        )
+    results.figure("compile", figures)
 
 
 def reached(history: list[dict[str, float]], target: float) -> tuple[float | None, int | None]:

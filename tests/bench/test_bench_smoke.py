@@ -65,13 +65,15 @@ def test_compile_batch_reports_time_to_accuracy_of_the_larger_batch(capsys):
     assert "compile_batch.batch.time_to_accuracy_speedup" in found
 
 
-def test_sweep_utilization_reports_both_placements(capsys, ray_once):
-    assert sweep_utilization.main(["--size", "tiny"]) == 0
+def test_sweep_utilization_reports_the_useful_training_fraction(capsys, ray_once):
+    # One placement only (each sweep starts its own trial processes, the slow part here).
+    assert sweep_utilization.main(["--size", "tiny", "--arms", "packed"]) == 0
     found = ratios(capsys.readouterr().out)
-    # A fraction of wall time spent at the compute floor: positive and, give or take timing
-    # noise between the floor and the sweep, not above one device's worth per trial slot.
-    for arm in ("one_per_device", "packed"):
-        assert 0 < found[f"sweep_utilization.{arm}.useful_fraction"] < 3
+    # A share of the sweep's wall time spent at the compute floor, which is measured as the
+    # whole device's best rate: positive and at most the whole device (1.0), give or take the
+    # timing noise of one-step measurements.
+    assert 0 < found["sweep_utilization.packed.useful_fraction"] < 1.5
+    assert "sweep_utilization.one_per_device.useful_fraction" not in found
 
 
 def test_overhead_measures_latency_checkpoint_share_and_wandb(capsys, ray_once):

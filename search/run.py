@@ -50,9 +50,10 @@ class Profile:
 
 
 # CPU profile, for `make run` on a 2-core machine without a GPU: the small phantom (304 train /
-# 76 val images) at 64 px, at most 5 epochs, 10 trials two at a time, only the space's
+# 76 val images) at 64 px, at most 10 epochs, 10 trials two at a time, only the space's
 # CPU_CHOICES; ASHA keeps the space's grace period (capped at the epochs) and factor.
-CPU_PROFILE = Profile("cpu", "phantom:small", 64, 5, 10, 2)
+# Measured: about 5 minutes for `make run` with spaces/transfer.py on 2 shared cores.
+CPU_PROFILE = Profile("cpu", "phantom:small", 64, 10, 10, 2)
 FULL_PROFILE = Profile("full", "phantom:full", 256, None, None, None)
 PROFILES = ("auto", "cpu", "full")
 

@@ -124,6 +124,8 @@ class Results:
             "machine": machine(device),
             "ratios": {},
             "figures": {},
+            # 1-minute load average at the start and end: other processes sharing the machine.
+            "load_average": {"start": os.getloadavg()[0]},
         }
         self.json_path: Path | None = args.json
 
@@ -138,6 +140,7 @@ class Results:
         print(f"RATIO {self.bench}.{name} = {value:.3f}{goal_text}{detail_text}", flush=True)
 
     def save(self) -> None:
+        self.payload["load_average"]["end"] = os.getloadavg()[0]
         if self.json_path is None:
             return
         from trainables.cache import atomic_write_text

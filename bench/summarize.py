@@ -19,8 +19,14 @@ ORDER = ("pipeline", "decode_once", "sweep_utilization", "overhead", "asha_vs_ra
 def table(record: dict) -> str:
     m = record["machine"]
     card = m.get("card", f"no GPU, {m['host_cpus']} CPU cores, {m['torch_threads']} torch threads")
+    load = record.get("load_average", {})
+    busy = (
+        f"; load average {load['start']:.1f} at the start, {load['end']:.1f} at the end"
+        if "end" in load
+        else ""
+    )
     lines = [
-        f"`{record['command']}` ({record['date']}; {card}; torch {m['torch']})",
+        f"`{record['command']}` ({record['date']}; {card}; torch {m['torch']}{busy})",
         "",
         "| ratio | value | goal | what |",
         "|---|---:|---|---|",

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from search.space import Space, load_space
 from search.tracking import WANDB_MODES, resolve_mode, scrub
@@ -205,8 +206,17 @@ def is_uri(storage: str) -> bool:
     return "://" in storage
 
 
+def join_storage(base: str, *parts: str) -> str:
+    """Append path parts to a local path or a URI, keeping a URI's query string at the end
+    (`s3://b/p?endpoint_override=...` + `name` -> `s3://b/p/name?endpoint_override=...`)."""
+    if not is_uri(base):
+        return "/".join([base.rstrip("/"), *parts])
+    url = urlsplit(base)
+    return urlunsplit(url._replace(path="/".join([url.path.rstrip("/"), *parts])))
+
+
 def experiment_path(storage: str, name: str) -> str:
-    return f"{storage.rstrip('/')}/{name}"
+    return join_storage(storage, name)
 
 
 def write_text(storage_path: str, text: str) -> None:
@@ -422,6 +432,7 @@ def summarize(grid: Any, exp: dict[str, Any], wall_s: float, gpus_of) -> dict[st
             metric: last.get(metric),
             "seconds": seconds,
             "node_ip": last.get("node_ip"),
+            "gpus": gpus_of(t.config),
             "config": {k: t.config[k] for k in sorted(t.config)},
         })
     summary: dict[str, Any] = {
@@ -519,7 +530,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--resume: no experiment found in --storage {storage}; pass --name")
     recorded = None
     if name:
-        text = read_text(f"{experiment_path(storage, name)}/{EXPERIMENT_FILE}")
+        text = read_text(join_storage(experiment_path(storage, name), EXPERIMENT_FILE))
         recorded = json.loads(text) if text else None
     if args.resume and recorded is None:
         parser.error(f"--resume: {experiment_path(storage, name)} holds no {EXPERIMENT_FILE}")
@@ -552,8 +563,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     grace = args.grace_period or profile.grace_period or space.grace_period
     if grace > space.max_epochs:
         parser.error(f"--grace-period {grace} exceeds the {space.max_epochs} epochs of the run")
-    gpus_per_trial = args.gpus_per_trial if gpus else 0.0
-    if gpus and gpus_per_trial is None and not card_bytes:
+    # On an autoscaling cluster the GPU workers may not exist yet: an explicit
+    # --gpus-per-trial with --address asks for GPUs, and the autoscaler starts them.
+    want_gpus = bool(gpus) or bool(args.address and args.gpus_per_trial)
+    gpus_per_trial = args.gpus_per_trial if want_gpus else 0.0
+    if want_gpus and gpus_per_trial is None and not card_bytes:
         gpus_per_trial = 1.0  # card size unknown: no packing
     wandb_mode = resolve_mode(args.wandb_mode)
     exp_path = experiment_path(storage, name)
@@ -588,7 +602,8 @@ def run(argv: Sequence[str] | None = None) -> int:
           f"{exp['max_concurrent'] or 'auto'}, {args.cpus_per_trial:g} CPU + "
           f"{'auto' if gpus_per_trial is None else f'{gpus_per_trial:g}'} GPU per trial, "
           f"W&B {wandb_mode}", flush=True)
-    write_text(f"{exp_path}/{EXPERIMENT_FILE}", json.dumps(exp, indent=2, default=str) + "\n")
+    write_text(join_storage(exp_path, EXPERIMENT_FILE),
+               json.dumps(exp, indent=2, default=str) + "\n")
     return execute(args, exp, space, card_bytes, restore=False)
 
 
@@ -654,7 +669,7 @@ def execute(args: argparse.Namespace, exp: dict[str, Any], space: Space, card_by
         summary["state"] = state
         print_summary(summary, state, exp)
         if not is_uri(exp["storage"]):
-            write_text(f"{exp['path']}/{SUMMARY_FILE}",
+            write_text(join_storage(exp["path"], SUMMARY_FILE),
                        json.dumps(summary, indent=2, default=str) + "\n")
         if state == "interrupted":
             print(f"the sweep did not finish: nothing exported. Resume with:\n  "

@@ -178,6 +178,11 @@ class S3:
     client: Any
     endpoint: str
 
+    def uri(self, prefix: str) -> str:
+        host = self.endpoint.removeprefix("http://")
+        return (f"s3://{BUCKET}/{prefix}?endpoint_override={host}&scheme=http"
+                f"&region=us-east-1")
+
     def keys(self, prefix: str) -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
                                                                       Prefix=prefix)
@@ -218,8 +223,10 @@ def s3(tmp_path_factory):
     )
     patch = pytest.MonkeyPatch()
     endpoint = f"http://127.0.0.1:{port}"
+    # No AWS_ENDPOINT_URL: the storage URI's own query string must carry the endpoint to the
+    # driver and to every trial on every node (Ray's pyarrow storage layer).
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
         patch.setenv(key, value)
     try:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
@@ -382,7 +389,7 @@ def driver_loss(cluster, s3, tmp_path_factory):
     name = "driver-loss"
     experiment = f"{PREFIX}/{name}"
     flags = [*SWEEP_FLAGS, "--address", cluster.address, "--storage",
-             f"s3://{BUCKET}/{PREFIX}", "--name", name, "--num-samples", "3"]
+             s3.uri(PREFIX), "--name", name, "--num-samples", "3"]
     first = Sweep(flags, cwd=tmp_path_factory.mktemp("head-a"))
     try:
         def one_finished_one_checkpointed():

@@ -647,6 +647,10 @@ def execute(args: argparse.Namespace, exp: dict[str, Any], space: Space, card_by
     budget_hit = False
     try:
         if restore:
+            from search.repair import repair_missing_checkpoints
+
+            for note in repair_missing_checkpoints(exp["path"]):
+                print(f"resume: {note}", flush=True)
             tuner = tune.Tuner.restore(exp["path"], trainable=trainable,
                                        resume_unfinished=True, resume_errored=True)
         else:

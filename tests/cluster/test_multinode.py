@@ -424,7 +424,9 @@ def driver_loss(cluster, s3, tmp_path_factory):
         statuses=statuses,
         rows={trial: rows.get(trial, []) for trial in statuses},
         keys=s3.keys(experiment + "/"),
-        log=first.tail(15) + "\n--- resumed ---\n" + second.tail(),
+        log=first.tail(15) + "\n--- resumed ---\n" + second.tail() + "".join(
+            f"\n--- {key} ---\n{s3.text(key)[-3000:]}"
+            for key in s3.keys(experiment + "/") if key.endswith("/error.txt")),
     )
 
 
@@ -445,7 +447,8 @@ def test_results_and_checkpoints_land_in_the_bucket(driver_loss):
 def test_resume_from_the_bucket_finishes_the_sweep(driver_loss):
     assert driver_loss.returncode == 0, driver_loss.log
     # All three trials of the sweep finished, counted from the experiment state in the bucket.
-    assert sorted(driver_loss.statuses.values()) == ["TERMINATED"] * 3, driver_loss.statuses
+    assert sorted(driver_loss.statuses.values()) == ["TERMINATED"] * 3, (
+        driver_loss.statuses, driver_loss.log)
     for trial, rows in driver_loss.rows.items():
         # Every trial reached its last epoch after the resume.
         assert rows[-1]["epoch"] == MAX_EPOCHS, (trial, driver_loss.log)

@@ -5,7 +5,8 @@
       config.json         the TrialConfig, so the model can be rebuilt
       bundle.json         format version, class names, preprocessing, metrics, history
 
-`search/` writes bundles and `analysis/` reads them; neither imports the other, both use this module.
+`search/` writes bundles and `analysis/` reads them; neither imports the other, both use this
+module.
 """
 
 from __future__ import annotations
@@ -105,9 +106,13 @@ def load_bundle(path: str | Path) -> Bundle:
         raise ValueError(f"bundle {root} is not a directory")
     meta = _read_json(root / META_FILE)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{root / META_FILE} is not a cxr-tune bundle (format {meta.get('format')!r})")
+        raise ValueError(
+            f"{root / META_FILE} is not a cxr-tune bundle (format {meta.get('format')!r})"
+        )
     if meta.get("version") != VERSION:
-        raise ValueError(f"{root / META_FILE}: bundle version {meta.get('version')!r}, expected {VERSION}")
+        raise ValueError(
+            f"{root / META_FILE}: bundle version {meta.get('version')!r}, expected {VERSION}"
+        )
     for key in ("classes", "preprocessing"):
         if key not in meta:
             raise ValueError(f"{root / META_FILE} lacks the field {key!r}")

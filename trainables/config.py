@@ -99,7 +99,9 @@ class TrialConfig:
                     f"{sorted(TORCHVISION_MODELS)}; model {self.model!r} takes none of them"
                 )
         if self.unfrozen_blocks and not self.frozen_depth:
-            raise ValueError("unfrozen_blocks needs frozen_depth >= 1 (there is nothing to unfreeze)")
+            raise ValueError(
+                "unfrozen_blocks needs frozen_depth >= 1 (there is nothing to unfreeze)"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:

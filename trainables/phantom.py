@@ -51,7 +51,7 @@ CLASSES = ("NORMAL", "BACTERIA", "VIRAL")
 FILE_TAGS = {"NORMAL": "normal", "BACTERIA": "bacteria", "VIRAL": "virus"}
 SPLITS = ("train", "test")
 # Bump when the rendering changes, so cached phantoms are regenerated rather than reused.
-VERSION = 2  # bump whenever the rendered images change: cached phantoms of other versions are rebuilt
+VERSION = 2
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,10 @@ def train_one_epoch(
 ) -> dict[str, float]:
     ops = AUGMENTATIONS[cfg.augment]
     order = order.to(images.device)
-    n_batches = -(-len(order) // cfg.batch_size)
+    # Under torch.compile a short last batch would trigger a second compilation (tens of
+    # seconds, measured in bench/compile_batch.py), so compiled runs drop it.
+    n_batches = len(order) // cfg.batch_size if cfg.compile else -(-len(order) // cfg.batch_size)
+    n_batches = max(n_batches, 1)
     if cfg.max_train_batches:
         n_batches = min(n_batches, cfg.max_train_batches)
     loss_sum = torch.zeros((), device=images.device)
@@ -200,7 +203,9 @@ def predict_proba(
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True)
         x = prepare_batch(x, ops, generator) if ops else normalize(to_float(x))
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        ctx = (
+            torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        )
         with ctx:
             logits = model(x)
         out.append(torch.softmax(logits.float(), dim=1).cpu())
@@ -268,7 +273,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / CHECKPOINT_FILE if path.is_dir() else path
     if not file.is_file():
-        raise ValueError(f"no checkpoint at {file} (expected a directory holding {CHECKPOINT_FILE})")
+        raise ValueError(
+            f"no checkpoint at {file} (expected a directory holding {CHECKPOINT_FILE})"
+        )
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
@@ -320,15 +327,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m trainables.train",
         description="Train one TrialConfig without Ray and print a line per epoch.",
     )
-    parser.add_argument("--config", required=True, type=Path, help="a JSON file of TrialConfig fields")
-    parser.add_argument("--data", help="override cfg.data: an image folder, chest_xray, phantom:small|full")
+    parser.add_argument(
+        "--config", required=True, type=Path, help="a JSON file of TrialConfig fields"
+    )
+    parser.add_argument(
+        "--data", help="override cfg.data: an image folder, chest_xray, phantom:small|full"
+    )
     parser.add_argument("--epochs", type=int, help="override cfg.epochs")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--out", type=Path, help="keep the last checkpoint and history.json here")
     args = parser.parse_args(argv)
     try:
         cfg = TrialConfig.from_json(args.config)
-        overrides = {k: v for k, v in (("data", args.data), ("epochs", args.epochs)) if v is not None}
+        overrides = {
+            k: v for k, v in (("data", args.data), ("epochs", args.epochs)) if v is not None
+        }
         cfg = replace(cfg, **overrides) if overrides else cfg
         data = load_for_config(cfg)
     except ValueError as err:
@@ -339,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_params = count_parameters(build_model(replace(cfg, pretrained=False), len(data.classes)))
     print(
         f"model {cfg.model}: {model_params:,} parameters | device {device} | "
-        f"{len(data.train.labels)} train / {len(data.val.labels)} val images at {cfg.image_size} px | "
+        f"{len(data.train.labels)} train / {len(data.val.labels)} val images "
+        f"at {cfg.image_size} px | "
         f"balance {cfg.balance} | augment {cfg.augment} | {cfg.epochs} epochs"
     )
 

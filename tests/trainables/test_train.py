@@ -64,8 +64,17 @@ def test_short_training_beats_the_majority_class_rate(dataset):
     assert best > majority + 0.1, (best, majority)
     # One report per epoch, numbered from 1, with the documented keys.
     assert [int(m["epoch"]) for m in rec.metrics] == [1, 2, 3, 4, 5]
-    for key in ("train_loss", "val_loss", "val_precision", "val_f1", "val_balanced_acc",
-                "val_acc_normal", "val_acc_bacteria", "val_acc_viral", "epoch_time"):
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_precision",
+        "val_f1",
+        "val_balanced_acc",
+        "val_acc_normal",
+        "val_acc_bacteria",
+        "val_acc_viral",
+        "epoch_time",
+    ):
         assert key in rec.metrics[-1]
 
 
@@ -88,7 +97,9 @@ def test_resume_continues_at_next_epoch_with_same_optimizer_state(dataset, tmp_p
     assert b["optimizer"]["state"][0]["step"] == a["optimizer"]["state"][0]["step"]
     for key in a["model"]:
         assert torch.allclose(a["model"][key].float(), b["model"][key].float(), atol=1e-6), key
-    assert resumed.metrics[0]["train_loss"] == pytest.approx(full.metrics[2]["train_loss"], rel=1e-5)
+    assert resumed.metrics[0]["train_loss"] == pytest.approx(
+        full.metrics[2]["train_loss"], rel=1e-5
+    )
 
 
 def test_resume_refuses_a_checkpoint_of_another_architecture(dataset, tmp_path):
@@ -138,8 +149,19 @@ def test_cli_trains_the_example_config_and_prints_each_epoch(tmp_path):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg))
     out = subprocess.run(
-        [sys.executable, "-m", "trainables.train", "--config", str(path), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "trainables.train",
+            "--config",
+            str(path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     epoch_lines = [ln for ln in out.stdout.splitlines() if ln.startswith("epoch ")]
@@ -152,7 +174,9 @@ def test_cli_refuses_an_unknown_config_key(tmp_path):
     path.write_text(json.dumps({"model": "simple_cnn_10m", "learning_rate": 0.1}))
     out = subprocess.run(
         [sys.executable, "-m", "trainables.train", "--config", str(path)],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     # Exit 2 and a message naming the bad key and the valid ones.
     assert out.returncode == 2

@@ -6,12 +6,15 @@ Image size, epochs per trial and steps per epoch come from the benchmark's size 
 
 from __future__ import annotations
 
-METRIC = "val_precision"  # macro precision, as spaces/transfer.py
-MODE = "max"
-MAX_EPOCHS = 6  # epochs, = ASHA max_t (a benchmark size may cap it)
-GRACE_PERIOD = 1  # epochs
-REDUCTION_FACTOR = 3
-NUM_SAMPLES = 16
+# The same metric and ASHA settings as the GPU space; only the model choice differs.
+from bench.spaces.small_models import (  # noqa: F401
+    GRACE_PERIOD,
+    MAX_EPOCHS,
+    METRIC,
+    MODE,
+    NUM_SAMPLES,
+    REDUCTION_FACTOR,
+)
 
 
 def define(trial):

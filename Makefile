@@ -26,6 +26,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check search trainables analysis spaces tests bench
+	$(BIN)/ruff format --check search trainables analysis spaces tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

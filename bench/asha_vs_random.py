@@ -166,12 +166,27 @@ def main(argv: list[str] | None = None) -> int:
     storage = Path(tempfile.mkdtemp(prefix="cxr-bench-asha-"))
     temp_dir = start_ray(num_cpus=cores)
     try:
-        asha = run_sweep(space, num_samples=asha_trials, storage=storage, name="asha_tpe",
-                         search="tpe", asha=True, **placement)
+        asha = run_sweep(
+            space,
+            num_samples=asha_trials,
+            storage=storage,
+            name="asha_tpe",
+            search="tpe",
+            asha=True,
+            **placement,
+        )
         # Its own seed: TPE starts with random samples of the same seed, which would make the
         # first trials of both arms the same configurations.
-        rand = run_sweep(space, num_samples=random_trials, storage=storage, name="random",
-                         search="random", asha=False, seed=1, **placement)
+        rand = run_sweep(
+            space,
+            num_samples=random_trials,
+            storage=storage,
+            name="random",
+            search="random",
+            asha=False,
+            seed=1,
+            **placement,
+        )
     finally:
         stop_ray(temp_dir)
         shutil.rmtree(storage, ignore_errors=True)

@@ -249,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip != "compile":
         compare_compile(base, data, device, compile_epochs, prof["compile_batches"], results)
     if args.skip != "batch":
-        compare_batch(
-            base, data, device, batch_epochs, prof["batch_batches"], args.scale, results
-        )
+        compare_batch(base, data, device, batch_epochs, prof["batch_batches"], args.scale, results)
     results.save()
     return 0
 

@@ -144,8 +144,15 @@ def main(argv: list[str] | None = None) -> int:
             "checkpoint_every": tune.grid_search([1, epochs]),
         }
         sweep = run_sweep(
-            space, num_samples=1, storage=storage, name="checkpointing", search="grid",
-            asha=False, cpus_per_trial=cores, gpus_per_trial=gpus, param_space=grid,
+            space,
+            num_samples=1,
+            storage=storage,
+            name="checkpointing",
+            search="grid",
+            asha=False,
+            cpus_per_trial=cores,
+            gpus_per_trial=gpus,
+            param_space=grid,
         )
         report_timing(sweep, costs, results)
         if not args.skip_wandb:
@@ -188,8 +195,15 @@ def report_timing(sweep: Sweep, costs: dict[str, dict[str, float]], results: Res
         epochs_used = len(t.results) - (1 if every == 1 else 2)
         epoch_s = median([r["epoch_time"] for r in t.results])
         kind = "checkpoint_and_report" if every == 1 else "report_only"
-        results.figure(f"{size}.{kind}", {"overhead_s": overhead, "iteration_s": iteration,
-                                          "epoch_s": epoch_s, "checkpoint_every": every})
+        results.figure(
+            f"{size}.{kind}",
+            {
+                "overhead_s": overhead,
+                "iteration_s": iteration,
+                "epoch_s": epoch_s,
+                "checkpoint_every": every,
+            },
+        )
         results.ratio(
             f"{size}.{kind}_share",
             overhead / iteration if iteration else float("nan"),
@@ -228,8 +242,15 @@ def wandb_cost(
     walls = {}
     for mode in ("disabled", "offline"):
         sweep = run_sweep(
-            space, num_samples=1, storage=storage, name=f"wandb-{mode}", search="grid",
-            asha=False, cpus_per_trial=cores, gpus_per_trial=gpus, param_space=grid,
+            space,
+            num_samples=1,
+            storage=storage,
+            name=f"wandb-{mode}",
+            search="grid",
+            asha=False,
+            cpus_per_trial=cores,
+            gpus_per_trial=gpus,
+            param_space=grid,
             wandb_mode=mode,
         )
         walls[mode] = sweep.wall_s

@@ -307,9 +307,7 @@ def seed_epoch(
 ) -> tuple[float, float]:
     """(seconds for `batches` steps including DataLoader start-up, seconds after the first
     batch)."""
-    dataset = SeedImages(
-        data.root, data.train.paths, data.train.labels.tolist(), cfg.image_size
-    )
+    dataset = SeedImages(data.root, data.train.paths, data.train.labels.tolist(), cfg.image_size)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,

@@ -1,6 +1,6 @@
 """Print the ratio tables of a benchmark run as Markdown, for bench/RESULTS.md.
 
-    python -m bench.summarize [--size small] [--results bench/results]
+python -m bench.summarize [--size small] [--results bench/results]
 """
 
 from __future__ import annotations
@@ -12,8 +12,14 @@ from pathlib import Path
 
 from bench.common import REPO, SIZES
 
-ORDER = ("pipeline", "decode_once", "sweep_utilization", "overhead", "asha_vs_random",
-         "compile_batch")
+ORDER = (
+    "pipeline",
+    "decode_once",
+    "sweep_utilization",
+    "overhead",
+    "asha_vs_random",
+    "compile_batch",
+)
 
 
 def table(record: dict) -> str:
@@ -33,8 +39,11 @@ def table(record: dict) -> str:
     ]
     for name, r in record["ratios"].items():
         value = r["value"]
-        shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        shown = (
+            "n/a"
+            if value is None or (isinstance(value, float) and math.isnan(value))
             else f"{value:.3f}"
+        )
         detail = r["detail"].replace("|", "/")
         lines.append(f"| {name} | {shown} | {r['goal']} | {detail} |")
     return "\n".join(lines)

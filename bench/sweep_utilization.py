@@ -137,8 +137,10 @@ def report_arm(
             "idle_gaps_s": sweep.idle_gaps() if arm["max_concurrent"] == 1 else None,
         },
     )
-    gpu = "" if device.type != "cuda" else (
-        f" + {'a sized share of a' if arm['gpus'] is None else arm['gpus']} GPU"
+    gpu = (
+        ""
+        if device.type != "cuda"
+        else (f" + {'a sized share of a' if arm['gpus'] is None else arm['gpus']} GPU")
     )
     how = f"{arm['max_concurrent']} at a time, {arm['cpus']} CPU{gpu} per trial"
     results.ratio(

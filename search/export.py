@@ -170,8 +170,15 @@ def export_best(
             "value": best.value,
         }
         staged = Path(tmp) / "bundle"
-        save_bundle(staged, model, cfg, classes, metrics, history,
-                    extra={"source": source, "onnx": onnx_check})
+        save_bundle(
+            staged,
+            model,
+            cfg,
+            classes,
+            metrics,
+            history,
+            extra={"source": source, "onnx": onnx_check},
+        )
         shutil.move(str(onnx_path), staged / ONNX_FILE)
         _replace_dir(staged, out)
     return out
@@ -214,10 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = json.loads((out / "bundle.json").read_text())
     src, check = meta["source"], meta["onnx"]
     value = src["value"]
-    print(f"exported {src['trial']}/{src['checkpoint']} ({src['metric']}="
-          f"{value:.4f}) to {out}")
-    print(f"ONNX vs PyTorch: max |diff| of probabilities {check['max_abs_diff_probabilities']:.2e}"
-          f" (tolerance {check['tolerance']:.0e})")
+    print(f"exported {src['trial']}/{src['checkpoint']} ({src['metric']}={value:.4f}) to {out}")
+    print(
+        f"ONNX vs PyTorch: max |diff| of probabilities {check['max_abs_diff_probabilities']:.2e}"
+        f" (tolerance {check['tolerance']:.0e})"
+    )
     return 0 if math.isfinite(value) else 1
 
 

@@ -66,8 +66,9 @@ def trial_resources(
     """
 
     def resources(config: dict[str, Any]) -> PlacementGroupFactory:
-        return PlacementGroupFactory([bundle_for(config, cpus_per_trial, gpus_per_trial,
-                                                 card_bytes)])
+        return PlacementGroupFactory(
+            [bundle_for(config, cpus_per_trial, gpus_per_trial, card_bytes)]
+        )
 
     return resources
 

@@ -117,48 +117,103 @@ def build_parser() -> argparse.ArgumentParser:
         "exported as a bundle plus ONNX.",
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("--space", type=Path, required=True,
-                   help="space file: define(trial) plus METRIC, MODE, MAX_EPOCHS (see spaces/)")
-    p.add_argument("--data", type=_data, default=None,
-                   help="image-folder root or phantom:small|phantom:full "
-                   "(default: the profile's embedded phantom)")
-    p.add_argument("--profile", choices=PROFILES, default="auto",
-                   help="cpu: small, quick sweep; full: the space's own sweep at 256 px; "
-                   "auto: cpu when no GPU is visible")
-    p.add_argument("--num-samples", type=_bounded(int, 1, 100000, "an integer in [1, 100000]"),
-                   help="trials (default: the profile's, else the space's NUM_SAMPLES)")
-    p.add_argument("--max-concurrent", type=_bounded(int, 1, 10000, "an integer in [1, 10000]"),
-                   help="trials running at once (default: as many as resources allow)")
-    p.add_argument("--gpus-per-trial", type=_bounded(float, 0.0, 8.0, "a number in [0, 8]"),
-                   help="GPUs per trial (default: a fraction sized from the model's peak "
-                   "memory; 0 on machines without a GPU)")
-    p.add_argument("--cpus-per-trial", type=_bounded(float, 0.25, 256.0,
-                                                     "a number in [0.25, 256]"),
-                   default=1.0, help="CPUs per trial (also its torch threads)")
-    p.add_argument("--address", help="join a running Ray cluster ('auto' on a `ray up` "
-                   "cluster, or HOST:PORT); default: start Ray on this machine")
-    p.add_argument("--storage", default="runs",
-                   help="where experiments live: a local folder or a URI such as "
-                   "s3://bucket/prefix")
-    p.add_argument("--name", type=_name,
-                   help="experiment name (default: SPACE-PROFILE-UTC time); an existing "
-                   "experiment of that name is resumed")
-    p.add_argument("--resume", action="store_true",
-                   help="resume the experiment --name (default: the newest one in --storage)")
-    p.add_argument("--time-budget", type=_bounded(float, 1.0, 1e8, "a number of seconds in "
-                                                  "[1, 1e8]"),
-                   help="stop the sweep after this many seconds")
-    p.add_argument("--seed", type=_bounded(int, 0, 2**31 - 1, "an integer in [0, 2**31-1]"),
-                   default=0, help="seeds TPE and every trial")
-    p.add_argument("--grace-period", type=_bounded(int, 1, 100000, "an integer in [1, 100000]"),
-                   help="epochs before ASHA may stop a trial (default: the space's)")
-    p.add_argument("--reduction-factor", type=_bounded(int, 2, 100, "an integer in [2, 100]"),
-                   help="ASHA keeps the top 1/factor at each rung (default: the space's)")
+    p.add_argument(
+        "--space",
+        type=Path,
+        required=True,
+        help="space file: define(trial) plus METRIC, MODE, MAX_EPOCHS (see spaces/)",
+    )
+    p.add_argument(
+        "--data",
+        type=_data,
+        default=None,
+        help="image-folder root or phantom:small|phantom:full "
+        "(default: the profile's embedded phantom)",
+    )
+    p.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="auto",
+        help="cpu: small, quick sweep; full: the space's own sweep at 256 px; "
+        "auto: cpu when no GPU is visible",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=_bounded(int, 1, 100000, "an integer in [1, 100000]"),
+        help="trials (default: the profile's, else the space's NUM_SAMPLES)",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=_bounded(int, 1, 10000, "an integer in [1, 10000]"),
+        help="trials running at once (default: as many as resources allow)",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=_bounded(float, 0.0, 8.0, "a number in [0, 8]"),
+        help="GPUs per trial (default: a fraction sized from the model's peak "
+        "memory; 0 on machines without a GPU)",
+    )
+    p.add_argument(
+        "--cpus-per-trial",
+        type=_bounded(float, 0.25, 256.0, "a number in [0.25, 256]"),
+        default=1.0,
+        help="CPUs per trial (also its torch threads)",
+    )
+    p.add_argument(
+        "--address",
+        help="join a running Ray cluster ('auto' on a `ray up` "
+        "cluster, or HOST:PORT); default: start Ray on this machine",
+    )
+    p.add_argument(
+        "--storage",
+        default="runs",
+        help="where experiments live: a local folder or a URI such as s3://bucket/prefix",
+    )
+    p.add_argument(
+        "--name",
+        type=_name,
+        help="experiment name (default: SPACE-PROFILE-UTC time); an existing "
+        "experiment of that name is resumed",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume the experiment --name (default: the newest one in --storage)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=_bounded(float, 1.0, 1e8, "a number of seconds in [1, 1e8]"),
+        help="stop the sweep after this many seconds",
+    )
+    p.add_argument(
+        "--seed",
+        type=_bounded(int, 0, 2**31 - 1, "an integer in [0, 2**31-1]"),
+        default=0,
+        help="seeds TPE and every trial",
+    )
+    p.add_argument(
+        "--grace-period",
+        type=_bounded(int, 1, 100000, "an integer in [1, 100000]"),
+        help="epochs before ASHA may stop a trial (default: the space's)",
+    )
+    p.add_argument(
+        "--reduction-factor",
+        type=_bounded(int, 2, 100, "an integer in [2, 100]"),
+        help="ASHA keeps the top 1/factor at each rung (default: the space's)",
+    )
     p.add_argument("--wandb-project", default="cxr-tune", help="W&B project")
-    p.add_argument("--wandb-mode", choices=WANDB_MODES, default=None,
-                   help="default: online when WANDB_API_KEY is set, else offline")
-    p.add_argument("--export", type=Path, default=None,
-                   help="bundle directory for the best checkpoint (default: STORAGE/NAME/export)")
+    p.add_argument(
+        "--wandb-mode",
+        choices=WANDB_MODES,
+        default=None,
+        help="default: online when WANDB_API_KEY is set, else offline",
+    )
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="bundle directory for the best checkpoint (default: STORAGE/NAME/export)",
+    )
     p.add_argument("--no-export", action="store_true", help="skip the export at the end")
     return p
 
@@ -189,8 +244,11 @@ def cluster_card_bytes(timeout_s: float = 120.0) -> int:
     try:
         return int(ray.get(card.remote(), timeout=timeout_s))
     except Exception as err:  # no free GPU in time: fall back to one whole GPU per trial
-        print(f"could not measure a GPU's memory on the cluster ({err}); trials get 1 GPU "
-              f"each unless --gpus-per-trial says otherwise", file=sys.stderr)
+        print(
+            f"could not measure a GPU's memory on the cluster ({err}); trials get 1 GPU "
+            f"each unless --gpus-per-trial says otherwise",
+            file=sys.stderr,
+        )
         return 0
 
 
@@ -278,8 +336,11 @@ def make_progress_callback(metric: str, mode: str, max_epochs: int, num_samples:
             running = sum(t.status == "RUNNING" for t in trials)
             best = "-" if self.best is None else f"{self.best:.4f}"
             elapsed = time.monotonic() - self.started
-            print(f"[{elapsed:6.0f}s] {text:<62} | run {running} done {done}/{num_samples} "
-                  f"best {metric} {best}", flush=True)
+            print(
+                f"[{elapsed:6.0f}s] {text:<62} | run {running} done {done}/{num_samples} "
+                f"best {metric} {best}",
+                flush=True,
+            )
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._line(trials, f"{trial.trial_id} start {describe(trial.config)}")
@@ -344,8 +405,9 @@ def build_tuner(space: Space, args: argparse.Namespace, exp: dict[str, Any], tra
         grace_period=exp["grace_period"],  # epochs
         reduction_factor=exp["reduction_factor"],
     )
-    callbacks = [make_progress_callback(space.metric, space.mode, space.max_epochs,
-                                        exp["num_samples"])]
+    callbacks = [
+        make_progress_callback(space.metric, space.mode, space.max_epochs, exp["num_samples"])
+    ]
     wandb_dir = Path(exp["wandb_dir"])
     wandb = wandb_callback(args.wandb_project, exp["name"], exp["wandb_mode"], wandb_dir)
     if wandb is not None:
@@ -422,19 +484,21 @@ def summarize(grid: Any, exp: dict[str, Any], wall_s: float, gpus_of) -> dict[st
         seconds = float(last.get("time_total_s", 0.0))
         gpu_hours += seconds * gpus_of(t.config) / 3600.0
         status = saved.get(t.trial_id, t.status)
-        rows.append({
-            "trial_id": t.trial_id,
-            "status": status,
-            "epochs": epoch,
-            "stopped_early": status == "TERMINATED" and epoch < max_epochs,
-            "error": status == "ERROR",
-            "failures": int(getattr(t, "num_failures", 0)),
-            metric: last.get(metric),
-            "seconds": seconds,
-            "node_ip": last.get("node_ip"),
-            "gpus": gpus_of(t.config),
-            "config": {k: t.config[k] for k in sorted(t.config)},
-        })
+        rows.append(
+            {
+                "trial_id": t.trial_id,
+                "status": status,
+                "epochs": epoch,
+                "stopped_early": status == "TERMINATED" and epoch < max_epochs,
+                "error": status == "ERROR",
+                "failures": int(getattr(t, "num_failures", 0)),
+                metric: last.get(metric),
+                "seconds": seconds,
+                "node_ip": last.get("node_ip"),
+                "gpus": gpus_of(t.config),
+                "config": {k: t.config[k] for k in sorted(t.config)},
+            }
+        )
     summary: dict[str, Any] = {
         "name": exp["name"],
         "metric": metric,
@@ -442,8 +506,9 @@ def summarize(grid: Any, exp: dict[str, Any], wall_s: float, gpus_of) -> dict[st
         "trials": len(trials),
         "num_samples": exp["num_samples"],
         "finished": sum(r["status"] == "TERMINATED" and not r["stopped_early"] for r in rows),
-        "stopped_early": [{"trial_id": r["trial_id"], "epoch": r["epochs"]}
-                          for r in rows if r["stopped_early"]],
+        "stopped_early": [
+            {"trial_id": r["trial_id"], "epoch": r["epochs"]} for r in rows if r["stopped_early"]
+        ],
         "errors": [r["trial_id"] for r in rows if r["error"]],
         "wall_s": wall_s,
         "gpu_hours": gpu_hours,
@@ -464,8 +529,11 @@ def summarize(grid: Any, exp: dict[str, Any], wall_s: float, gpus_of) -> dict[st
                 "value": float(row[metric]),
                 "epoch": int(row.get("epoch", 0)),
                 "config": best.config,
-                "metrics": {k: float(row[k]) for k in row.index
-                            if k.startswith(("val_", "train_")) and _is_number(row[k])},
+                "metrics": {
+                    k: float(row[k])
+                    for k in row.index
+                    if k.startswith(("val_", "train_")) and _is_number(row[k])
+                },
                 "path": best.path,
             }
     return summary
@@ -487,28 +555,44 @@ def sweep_state(summary: dict[str, Any], budget_hit: bool) -> str:
 def print_summary(summary: dict[str, Any], state: str, exp: dict[str, Any]) -> None:
     metric = summary["metric"]
     print()
-    print(f"sweep {summary['name']}: {state} ({summary['trials']}/{summary['num_samples']} "
-          f"trials, wall {summary['wall_s']:.0f} s, {summary['gpu_hours']:.3f} GPU-hours)")
+    print(
+        f"sweep {summary['name']}: {state} ({summary['trials']}/{summary['num_samples']} "
+        f"trials, wall {summary['wall_s']:.0f} s, {summary['gpu_hours']:.3f} GPU-hours)"
+    )
     best = summary.get("best")
     if best:
-        others = ", ".join(f"{k} {best['metrics'][k]:.4f}" for k in ("val_acc", "val_loss")
-                           if k in best["metrics"] and k != metric)
-        print(f"best {metric} {best['value']:.4f} (trial {best['trial_id']}, epoch "
-              f"{best['epoch']}{'; ' + others if others else ''}): {describe(best['config'])}")
+        others = ", ".join(
+            f"{k} {best['metrics'][k]:.4f}"
+            for k in ("val_acc", "val_loss")
+            if k in best["metrics"] and k != metric
+        )
+        print(
+            f"best {metric} {best['value']:.4f} (trial {best['trial_id']}, epoch "
+            f"{best['epoch']}{'; ' + others if others else ''}): {describe(best['config'])}"
+        )
         print("  config: " + json.dumps(best["config"], sort_keys=True, default=str))
     stopped = summary["stopped_early"]
     cause = "by ASHA" if state != "time budget reached" else "by ASHA or the time budget"
-    print(f"stopped early {cause}: {len(stopped)}"
-          + (": " + ", ".join(f"{s['trial_id']}@epoch {s['epoch']}" for s in stopped)
-             if stopped else ""))
+    print(
+        f"stopped early {cause}: {len(stopped)}"
+        + (
+            ": " + ", ".join(f"{s['trial_id']}@epoch {s['epoch']}" for s in stopped)
+            if stopped
+            else ""
+        )
+    )
     print(f"finished all {exp['max_epochs']} epochs: {summary['finished']}")
-    print(f"errors: {len(summary['errors'])}" + (": " + ", ".join(summary["errors"])
-                                                 if summary["errors"] else ""))
+    print(
+        f"errors: {len(summary['errors'])}"
+        + (": " + ", ".join(summary["errors"]) if summary["errors"] else "")
+    )
 
 
 def resume_command(exp: dict[str, Any]) -> str:
-    return (f"python -m search.run --space {exp['space']} --storage {exp['storage']} "
-            f"--name {exp['name']} --resume")
+    return (
+        f"python -m search.run --space {exp['space']} --storage {exp['storage']} "
+        f"--name {exp['name']} --resume"
+    )
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -536,17 +620,22 @@ def run(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--resume: {experiment_path(storage, name)} holds no {EXPERIMENT_FILE}")
 
     if recorded is not None:
-        print(f"profile: {recorded['profile']} (recorded in {EXPERIMENT_FILE}); resuming "
-              f"{recorded['path']}", flush=True)
+        print(
+            f"profile: {recorded['profile']} (recorded in {EXPERIMENT_FILE}); resuming "
+            f"{recorded['path']}",
+            flush=True,
+        )
         return resume(parser, args, recorded, card_bytes)
 
     profile, why = choose_profile(args.profile, gpus)
-    print(f"profile: {profile.name} ({why}): data {args.data or profile.data}, "
-          f"{profile.image_size} px, "
-          f"{'MAX_EPOCHS' if profile.max_epochs is None else f'<= {profile.max_epochs}'} epochs, "
-          f"{args.num_samples or profile.num_samples or 'NUM_SAMPLES'} trials"
-          + ("; --profile full forces the full sweep" if profile.name == "cpu" else ""),
-          flush=True)
+    print(
+        f"profile: {profile.name} ({why}): data {args.data or profile.data}, "
+        f"{profile.image_size} px, "
+        f"{'MAX_EPOCHS' if profile.max_epochs is None else f'<= {profile.max_epochs}'} epochs, "
+        f"{args.num_samples or profile.num_samples or 'NUM_SAMPLES'} trials"
+        + ("; --profile full forces the full sweep" if profile.name == "cpu" else ""),
+        flush=True,
+    )
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     name = name or f"{args.space.stem}-{profile.name}-{stamp}"
@@ -555,9 +644,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         defaults["max_train_batches"] = profile.max_train_batches
     overrides = {"data": args.data or profile.data, "seed": args.seed}
     try:
-        space = load_space(args.space, defaults=defaults, overrides=overrides,
-                           max_epochs=profile.max_epochs, cpu=profile.name == "cpu",
-                           seed=args.seed)
+        space = load_space(
+            args.space,
+            defaults=defaults,
+            overrides=overrides,
+            max_epochs=profile.max_epochs,
+            cpu=profile.name == "cpu",
+            seed=args.seed,
+        )
     except ValueError as err:
         parser.error(str(err))
     grace = args.grace_period or profile.grace_period or space.grace_period
@@ -580,7 +674,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         "mode": space.mode,
         "max_epochs": space.max_epochs,
         "grace_period": min(grace, space.max_epochs),
-        "reduction_factor": args.reduction_factor or profile.reduction_factor
+        "reduction_factor": args.reduction_factor
+        or profile.reduction_factor
         or space.reduction_factor,
         "num_samples": args.num_samples or profile.num_samples or space.num_samples,
         "max_concurrent": args.max_concurrent or profile.max_concurrent,
@@ -593,40 +688,55 @@ def run(argv: Sequence[str] | None = None) -> int:
         # wandb adds wandb/ below this: runs land in STORAGE/NAME/wandb/offline-run-*
         "wandb_dir": exp_path if not is_uri(storage) else str(Path("runs").resolve() / name),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "args": scrub({k: (str(v) if isinstance(v, Path) else v)
-                       for k, v in vars(args).items()}),
+        "args": scrub({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}),
     }
-    print(f"experiment {exp_path}: {exp['num_samples']} trials, metric {space.metric} "
-          f"({space.mode}), {space.max_epochs} epochs, ASHA grace {exp['grace_period']} "
-          f"reduction {exp['reduction_factor']}, max concurrent "
-          f"{exp['max_concurrent'] or 'auto'}, {args.cpus_per_trial:g} CPU + "
-          f"{'auto' if gpus_per_trial is None else f'{gpus_per_trial:g}'} GPU per trial, "
-          f"W&B {wandb_mode}", flush=True)
-    write_text(join_storage(exp_path, EXPERIMENT_FILE),
-               json.dumps(exp, indent=2, default=str) + "\n")
+    print(
+        f"experiment {exp_path}: {exp['num_samples']} trials, metric {space.metric} "
+        f"({space.mode}), {space.max_epochs} epochs, ASHA grace {exp['grace_period']} "
+        f"reduction {exp['reduction_factor']}, max concurrent "
+        f"{exp['max_concurrent'] or 'auto'}, {args.cpus_per_trial:g} CPU + "
+        f"{'auto' if gpus_per_trial is None else f'{gpus_per_trial:g}'} GPU per trial, "
+        f"W&B {wandb_mode}",
+        flush=True,
+    )
+    write_text(
+        join_storage(exp_path, EXPERIMENT_FILE), json.dumps(exp, indent=2, default=str) + "\n"
+    )
     return execute(args, exp, space, card_bytes, restore=False)
 
 
-def resume(parser: argparse.ArgumentParser, args: argparse.Namespace, exp: dict[str, Any],
-           card_bytes: int) -> int:
+def resume(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, exp: dict[str, Any], card_bytes: int
+) -> int:
     from ray import tune
 
     if not tune.Tuner.can_restore(exp["path"]):
-        parser.error(f"{exp['path']} cannot be restored (no experiment state yet); "
-                     f"remove it or choose another --name")
-    print(f"resuming {exp['name']}: space {exp['space']}, {exp['num_samples']} trials, "
-          f"metric {exp['metric']} ({exp['mode']}); finished trials are kept", flush=True)
+        parser.error(
+            f"{exp['path']} cannot be restored (no experiment state yet); "
+            f"remove it or choose another --name"
+        )
+    print(
+        f"resuming {exp['name']}: space {exp['space']}, {exp['num_samples']} trials, "
+        f"metric {exp['metric']} ({exp['mode']}); finished trials are kept",
+        flush=True,
+    )
     try:
-        space = load_space(exp["space"], defaults=exp["defaults"], overrides=exp["overrides"],
-                           max_epochs=exp["max_epochs"], cpu=exp["profile"] == "cpu",
-                           seed=exp["args"].get("seed", 0))
+        space = load_space(
+            exp["space"],
+            defaults=exp["defaults"],
+            overrides=exp["overrides"],
+            max_epochs=exp["max_epochs"],
+            cpu=exp["profile"] == "cpu",
+            seed=exp["args"].get("seed", 0),
+        )
     except ValueError as err:
         parser.error(str(err))
     return execute(args, exp, space, card_bytes, restore=True)
 
 
-def execute(args: argparse.Namespace, exp: dict[str, Any], space: Space, card_bytes: int,
-            restore: bool) -> int:
+def execute(
+    args: argparse.Namespace, exp: dict[str, Any], space: Space, card_bytes: int, restore: bool
+) -> int:
     import ray
     from ray import tune
 
@@ -651,8 +761,9 @@ def execute(args: argparse.Namespace, exp: dict[str, Any], space: Space, card_by
 
             for note in repair_missing_checkpoints(exp["path"]):
                 print(f"resume: {note}", flush=True)
-            tuner = tune.Tuner.restore(exp["path"], trainable=trainable,
-                                       resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(
+                exp["path"], trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
         else:
             tuner = build_tuner(space, args, exp, trainable)
         try:
@@ -665,19 +776,25 @@ def execute(args: argparse.Namespace, exp: dict[str, Any], space: Space, card_by
         budget_hit = bool(budget) and wall >= float(budget) - 1.0
 
         def gpus_of(config: dict[str, Any]) -> float:
-            return bundle_for(config, exp["cpus_per_trial"], exp["gpus_per_trial"],
-                              card_bytes or None).get("GPU", 0.0)
+            return bundle_for(
+                config, exp["cpus_per_trial"], exp["gpus_per_trial"], card_bytes or None
+            ).get("GPU", 0.0)
 
         summary = summarize(grid, exp, wall, gpus_of)
         state = sweep_state(summary, budget_hit)
         summary["state"] = state
         print_summary(summary, state, exp)
         if not is_uri(exp["storage"]):
-            write_text(join_storage(exp["path"], SUMMARY_FILE),
-                       json.dumps(summary, indent=2, default=str) + "\n")
+            write_text(
+                join_storage(exp["path"], SUMMARY_FILE),
+                json.dumps(summary, indent=2, default=str) + "\n",
+            )
         if state == "interrupted":
-            print(f"the sweep did not finish: nothing exported. Resume with:\n  "
-                  f"{resume_command(exp)}", flush=True)
+            print(
+                f"the sweep did not finish: nothing exported. Resume with:\n  "
+                f"{resume_command(exp)}",
+                flush=True,
+            )
             return 130
         if args.no_export:
             return 0
@@ -706,9 +823,12 @@ def export_at_end(args: argparse.Namespace, exp: dict[str, Any], export_best) ->
         print(f"export failed: {err}", file=sys.stderr)
         return 1
     meta = json.loads((bundle / "bundle.json").read_text())
-    print(f"exported best checkpoint {meta['source']['trial']}/{meta['source']['checkpoint']}"
-          f" to {bundle} (bundle + model.onnx, ONNX max |diff| "
-          f"{meta['onnx']['max_abs_diff_probabilities']:.1e})", flush=True)
+    print(
+        f"exported best checkpoint {meta['source']['trial']}/{meta['source']['checkpoint']}"
+        f" to {bundle} (bundle + model.onnx, ONNX max |diff| "
+        f"{meta['onnx']['max_abs_diff_probabilities']:.1e})",
+        flush=True,
+    )
     return 0
 
 

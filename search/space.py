@@ -38,8 +38,16 @@ VALIDATION_SAMPLES = 5  # define() calls made by the throw-away study
 # Per-epoch keys `trainables.train.train` reports (docs/ARCHITECTURE.md); METRIC must be one.
 _CLASSES = ("normal", "bacteria", "viral")
 METRIC_KEYS = frozenset(
-    ["train_loss", "train_acc", "val_loss", "val_acc", "val_precision", "val_recall", "val_f1",
-     "val_balanced_acc"]
+    [
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "val_precision",
+        "val_recall",
+        "val_f1",
+        "val_balanced_acc",
+    ]
     + [f"val_acc_{c}" for c in _CLASSES]
 )
 # Set by the driver for every trial, so a space may not suggest them.
@@ -86,8 +94,12 @@ class SpaceDefine:
         self._define: Callable[[Any], Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "defaults": self.defaults, "overrides": self.overrides,
-                "restrict": self.restrict}
+        return {
+            "path": self.path,
+            "defaults": self.defaults,
+            "overrides": self.overrides,
+            "restrict": self.restrict,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -124,8 +136,10 @@ class _Restricted:
         if name in self._allowed:
             kept = [c for c in choices if c in self._allowed[name]]
             if not kept:
-                raise ValueError(f"CPU_CHOICES[{name!r}] = {list(self._allowed[name])} keeps "
-                                 f"none of {list(choices)}")
+                raise ValueError(
+                    f"CPU_CHOICES[{name!r}] = {list(self._allowed[name])} keeps "
+                    f"none of {list(choices)}"
+                )
             choices = kept
         return self._trial.suggest_categorical(name, choices)
 
@@ -163,8 +177,9 @@ def load_space(
         raise ValueError(f"{where} has no define(trial) function")
     metric = _constant(module, where, "METRIC", str, None)
     if metric not in METRIC_KEYS:
-        raise ValueError(f"{where}: METRIC {metric!r} is not reported; expected one of "
-                         f"{sorted(METRIC_KEYS)}")
+        raise ValueError(
+            f"{where}: METRIC {metric!r} is not reported; expected one of {sorted(METRIC_KEYS)}"
+        )
     mode = _constant(module, where, "MODE", str, None)
     if mode not in MODES:
         raise ValueError(f"{where}: MODE {mode!r} must be one of {list(MODES)}")
@@ -179,8 +194,9 @@ def load_space(
         raise ValueError(f"{where}: POINTS_TO_EVALUATE must be a list of dicts")
 
     restrict = getattr(module, "CPU_CHOICES", {}) if cpu else {}
-    if not isinstance(restrict, dict) or not all(isinstance(v, (list, tuple))
-                                                 for v in restrict.values()):
+    if not isinstance(restrict, dict) or not all(
+        isinstance(v, (list, tuple)) for v in restrict.values()
+    ):
         raise ValueError(f"{where}: CPU_CHOICES must be a dict of name -> list of choices")
     run_overrides = {**dict(overrides or {}), "epochs": epochs}
     space_define = SpaceDefine(path, defaults, run_overrides, restrict)
@@ -223,22 +239,28 @@ def sample_configs(
         except Exception as err:  # user code failing on a sample
             if str(err).startswith("space file"):
                 raise
-            raise ValueError(f"{where}: define() failed on sample {i}: "
-                             f"{type(err).__name__}: {err}") from err
+            raise ValueError(
+                f"{where}: define() failed on sample {i}: {type(err).__name__}: {err}"
+            ) from err
         unknown = sorted(set(trial.params) - valid)
         if unknown:
-            raise ValueError(f"{where}: define() suggests {unknown}, which TrialConfig does "
-                             f"not know; valid names are {sorted(valid)}")
+            raise ValueError(
+                f"{where}: define() suggests {unknown}, which TrialConfig does "
+                f"not know; valid names are {sorted(valid)}"
+            )
         clash = sorted(set(trial.params) & set(RUN_KEYS))
         if clash:
-            raise ValueError(f"{where}: define() suggests {clash}, which the run sets "
-                             f"(epochs = MAX_EPOCHS); remove them from the space")
+            raise ValueError(
+                f"{where}: define() suggests {clash}, which the run sets "
+                f"(epochs = MAX_EPOCHS); remove them from the space"
+            )
         values = {**constants, **trial.params}
         try:
             configs.append(TrialConfig.from_dict(values))
         except ValueError as err:
-            raise ValueError(f"{where}: sample {i} {trial.params} is not a valid "
-                             f"TrialConfig: {err}") from err
+            raise ValueError(
+                f"{where}: sample {i} {trial.params} is not a valid TrialConfig: {err}"
+            ) from err
         study.tell(trial, 0.0)
     return configs
 

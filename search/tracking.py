@@ -33,9 +33,7 @@ def resolve_mode(mode: str | None) -> str:
     return mode
 
 
-def wandb_callback(
-    project: str, group: str, mode: str, run_dir: Path
-) -> Any | None:
+def wandb_callback(project: str, group: str, mode: str, run_dir: Path) -> Any | None:
     """A configured `WandbLoggerCallback`, or None when W&B is disabled."""
     if mode == "disabled":
         return None

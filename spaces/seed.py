@@ -22,8 +22,12 @@ REDUCTION_FACTOR = 2
 
 BALANCES = ["original", "undersample", "oversample", "class_weights"]
 CNNS = ["simple_cnn", "simple_cnn_10m"]
-SEED_RESNET = {"model": "resnet50", "frozen_depth": 5, "unfrozen_blocks": 1,
-               "balance": "oversample"}
+SEED_RESNET = {
+    "model": "resnet50",
+    "frozen_depth": 5,
+    "unfrozen_blocks": 1,
+    "balance": "oversample",
+}
 
 POINTS_TO_EVALUATE = [{"model": m, "balance": b} for m in CNNS for b in BALANCES] + [
     {"model": "resnet50"}

@@ -13,5 +13,4 @@ NUM_SAMPLES = 6
 def define(trial):
     trial.suggest_float("lr", 1e-5, 1e-2, log=True)
     trial.suggest_categorical("balance", ["original", "oversample"])
-    return {"model": "simple_cnn_10m", "image_size": 32, "batch_size": 16,
-            "max_train_batches": 4}
+    return {"model": "simple_cnn_10m", "image_size": 32, "batch_size": 16, "max_train_batches": 4}

@@ -30,8 +30,13 @@ def ratios(text: str) -> dict[str, float]:
 def ray_once():
     """One local Ray for the three sweep benchmarks (they reuse a running Ray)."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False,
-             log_to_driver=False, _temp_dir=temp_dir)
+    ray.init(
+        num_cpus=2,
+        object_store_memory=100 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp_dir,
+    )
     yield
     ray.shutdown()
 

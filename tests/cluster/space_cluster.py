@@ -17,5 +17,10 @@ NUM_SAMPLES = 2
 
 def define(trial):
     trial.suggest_float("lr", 1e-4, 1e-2, log=True)
-    return {"model": "simple_cnn_10m", "image_size": 32, "batch_size": 16,
-            "max_train_batches": 10, "balance": "original"}
+    return {
+        "model": "simple_cnn_10m",
+        "image_size": 32,
+        "batch_size": 16,
+        "max_train_batches": 10,
+        "balance": "original",
+    }

@@ -133,8 +133,7 @@ def test_setup_commands_install_the_mounted_project(name):
     mount = next(remote for remote, local in config["file_mounts"].items() if local == ".")
     # The project copied by file_mounts is the one installed (its own deps come from the pins).
     assert any(
-        "install" in c and "--no-deps" in c and f"-e {mount}" in c
-        for c in config["setup_commands"]
+        "install" in c and "--no-deps" in c and f"-e {mount}" in c for c in config["setup_commands"]
     )
 
 
@@ -205,8 +204,9 @@ def test_project_copy_leaves_git_ignored_files_behind(name):
 @pytest.mark.parametrize("name", CLUSTER_FILES)
 def test_gpu_workers_carry_credentials_for_the_bucket(name):
     config = load_cluster(name)
-    workers = {k: v for k, v in config["available_node_types"].items()
-               if k != config["head_node_type"]}
+    workers = {
+        k: v for k, v in config["available_node_types"].items() if k != config["head_node_type"]
+    }
     for node_type, spec in workers.items():
         node = spec["node_config"]
         # Trials upload checkpoints from the workers themselves, so each worker needs an

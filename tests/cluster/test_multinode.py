@@ -39,9 +39,23 @@ PREFIX = "experiments"
 SWEEP_TIMEOUT = 300  # seconds, per search.run process
 
 SWEEP_FLAGS = [
-    "--space", str(SPACE), "--profile", "cpu", "--data", "phantom:small",
-    "--cpus-per-trial", "1", "--max-concurrent", "2", "--grace-period", str(MAX_EPOCHS),
-    "--seed", "0", "--wandb-mode", "disabled", "--no-export",
+    "--space",
+    str(SPACE),
+    "--profile",
+    "cpu",
+    "--data",
+    "phantom:small",
+    "--cpus-per-trial",
+    "1",
+    "--max-concurrent",
+    "2",
+    "--grace-period",
+    str(MAX_EPOCHS),
+    "--seed",
+    "0",
+    "--wandb-mode",
+    "disabled",
+    "--no-export",
 ]
 
 
@@ -64,8 +78,9 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, sweep: Sweep | None = None,
-               interval: float = 0.1) -> Any:
+def wait_until(
+    condition: Callable[[], Any], timeout: float, sweep: Sweep | None = None, interval: float = 0.1
+) -> Any:
     """Poll `condition` every `interval` seconds until it returns something truthy; fail early
     if the sweep exits first."""
     deadline = time.monotonic() + timeout
@@ -102,7 +117,9 @@ class Sweep:
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "search.run", *args],
-                cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             )
 
@@ -134,10 +151,13 @@ class LocalCluster:
         self.temp_dir = temp_dir
         self.cluster = Cluster(
             initialize_head=True,
-            head_node_args=self._node_args(HEAD_IP) | {
+            head_node_args=self._node_args(HEAD_IP)
+            | {
                 # Notice a dead node in ~1.5 s instead of Ray's default ~15 s.
-                "_system_config": {"health_check_period_ms": 500,
-                                   "health_check_failure_threshold": 3},
+                "_system_config": {
+                    "health_check_period_ms": 500,
+                    "health_check_failure_threshold": 3,
+                },
             },
         )
         self.workers: dict[str, Any] = {}
@@ -180,20 +200,21 @@ class S3:
 
     def uri(self, prefix: str) -> str:
         host = self.endpoint.removeprefix("http://")
-        return (f"s3://{BUCKET}/{prefix}?endpoint_override={host}&scheme=http"
-                f"&region=us-east-1")
+        return f"s3://{BUCKET}/{prefix}?endpoint_override={host}&scheme=http&region=us-east-1"
 
     def keys(self, prefix: str) -> list[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
-                                                                      Prefix=prefix)
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
     def text(self, key: str) -> str:
         return self.client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
 
     def trial_rows(self, experiment: str) -> dict[str, list[dict[str, Any]]]:
-        return {key.split("/")[-2]: parse_rows(self.text(key))
-                for key in self.keys(experiment + "/") if key.endswith("/result.json")}
+        return {
+            key.split("/")[-2]: parse_rows(self.text(key))
+            for key in self.keys(experiment + "/")
+            if key.endswith("/result.json")
+        }
 
     def trial_statuses(self, experiment: str) -> dict[str, str]:
         """Trial dir -> status in the newest experiment state the driver synced to the bucket."""
@@ -219,14 +240,18 @@ def s3(tmp_path_factory):
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     patch = pytest.MonkeyPatch()
     endpoint = f"http://127.0.0.1:{port}"
     # No AWS_ENDPOINT_URL: the storage URI's own query string must carry the endpoint to the
     # driver and to every trial on every node (Ray's pyarrow storage layer).
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         patch.setenv(key, value)
     try:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
@@ -304,10 +329,22 @@ def worker_loss(cluster, tmp_path_factory):
     worker_ip = cluster.add_worker()
     storage = tmp_path_factory.mktemp("storage")
     experiment = storage / "worker-loss"
-    sweep = Sweep([*SWEEP_FLAGS, "--address", cluster.address, "--storage", str(storage),
-                   "--name", "worker-loss", "--num-samples", "2"],
-                  cwd=tmp_path_factory.mktemp("head"))
+    sweep = Sweep(
+        [
+            *SWEEP_FLAGS,
+            "--address",
+            cluster.address,
+            "--storage",
+            str(storage),
+            "--name",
+            "worker-loss",
+            "--num-samples",
+            "2",
+        ],
+        cwd=tmp_path_factory.mktemp("head"),
+    )
     try:
+
         def worker_mid_trial() -> int:
             for rows in local_trial_rows(experiment).values():
                 epochs = [r["epoch"] for r in rows if r.get("node_ip") == worker_ip]
@@ -338,8 +375,9 @@ def test_sweep_spreads_its_trials_over_both_nodes(worker_loss):
 
 
 def test_trial_of_a_killed_worker_continues_on_another_node_from_its_checkpoint(worker_loss):
-    moved = [rows for rows in worker_loss.rows.values()
-             if rows[0]["node_ip"] == worker_loss.worker_ip]
+    moved = [
+        rows for rows in worker_loss.rows.values() if rows[0]["node_ip"] == worker_loss.worker_ip
+    ]
     assert len(moved) == 1, worker_loss.log
     rows = moved[0]
     nodes = [r["node_ip"] for r in rows]
@@ -388,20 +426,34 @@ def driver_loss(cluster, s3, tmp_path_factory):
         cluster.add_worker()
     name = "driver-loss"
     experiment = f"{PREFIX}/{name}"
-    flags = [*SWEEP_FLAGS, "--address", cluster.address, "--storage",
-             s3.uri(PREFIX), "--name", name, "--num-samples", "3"]
+    flags = [
+        *SWEEP_FLAGS,
+        "--address",
+        cluster.address,
+        "--storage",
+        s3.uri(PREFIX),
+        "--name",
+        name,
+        "--num-samples",
+        "3",
+    ]
     first = Sweep(flags, cwd=tmp_path_factory.mktemp("head-a"))
     try:
+
         def one_finished_one_checkpointed():
             statuses = s3.trial_statuses(experiment)
             rows = s3.trial_rows(experiment)
-            done = {t: rows[t] for t, s in statuses.items()
-                    if s == "TERMINATED" and len(rows.get(t, [])) == MAX_EPOCHS}
+            done = {
+                t: rows[t]
+                for t, s in statuses.items()
+                if s == "TERMINATED" and len(rows.get(t, [])) == MAX_EPOCHS
+            }
             running = [t for t, s in statuses.items() if s == "RUNNING" and rows.get(t)]
             return (done, running) if done and running else None
 
-        finished_before, unfinished_before = wait_until(one_finished_one_checkpointed, 240,
-                                                        first, interval=0.2)
+        finished_before, unfinished_before = wait_until(
+            one_finished_one_checkpointed, 240, first, interval=0.2
+        )
         killed_at = time.time()
         first.kill()
     finally:
@@ -424,9 +476,14 @@ def driver_loss(cluster, s3, tmp_path_factory):
         statuses=statuses,
         rows={trial: rows.get(trial, []) for trial in statuses},
         keys=s3.keys(experiment + "/"),
-        log=first.tail(15) + "\n--- resumed ---\n" + second.tail() + "".join(
+        log=first.tail(15)
+        + "\n--- resumed ---\n"
+        + second.tail()
+        + "".join(
             f"\n--- {key} ---\n{s3.text(key)[-3000:]}"
-            for key in s3.keys(experiment + "/") if key.endswith("/error.txt")),
+            for key in s3.keys(experiment + "/")
+            if key.endswith("/error.txt")
+        ),
     )
 
 
@@ -440,15 +497,19 @@ def test_results_and_checkpoints_land_in_the_bucket(driver_loss):
     for trial in driver_loss.rows:
         assert {f"{exp}/{trial}/result.json", f"{exp}/{trial}/params.json"} <= keys
         # Workers uploaded the trainable's checkpoints (checkpoint.pt) straight to the bucket.
-        assert any(k.startswith(f"{exp}/{trial}/checkpoint_") and k.endswith("/checkpoint.pt")
-                   for k in keys), trial
+        assert any(
+            k.startswith(f"{exp}/{trial}/checkpoint_") and k.endswith("/checkpoint.pt")
+            for k in keys
+        ), trial
 
 
 def test_resume_from_the_bucket_finishes_the_sweep(driver_loss):
     assert driver_loss.returncode == 0, driver_loss.log
     # All three trials of the sweep finished, counted from the experiment state in the bucket.
     assert sorted(driver_loss.statuses.values()) == ["TERMINATED"] * 3, (
-        driver_loss.statuses, driver_loss.log)
+        driver_loss.statuses,
+        driver_loss.log,
+    )
     for trial, rows in driver_loss.rows.items():
         # Every trial reached its last epoch after the resume.
         assert rows[-1]["epoch"] == MAX_EPOCHS, (trial, driver_loss.log)

@@ -39,14 +39,21 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     temp = tempfile.mkdtemp(prefix="r", dir="/tmp")
-    ray.init(num_cpus=1, object_store_memory=100 * 2**20, include_dashboard=False,
-             _temp_dir=temp, log_to_driver=False)
+    ray.init(
+        num_cpus=1,
+        object_store_memory=100 * 2**20,
+        include_dashboard=False,
+        _temp_dir=temp,
+        log_to_driver=False,
+    )
     try:
         storage = tmp_path_factory.mktemp("storage")
         tune.Tuner(
             _counter,
             run_config=tune.RunConfig(
-                name="exp", storage_path=str(storage), verbose=0,
+                name="exp",
+                storage_path=str(storage),
+                verbose=0,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
         ).fit()
@@ -69,8 +76,11 @@ def test_repair_repoints_a_trial_whose_latest_checkpoint_is_gone(experiment):
     # (after the intact-experiment test above).
     exp = experiment
     assert _latest_checkpoint(exp) == "checkpoint_000002"
-    shutil.rmtree(exp / next(p.name for p in exp.iterdir() if p.is_dir()
-                             and p.name.startswith("_counter")) / "checkpoint_000002")
+    shutil.rmtree(
+        exp
+        / next(p.name for p in exp.iterdir() if p.is_dir() and p.name.startswith("_counter"))
+        / "checkpoint_000002"
+    )
     notes = repair_missing_checkpoints(str(exp))
     # The trial now resumes from the newest checkpoint that still exists, and the driver says so.
     assert _latest_checkpoint(exp) == "checkpoint_000001"

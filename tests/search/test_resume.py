@@ -49,18 +49,36 @@ def test_interrupted_and_killed_sweep_resumes_without_rerunning_finished_trials(
 ) -> None:
     storage = tmp_path / "runs"
     exp = storage / "resume"
-    base = [sys.executable, "-m", "search.run", "--space", "spaces/smoke.py",
-            "--storage", str(storage), "--name", "resume", "--wandb-mode", "disabled"]
+    base = [
+        sys.executable,
+        "-m",
+        "search.run",
+        "--space",
+        "spaces/smoke.py",
+        "--storage",
+        str(storage),
+        "--name",
+        "resume",
+        "--wandb-mode",
+        "disabled",
+    ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
     # 1. Ctrl-C after the first epoch: a clean stop that says how to resume, and no export.
     # One trial at a time, so interruptions land between a finished trial and an unfinished one.
-    first = subprocess.Popen(base + ["--num-samples", str(NUM_SAMPLES), "--max-concurrent", "1"],
-                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)
+    first = subprocess.Popen(
+        base + ["--num-samples", str(NUM_SAMPLES), "--max-concurrent", "1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        _wait_for(lambda: any(read_results(d) for d in trial_dirs(exp)) if exp.is_dir()
-                  else False, first)
+        _wait_for(
+            lambda: any(read_results(d) for d in trial_dirs(exp)) if exp.is_dir() else False, first
+        )
         first.send_signal(signal.SIGINT)
         out, _ = first.communicate(timeout=240)
     finally:
@@ -73,11 +91,19 @@ def test_interrupted_and_killed_sweep_resumes_without_rerunning_finished_trials(
 
     # 2. Resume, then SIGKILL the driver's process group (driver and its Ray) mid-sweep.
     log = (tmp_path / "second.log").open("w")
-    second = subprocess.Popen(base + ["--resume"], cwd=REPO, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    second = subprocess.Popen(
+        base + ["--resume"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        _wait_for(lambda: bool(_finished_trials(exp))
-                  and _started_after(exp, _finished_trials(exp)), second)
+        _wait_for(
+            lambda: bool(_finished_trials(exp)) and _started_after(exp, _finished_trials(exp)),
+            second,
+        )
     finally:
         os.killpg(second.pid, signal.SIGKILL)
         second.wait(timeout=60)
@@ -85,8 +111,9 @@ def test_interrupted_and_killed_sweep_resumes_without_rerunning_finished_trials(
     before = _finished_trials(exp)
 
     # 3. Resume to the end.
-    third = subprocess.run(base + ["--resume"], cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=400)
+    third = subprocess.run(
+        base + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+    )
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert "resuming" in third.stdout
 

@@ -51,10 +51,26 @@ def test_missing_data_folder_is_refused(capsys, tmp_path: Path) -> None:
 
 def test_help_lists_every_flag_of_the_sweep() -> None:
     text = build_parser().format_help()
-    flags = ["--space", "--data", "--num-samples", "--max-concurrent", "--gpus-per-trial",
-             "--cpus-per-trial", "--address", "--storage", "--name", "--resume",
-             "--time-budget", "--seed", "--wandb-project", "--wandb-mode", "--export",
-             "--profile", "--grace-period", "--reduction-factor"]
+    flags = [
+        "--space",
+        "--data",
+        "--num-samples",
+        "--max-concurrent",
+        "--gpus-per-trial",
+        "--cpus-per-trial",
+        "--address",
+        "--storage",
+        "--name",
+        "--resume",
+        "--time-budget",
+        "--seed",
+        "--wandb-project",
+        "--wandb-mode",
+        "--export",
+        "--profile",
+        "--grace-period",
+        "--reduction-factor",
+    ]
     assert [f for f in flags if f not in text] == []
 
 
@@ -99,14 +115,29 @@ def test_wandb_mode_defaults_to_offline_without_an_api_key(monkeypatch) -> None:
 @pytest.mark.slow
 def test_cli_refuses_a_bad_space_file_before_any_trial(tmp_path: Path) -> None:
     space = tmp_path / "typo.py"
-    space.write_text('METRIC = "val_acc"\nMODE = "max"\nMAX_EPOCHS = 2\n'
-                     "def define(trial):\n    trial.suggest_float('learnrate', 1e-4, 1e-2)\n")
+    space.write_text(
+        'METRIC = "val_acc"\nMODE = "max"\nMAX_EPOCHS = 2\n'
+        "def define(trial):\n    trial.suggest_float('learnrate', 1e-4, 1e-2)\n"
+    )
     storage = tmp_path / "runs"
     env = {**os.environ, "WANDB_MODE": "offline", "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.run(
-        [sys.executable, "-m", "search.run", "--space", str(space), "--storage", str(storage),
-         "--name", "bad"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "search.run",
+            "--space",
+            str(space),
+            "--storage",
+            str(storage),
+            "--name",
+            "bad",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     # Usage error naming the file and the unknown name; the first line announces the profile.
     assert proc.returncode == 2

@@ -44,8 +44,10 @@ def test_transfer_space_suggests_frozen_depth_only_for_torchvision_models() -> N
 
 def test_seed_space_covers_the_seed_tables_once_each() -> None:
     space = load_space(REPO / "spaces" / "seed.py", **RUN)
-    settings = {(c.model, c.balance, c.frozen_depth, c.unfrozen_blocks) for c in
-                sample_configs(space.define, "seed", space.points_to_evaluate, n=0)}
+    settings = {
+        (c.model, c.balance, c.frozen_depth, c.unfrozen_blocks)
+        for c in sample_configs(space.define, "seed", space.points_to_evaluate, n=0)
+    }
     balances = ("original", "undersample", "oversample", "class_weights")
     expected = {(m, b, 0, 0) for m in ("simple_cnn", "simple_cnn_10m") for b in balances}
     expected.add(("resnet50", "oversample", 5, 1))  # Table 3's fine-tuning
@@ -95,14 +97,18 @@ BAD_SPACES = {
         'METRIC = "accuracy"\nMODE = "max"\nMAX_EPOCHS = 2\ndef define(trial):\n    return {}\n',
         "METRIC 'accuracy' is not reported",
     ),
-    "no_max_epochs": ('METRIC = "val_acc"\nMODE = "max"\ndef define(trial):\n    return {}\n',
-                      "must define MAX_EPOCHS"),
+    "no_max_epochs": (
+        'METRIC = "val_acc"\nMODE = "max"\ndef define(trial):\n    return {}\n',
+        "must define MAX_EPOCHS",
+    ),
     "suggests_epochs": (
         GOOD_HEADER + "def define(trial):\n    trial.suggest_int('epochs', 1, 3)\n",
         "which the run sets",
     ),
-    "returns_a_list": (GOOD_HEADER + "def define(trial):\n    return ['lr']\n",
-                       "must return a dict of constants or None"),
+    "returns_a_list": (
+        GOOD_HEADER + "def define(trial):\n    return ['lr']\n",
+        "must return a dict of constants or None",
+    ),
 }
 
 

@@ -27,13 +27,37 @@ pytestmark = pytest.mark.slow
 def sweep(tmp_path_factory) -> dict:
     """One CLI sweep over spaces/smoke.py: 6 trials of 3 epochs, 2 at a time, W&B offline."""
     storage = tmp_path_factory.mktemp("sweep") / "runs"
-    env = {**os.environ, "WANDB_API_KEY": SECRET, "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "disabled"}
+    env = {
+        **os.environ,
+        "WANDB_API_KEY": SECRET,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "search.run", "--space", "spaces/smoke.py",
-         "--storage", str(storage), "--name", "smoke", "--num-samples", str(NUM_SAMPLES),
-         "--max-concurrent", "2", "--wandb-mode", "offline", "--seed", "0"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+        [
+            sys.executable,
+            "-m",
+            "search.run",
+            "--space",
+            "spaces/smoke.py",
+            "--storage",
+            str(storage),
+            "--name",
+            "smoke",
+            "--num-samples",
+            str(NUM_SAMPLES),
+            "--max-concurrent",
+            "2",
+            "--wandb-mode",
+            "offline",
+            "--seed",
+            "0",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     exp = storage / "smoke"
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -99,16 +123,20 @@ def test_wandb_offline_runs_hold_the_per_epoch_metrics(sweep) -> None:
     assert len(runs) == NUM_SAMPLES
     for run_file in runs:
         trial_id = run_file.stem.removeprefix("run-")
-        logged = {int(json.loads(h["epoch"])): json.loads(h["val_loss"])
-                  for h in history_rows(run_file) if "val_loss" in h}
+        logged = {
+            int(json.loads(h["epoch"])): json.loads(h["val_loss"])
+            for h in history_rows(run_file)
+            if "val_loss" in h
+        }
         expected = {int(r["epoch"]): r["val_loss"] for r in sweep["rows"][trial_id]}
         # W&B's own Record protobufs hold one history row per epoch, with Ray's values.
         assert logged == pytest.approx(expected)
 
 
 def test_api_key_is_never_written(sweep) -> None:
-    leaked = [p for p in sweep["exp"].rglob("*")
-              if p.is_file() and SECRET.encode() in p.read_bytes()]
+    leaked = [
+        p for p in sweep["exp"].rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()
+    ]
     assert leaked == []
     assert SECRET not in sweep["proc"].stdout + sweep["proc"].stderr
     recorded = json.loads((sweep["exp"] / "cxr_tune.json").read_text())

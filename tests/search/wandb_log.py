@@ -21,6 +21,7 @@ BLOCK = 32 * 1024
 IDENT, MAGIC = b":W&B", 0xBEE1
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
+
 def read_payloads(path: Path) -> list[bytes]:
     data = Path(path).read_bytes()
     ident, magic, version = FILE_HEADER.unpack_from(data, 0)
@@ -36,7 +37,7 @@ def read_payloads(path: Path) -> list[bytes]:
         if length == 0 and kind == 0:
             break  # zeroed tail of a file that was not closed
         start = pos + RECORD_HEADER.size
-        chunk = data[start:start + length]
+        chunk = data[start : start + length]
         if zlib.crc32(bytes([kind]) + chunk) != crc:
             raise ValueError(f"{path}: CRC mismatch at offset {pos}")
         pos = start + length
@@ -68,8 +69,10 @@ def history_rows(path: Path) -> list[dict[str, str]]:
     rows = []
     for record in read_records(path):
         if record.WhichOneof("record_type") == "history":
-            rows.append({
-                item.key or "/".join(item.nested_key): item.value_json
-                for item in record.history.item
-            })
+            rows.append(
+                {
+                    item.key or "/".join(item.nested_key): item.value_json
+                    for item in record.history.item
+                }
+            )
     return rows

@@ -67,13 +67,13 @@ def trial_resources(
 
     def resources(config: dict[str, Any]) -> PlacementGroupFactory:
         return PlacementGroupFactory(
-            [bundle_for(config, cpus_per_trial, gpus_per_trial, card_bytes)]
+            [resource_request(config, cpus_per_trial, gpus_per_trial, card_bytes)]
         )
 
     return resources
 
 
-def bundle_for(
+def resource_request(
     config: dict[str, Any],
     cpus_per_trial: float,
     gpus_per_trial: float | None,

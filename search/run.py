@@ -741,7 +741,7 @@ def execute(
     from ray import tune
 
     from search.export import export_best
-    from search.resources import bundle_for
+    from search.resources import resource_request
 
     temp_dir = None
     if not ray.is_initialized():
@@ -776,7 +776,7 @@ def execute(
         budget_hit = bool(budget) and wall >= float(budget) - 1.0
 
         def gpus_of(config: dict[str, Any]) -> float:
-            return bundle_for(
+            return resource_request(
                 config, exp["cpus_per_trial"], exp["gpus_per_trial"], card_bytes or None
             ).get("GPU", 0.0)
 

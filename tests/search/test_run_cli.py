@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from search.resources import bundle_for, gpu_fraction, peak_bytes
+from search.resources import gpu_fraction, peak_bytes, resource_request
 from search.run import CPU_PROFILE, FULL_PROFILE, build_parser, choose_profile
 from search.tracking import resolve_mode, scrub
 
@@ -96,10 +96,10 @@ def test_gpu_fraction_is_a_quarter_multiple_sized_from_peak_memory() -> None:
 
 def test_trial_resources_ask_no_gpu_on_cpu_machines() -> None:
     config = {"model": "resnet50", "batch_size": 32, "image_size": 256}
-    assert bundle_for(config, 1.0, 0.0, None) == {"CPU": 1.0}
-    assert bundle_for(config, 2.0, None, None) == {"CPU": 2.0}
-    assert bundle_for(config, 1.0, None, 80 * 2**30)["GPU"] == 0.25
-    assert bundle_for(config, 1.0, 0.5, 80 * 2**30)["GPU"] == 0.5  # an explicit flag wins
+    assert resource_request(config, 1.0, 0.0, None) == {"CPU": 1.0}
+    assert resource_request(config, 2.0, None, None) == {"CPU": 2.0}
+    assert resource_request(config, 1.0, None, 80 * 2**30)["GPU"] == 0.25
+    assert resource_request(config, 1.0, 0.5, 80 * 2**30)["GPU"] == 0.5  # an explicit flag wins
 
 
 def test_wandb_mode_defaults_to_offline_without_an_api_key(monkeypatch) -> None:

@@ -45,8 +45,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from trainables.cache import atomic_dir, atomic_write_text, cache_root, file_lock
+from trainables.vocab import CLASSES, PHANTOM_PRESETS
 
-CLASSES = ("NORMAL", "BACTERIA", "VIRAL")
 # File-name tag per class, as in the public pediatric set (person12_bacteria_45.jpeg).
 FILE_TAGS = {"NORMAL": "normal", "BACTERIA": "bacteria", "VIRAL": "virus"}
 SPLITS = ("train", "test")
@@ -64,6 +64,7 @@ class Preset:
     """Cap on the longer image side, pixels."""
 
 
+# One spec per name of `trainables.vocab.PHANTOM_PRESETS` (tests/trainables/test_phantom.py checks).
 PRESETS: dict[str, Preset] = {
     # Tests and CPU runs: a few hundred low-resolution images; the test mix differs from train.
     "small": Preset({"train": (100, 180, 100), "test": (20, 60, 20)}, (96, 160), 192),
@@ -75,7 +76,7 @@ PRESETS: dict[str, Preset] = {
 CONFOUNDER_TRAIN_RATE = {"NORMAL": 0.05, "BACTERIA": 0.05, "VIRAL": 0.80}
 
 # File modes and how often each is drawn; JPEG is only possible for L and RGB.
-MODES = (("L", 0.57), ("RGB", 0.25), ("I;16", 0.08), ("RGBA", 0.05), ("P", 0.05))
+FILE_MODES = (("L", 0.57), ("RGB", 0.25), ("I;16", 0.08), ("RGBA", 0.05), ("P", 0.05))
 JPEG_SHARE = 0.8  # of L and RGB images (keeps `full` small on disk)
 
 # Finding strength (added density at severity 1, on a 0..1 density scale). Tuned so a small
@@ -160,8 +161,10 @@ def plan(preset: str, seed: int) -> list[ImageSpec]:
 
 
 def _preset(preset: str) -> Preset:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown phantom preset {preset!r}; expected one of {sorted(PRESETS)}")
+    if preset not in PHANTOM_PRESETS:
+        raise ValueError(
+            f"unknown phantom preset {preset!r}; expected one of {sorted(PHANTOM_PRESETS)}"
+        )
     return PRESETS[preset]
 
 
@@ -263,7 +266,7 @@ def _render(seed: int, spec: ImageSpec, preset: str, confounder: bool) -> tuple[
     overlay, row = _overlays(rng, w, h, spec, confounder, seed, preset)
     img = np.maximum(img, overlay)
 
-    mode = str(rng.choice([m for m, _ in MODES], p=[p for _, p in MODES]))
+    mode = str(rng.choice([m for m, _ in FILE_MODES], p=[p for _, p in FILE_MODES]))
     jpeg = mode in ("L", "RGB") and rng.random() < JPEG_SHARE
     quality = int(rng.integers(80, 96)) if jpeg else 0
     pil = _to_mode(img, mode, rng)
@@ -586,46 +589,6 @@ def _is_current(path: Path) -> bool:
     return info.get("version") == VERSION and (path / "metadata.csv").is_file()
 
 
-# ----------------------------------------------------------------------------- baseline
-
-
-def load_pixels(root: Path, split: str, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Raw pixels of one split, padded to a square and downsampled: (N, size*size) in [0, 1]."""
-    import pandas as pd  # only the baseline needs pandas
-
-    meta = pd.read_csv(Path(root) / "metadata.csv")
-    meta = meta[meta["split"] == split]
-    rows = []
-    for rel in meta["path"]:
-        with Image.open(Path(root) / rel) as im:
-            arr = np.asarray(im.convert("I") if im.mode == "I;16" else im.convert("L"), float)
-        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
-        h, w = arr.shape
-        s = max(h, w)
-        square = np.zeros((s, s))
-        square[(s - h) // 2 : (s - h) // 2 + h, (s - w) // 2 : (s - w) // 2 + w] = arr
-        small = Image.fromarray(square.astype(np.float32), mode="F").resize((size, size))
-        rows.append(np.asarray(small).ravel())
-    return np.stack(rows), meta["label"].to_numpy()
-
-
-def pixel_baseline(root: Path, size: int = 32) -> dict[str, float]:
-    """Train/test accuracy of a logistic regression on raw downsampled pixels (scikit-learn)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x_train, y_train = load_pixels(root, "train", size)
-    x_test, y_test = load_pixels(root, "test", size)
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn
-
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
-    # One BLAS thread: this fit is tiny, and extra threads only fight over shared cores.
-    with threadpool_limits(1):
-        model.fit(x_train, y_train)
-    return {"train_acc": model.score(x_train, y_train), "test_acc": model.score(x_test, y_test)}
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -662,8 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         "the files are identical whatever the count",
     )
     args = parser.parse_args(argv)
-    if args.preset not in PRESETS:
-        parser.error(f"--preset {args.preset!r} is not one of {', '.join(sorted(PRESETS))}")
+    if args.preset not in PHANTOM_PRESETS:
+        parser.error(f"--preset {args.preset!r} is not one of {', '.join(sorted(PHANTOM_PRESETS))}")
     start = time.perf_counter()
     try:
         out = generate(args.out, args.preset, args.seed, args.confounder, args.processes)

@@ -225,7 +225,7 @@ def test_hidden_files_are_ignored_and_counted(tmp_path):
 
 def test_bad_arguments_name_the_valid_choices(tmp_path):
     root = make_folder(tmp_path / "d")
-    with pytest.raises(ValueError, match=r"resize_mode 'stretch'.*\['pad', 'crop'\]"):
+    with pytest.raises(ValueError, match=r"resize_mode 'stretch'.*\['crop', 'pad'\]"):
         load_dataset(str(root), image_size=S, resize_mode="stretch")
     with pytest.raises(ValueError, match="phantom:small"):
         load_dataset("phantom:huge", image_size=S)

@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from trainables.cache import atomic_dir, atomic_write_text, cache_root, file_lock
-from trainables.vocab import CLASSES, PHANTOM_PRESETS
+from trainables.vocab import CLASSES
 
 # File-name tag per class, as in the public pediatric set (person12_bacteria_45.jpeg).
 FILE_TAGS = {"NORMAL": "normal", "BACTERIA": "bacteria", "VIRAL": "virus"}
@@ -161,10 +161,8 @@ def plan(preset: str, seed: int) -> list[ImageSpec]:
 
 
 def _preset(preset: str) -> Preset:
-    if preset not in PHANTOM_PRESETS:
-        raise ValueError(
-            f"unknown phantom preset {preset!r}; expected one of {sorted(PHANTOM_PRESETS)}"
-        )
+    if preset not in PRESETS:
+        raise ValueError(f"unknown phantom preset {preset!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[preset]
 
 
@@ -659,8 +657,8 @@ def main(argv: list[str] | None = None) -> int:
         "the files are identical whatever the count",
     )
     args = parser.parse_args(argv)
-    if args.preset not in PHANTOM_PRESETS:
-        parser.error(f"--preset {args.preset!r} is not one of {', '.join(sorted(PHANTOM_PRESETS))}")
+    if args.preset not in PRESETS:
+        parser.error(f"--preset {args.preset!r} is not one of {', '.join(sorted(PRESETS))}")
     start = time.perf_counter()
     try:
         out = generate(args.out, args.preset, args.seed, args.confounder, args.processes)

@@ -43,16 +43,14 @@ from trainables.preprocess import (
     preprocess,
 )
 from trainables.splits import split_hash, split_train_val
-from trainables.vocab import CLASSES, PHANTOM_PRESETS, RESIZE_MODES
+from trainables.vocab import CLASSES
 
 __all__ = [
     "CLASSES",
     "CLASS_ALIASES",
     "DATASET_FIELDS",
     "PEDIATRIC_CLASS_DIRS",
-    "PHANTOM_PRESETS",
     "PREPROCESS_VERSION",
-    "RESIZE_MODES",
     "DataReport",
     "Dataset",
     "ImageError",

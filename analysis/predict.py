@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 from analysis.tta import TTA_POLICIES, evaluate_tta, get_policy
-from trainables.bundle import Bundle, load_bundle
-from trainables.data import decode_file
-
-PREDICT_BATCH = 64  # images per forward pass
+from trainables.bundle import BUNDLE_META_FILE, Bundle, load_bundle
+from trainables.device import EVAL_BATCH
+from trainables.preprocess import decode_file
 
 
 def _preprocessing(bundle: Bundle) -> tuple[int, str]:
@@ -32,12 +31,12 @@ def _preprocessing(bundle: Bundle) -> tuple[int, str]:
         size, mode = int(prep["image_size"]), str(prep["resize_mode"])
     except (KeyError, TypeError, ValueError):
         raise ValueError(
-            f"{bundle.path / 'bundle.json'}: preprocessing needs image_size and resize_mode, "
+            f"{bundle.path / BUNDLE_META_FILE}: preprocessing needs image_size and resize_mode, "
             f"got {prep!r}"
         ) from None
     if (size, mode) != (bundle.cfg.image_size, bundle.cfg.resize_mode):
         raise ValueError(
-            f"{bundle.path}: bundle.json preprocessing ({size} px, {mode}) disagrees with "
+            f"{bundle.path}: {BUNDLE_META_FILE} preprocessing ({size} px, {mode}) disagrees with "
             f"config.json ({bundle.cfg.image_size} px, {bundle.cfg.resize_mode})"
         )
     return size, mode
@@ -60,7 +59,7 @@ def predict_files(
     pixels = np.stack([decode_file(p, size, mode) for p in images])
     batch = torch.from_numpy(pixels).unsqueeze(1)  # (N, 1, S, S) uint8
     model = bundle.model.to(device)
-    result = evaluate_tta(model, batch, None, policy_obj, device, PREDICT_BATCH, cfg=bundle.cfg)
+    result = evaluate_tta(model, batch, None, policy_obj, device, EVAL_BATCH, cfg=bundle.cfg)
     out = []
     for path, probs, pred in zip(images, result.probs, result.preds, strict=True):
         out.append(
@@ -104,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         get_policy(args.tta)  # a typo fails before the model loads
         bundle = load_bundle(args.bundle)
         rows = predict_files(bundle, args.images, args.tta, device)
-    except ValueError as err:  # trainables.data.ImageError is a ValueError too
+    except ValueError as err:  # trainables.preprocess.ImageError is a ValueError too
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:

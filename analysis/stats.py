@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binomtest
 
+from trainables.vocab import class_key
+
 ALPHA = 0.05  # significance level of the paired tests; CIs are (1 - ALPHA) = 95 %
 N_RESAMPLES = 2000  # bootstrap resamples; ~0.1 s for 600 test images
 _MAX_CELLS = 20_000_000  # resamples x images held in memory at once (int64 = 160 MB)
@@ -157,7 +159,7 @@ def classification_intervals(
     for key, point in points.items():
         name = key
         if key.startswith("acc_"):
-            name = f"acc_{classes[int(key[4:])].lower()}"
+            name = f"acc_{class_key(classes[int(key[4:])])}"
         intervals[name] = _interval(float(point), samples[key], confidence)
     return intervals
 

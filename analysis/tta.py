@@ -23,6 +23,7 @@ from torch import nn
 
 from trainables.augment import OPS
 from trainables.config import TrialConfig
+from trainables.device import EVAL_BATCH
 from trainables.train import predict_proba
 
 MERGES = ("mean", "geometric", "vote")
@@ -179,7 +180,7 @@ def evaluate_tta(
     labels: torch.Tensor | np.ndarray | None,
     policy: TTAPolicy | str,
     device: str | torch.device,
-    batch_size: int = 128,
+    batch_size: int = EVAL_BATCH,
     cfg: TrialConfig | None = None,
 ) -> TTAResult:
     """Merged predictions of `policy` for uint8 images (N, 1, S, S), batched on `device`.
@@ -234,7 +235,7 @@ def select_policy(
     labels: torch.Tensor | np.ndarray,
     candidates: Sequence[TTAPolicy],
     device: str | torch.device,
-    batch_size: int = 128,
+    batch_size: int = EVAL_BATCH,
     cfg: TrialConfig | None = None,
 ) -> tuple[TTAPolicy, pd.DataFrame]:
     """Choose the candidate with the best validation accuracy (ties: the cheaper one).

@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     results = Results("decode_once", args, device, argv)
 
     # The phantom is generated (or found) in the ordinary cache; only the decode cache is fresh.
-    from trainables.data import _resolve_root
+    from trainables.layouts import resolve_root
 
-    root = _resolve_root(prof["data"])
+    root = resolve_root(prof["data"])
     files = sum(1 for f in (root / "train").rglob("*") if f.is_file())
     cache = tempfile.mkdtemp(prefix="cxr-bench-decode-")
     note(

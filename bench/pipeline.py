@@ -31,10 +31,11 @@ from torch import nn
 from torchvision import transforms as T
 
 from bench.common import Results, note, parser, setup, sync, timed
-from trainables.augment import prepare_batch
+from trainables.augment import MEAN, STD, prepare_batch
 from trainables.balance import epoch_indices
 from trainables.config import TrialConfig
 from trainables.data import Dataset, load_for_config
+from trainables.device import device_policy
 from trainables.models import count_parameters
 from trainables.train import build_training, make_generators, make_step, train_one_epoch
 
@@ -175,11 +176,9 @@ def compare(
     step = make_step(cfg, model, optimizer, nn.CrossEntropyLoss(), device)
     samplers = make_generators(cfg, device)
     train_x, train_y = data.train.images.to(device), data.train.labels.to(device)
-    channels_last = device.type == "cuda" and cfg.amp != "fp32"
+    policy = device_policy(cfg.amp, device)
     shape = (cfg.batch_size, 1, cfg.image_size, cfg.image_size)
-    random_x = torch.randn(shape, device=device)
-    if channels_last:
-        random_x = random_x.contiguous(memory_format=torch.channels_last)
+    random_x = policy.batch(torch.randn(shape, device=device))
     random_y = torch.randint(0, len(data.classes), (cfg.batch_size,), device=device)
     trained = {"images": 0.0}
 
@@ -214,7 +213,7 @@ def compare(
         "unfrozen_blocks": cfg.unfrozen_blocks,
         "image_size": cfg.image_size,
         "batch_size": cfg.batch_size,
-        "numerics": "bf16 + channels_last" if channels_last else "fp32",
+        "numerics": policy.label,
         "trainable_parameters": count_parameters(model, trainable_only=True),
         "floor_seconds": floor_times,
         "fast_seconds": fast_times,
@@ -249,8 +248,7 @@ def floor_images_per_s(
     model, optimizer = build_training(cfg, num_classes, device)
     step = make_step(cfg, model, optimizer, nn.CrossEntropyLoss(), device)
     x = torch.randn(cfg.batch_size, 1, cfg.image_size, cfg.image_size, device=device)
-    if device.type == "cuda" and cfg.amp != "fp32":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = device_policy(cfg.amp, device).batch(x)
     y = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
 
     def floor() -> None:
@@ -292,7 +290,7 @@ def seed_transforms(image_size: int) -> T.Compose:
             T.RandomHorizontalFlip(0.5),
             T.RandomAffine(0, translate=(0.1, 0.1)),
             T.ToTensor(),
-            T.Normalize([0.5], [0.5]),
+            T.Normalize([MEAN], [STD]),
         ]
     )
 
@@ -319,14 +317,12 @@ def seed_epoch(
     )
     if len(loader) < batches:
         raise ValueError(f"{len(dataset)} train images give fewer than {batches} full batches")
-    channels_last = device.type == "cuda" and cfg.amp != "fp32"
+    policy = device_policy(cfg.amp, device)
     sync(device)
     started = time.perf_counter()
     first = started
     for b, (x, y) in enumerate(loader):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = policy.batch(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         step(x, y)
         if b == 0:
             sync(device)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import TrialConfig, field_names
+from trainables.vocab import CLASSES, class_key
 
 MODES = ("max", "min")
 DEFAULT_GRACE_PERIOD = 1  # epochs
@@ -36,7 +37,6 @@ DEFAULT_NUM_SAMPLES = 20
 VALIDATION_SAMPLES = 5  # define() calls made by the throw-away study
 
 # Per-epoch keys `trainables.train.train` reports (docs/ARCHITECTURE.md); METRIC must be one.
-_CLASSES = ("normal", "bacteria", "viral")
 METRIC_KEYS = frozenset(
     [
         "train_loss",
@@ -48,7 +48,7 @@ METRIC_KEYS = frozenset(
         "val_f1",
         "val_balanced_acc",
     ]
-    + [f"val_acc_{c}" for c in _CLASSES]
+    + [f"val_acc_{class_key(c)}" for c in CLASSES]
 )
 # Set by the driver for every trial, so a space may not suggest them.
 RUN_KEYS = ("epochs",)

@@ -18,7 +18,7 @@ import ray
 from ray import tune
 
 from trainables.config import TrialConfig
-from trainables.data import Dataset, load_for_config
+from trainables.data import Dataset, dataset_key, load_for_config
 from trainables.train import train
 
 # Decoded datasets kept across trials that reuse this worker process (TuneConfig.reuse_actors),
@@ -28,7 +28,7 @@ _MAX_CACHED = 2
 
 
 def dataset_for(cfg: TrialConfig) -> Dataset:
-    key = (cfg.data, cfg.image_size, cfg.resize_mode, cfg.split_seed, cfg.val_fraction)
+    key = dataset_key(cfg)
     if key not in _DATASETS:
         while len(_DATASETS) >= _MAX_CACHED:
             _DATASETS.pop(next(iter(_DATASETS)))

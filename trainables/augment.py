@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import equalize as _tv_equalize
 
+from trainables.vocab import AUGMENTATIONS
+
 Op = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
 ROTATE_DEGREES = 10.0  # seed: rotation drawn from [-10, 10] degrees
@@ -145,15 +147,6 @@ OPS: dict[str, Op] = {
     "hflip": hflip,
     "shift": shift,
     "affine": affine,
-}
-
-AUGMENTATIONS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "seed": ("equalize", "rotate", "hflip", "shift"),  # the seed's training set, section 2
-    "equalize": ("equalize",),
-    "flip_rotate": ("hflip", "rotate"),
-    "geometric": ("rotate", "shift", "hflip"),
-    "affine": ("affine", "hflip"),
 }
 
 

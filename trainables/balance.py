@@ -16,12 +16,7 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
-BALANCES: dict[str, str] = {
-    "original": "the training split as it is",
-    "undersample": "every class sampled down to the minority count, re-drawn each epoch",
-    "oversample": "every class sampled up to the majority count, re-drawn each epoch",
-    "class_weights": "the training split as it is, with inverse-frequency loss weights",
-}
+from trainables.vocab import BALANCES
 
 
 def _check_strategy(strategy: str) -> None:

@@ -22,15 +22,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from trainables.augment import MEAN, STD
 from trainables.cache import atomic_dir
 from trainables.config import TrialConfig
 from trainables.models import build_model, count_parameters
 
-FORMAT = "cxr-tune-bundle"
-VERSION = 1
+BUNDLE_FORMAT = "cxr-tune-bundle"
+BUNDLE_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-META_FILE = "bundle.json"
+BUNDLE_META_FILE = "bundle.json"
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,14 @@ class Bundle:
 
 
 def preprocessing_of(cfg: TrialConfig) -> dict[str, Any]:
-    """What an image must go through before the model sees it (mirrors trainables.data/augment)."""
+    """What an image must go through before the model sees it: `trainables.preprocess` to a
+    uint8 square, then `augment.to_float` (scale) and `augment.normalize` (mean, std)."""
     return {
         "image_size": cfg.image_size,
         "resize_mode": cfg.resize_mode,
         "grayscale": True,
-        "mean": 0.5,
-        "std": 0.5,
+        "mean": MEAN,
+        "std": STD,
         "scale": 1 / 255,
     }
 
@@ -67,14 +69,21 @@ def save_bundle(
     extra: dict[str, Any] | None = None,
     overwrite: bool = True,
 ) -> Path:
-    """Write a bundle atomically: readers see the old bundle or the new one, never a mix."""
+    """Write a bundle; a reader never sees a mix of two bundles or a half-written one.
+
+    The new bundle is built complete in `OUT.new` first. Replacing an existing `OUT` then takes
+    two renames (`OUT` -> `OUT.old`, `OUT.new` -> `OUT`): between them `OUT` is briefly absent,
+    so a reader at that instant finds no bundle (a clear "is not a directory" error), never a
+    partial one. A save interrupted there leaves the old bundle in `OUT.old` and the new one in
+    `OUT.new`, nothing lost.
+    """
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise ValueError(f"bundle directory {out} exists; pass overwrite=True to replace it")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {
-        "format": FORMAT,
-        "version": VERSION,
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
         "classes": list(classes),
         "preprocessing": preprocessing_of(cfg),
         "parameters": count_parameters(model),
@@ -85,9 +94,9 @@ def save_bundle(
     staged = out.with_name(out.name + ".new")
     _remove(staged)  # left over from an interrupted save
     with atomic_dir(staged) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / BUNDLE_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if out.exists():
         old = out.with_name(out.name + ".old")
         _remove(old)
@@ -104,18 +113,7 @@ def load_bundle(path: str | Path) -> Bundle:
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"bundle {root} is not a directory")
-    meta = _read_json(root / META_FILE)
-    if meta.get("format") != FORMAT:
-        raise ValueError(
-            f"{root / META_FILE} is not a cxr-tune bundle (format {meta.get('format')!r})"
-        )
-    if meta.get("version") != VERSION:
-        raise ValueError(
-            f"{root / META_FILE}: bundle version {meta.get('version')!r}, expected {VERSION}"
-        )
-    for key in ("classes", "preprocessing"):
-        if key not in meta:
-            raise ValueError(f"{root / META_FILE} lacks the field {key!r}")
+    meta = _read_meta(root / BUNDLE_META_FILE)
     try:
         cfg = TrialConfig.from_dict(_read_json(root / CONFIG_FILE))
     except ValueError as err:
@@ -141,6 +139,20 @@ def load_bundle(path: str | Path) -> Bundle:
         history=list(meta.get("history", [])),
         extra={k: v for k, v in meta.items() if k not in known},
     )
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta = _read_json(path)
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"{path} is not a cxr-tune bundle (format {meta.get('format')!r})")
+    if meta.get("version") != BUNDLE_VERSION:
+        raise ValueError(
+            f"{path}: bundle version {meta.get('version')!r}, expected {BUNDLE_VERSION}"
+        )
+    for key in ("classes", "preprocessing"):
+        if key not in meta:
+            raise ValueError(f"{path} lacks the field {key!r}")
+    return meta
 
 
 def _load_state(model: nn.Module, state: dict, weights: Path) -> None:

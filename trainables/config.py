@@ -12,19 +12,29 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-RESIZE_MODES = ("pad", "crop")
-AMP_MODES = ("auto", "bf16", "fp32")
-PHANTOM_PRESETS = ("small", "full")
+from trainables.vocab import (
+    AMP_MODES,
+    AUGMENTATIONS,
+    BALANCES,
+    MODEL_NAMES,
+    PHANTOM_PRESETS,
+    RESIZE_MODES,
+    TORCHVISION_MODELS,
+    check_resize_mode,
+    parse_phantom,
+)
+
+__all__ = ["AMP_MODES", "PHANTOM_PRESETS", "RESIZE_MODES", "TrialConfig", "field_names"]
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     model: str = "simple_cnn_10m"
-    """Architecture, a key of `trainables.models.MODELS`."""
+    """Architecture, a name of `trainables.vocab.MODEL_NAMES` (built by `trainables.models`)."""
     balance: str = "oversample"
-    """Class balance strategy, a key of `trainables.balance.BALANCES` (seed section 1.3)."""
+    """Class balance strategy, a key of `trainables.vocab.BALANCES` (seed section 1.3)."""
     augment: str = "none"
-    """Training augmentation set, a key of `trainables.augment.AUGMENTATIONS`."""
+    """Training augmentation set, a key of `trainables.vocab.AUGMENTATIONS`."""
     frozen_depth: int = 0
     """How many of stem + 4 stages are frozen (0 to 5); torchvision backbones only."""
     unfrozen_blocks: int = 0
@@ -64,7 +74,7 @@ class TrialConfig:
     """Cap on training steps per epoch, 0 for no cap (smoke tests and benchmarks)."""
 
     def __post_init__(self) -> None:
-        _check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        check_resize_mode(self.resize_mode)
         _check_choice("amp", self.amp, AMP_MODES)
         _check_range("frozen_depth", self.frozen_depth, 0, 5)
         _check_range("unfrozen_blocks", self.unfrozen_blocks, 0, 3)
@@ -82,14 +92,10 @@ class TrialConfig:
             raise ValueError(
                 f"image_size must be a multiple of 32 and at least 32, got {self.image_size!r}"
             )
-        if self.data.startswith("phantom:"):
-            _check_choice("data", self.data.split(":", 1)[1], PHANTOM_PRESETS, prefix="phantom:")
-        # Registries are imported here, not at module top, so `config` stays import-light.
-        from trainables.augment import AUGMENTATIONS
-        from trainables.balance import BALANCES
-        from trainables.models import MODELS, TORCHVISION_MODELS
-
-        _check_choice("model", self.model, MODELS)
+        parse_phantom(self.data)
+        # The registries' names come from `vocab`, so this module never imports models (which
+        # imports this one): there is no import cycle, and no torch import either.
+        _check_choice("model", self.model, MODEL_NAMES)
         _check_choice("balance", self.balance, BALANCES)
         _check_choice("augment", self.augment, AUGMENTATIONS)
         if self.model not in TORCHVISION_MODELS:
@@ -161,12 +167,9 @@ def _coerce(type_name: Any, key: str, value: Any) -> Any:
     return value
 
 
-def _check_choice(name: str, value: Any, choices: Any, prefix: str = "") -> None:
+def _check_choice(name: str, value: Any, choices: Any) -> None:
     if value not in choices:
-        raise ValueError(
-            f"unknown {name} {prefix + str(value)!r}; expected one of "
-            f"{sorted(prefix + str(c) for c in choices)}"
-        )
+        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:

@@ -12,6 +12,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from trainables.vocab import class_key
+
 
 def classification_metrics(
     y_true: Sequence[int] | np.ndarray,
@@ -20,7 +22,7 @@ def classification_metrics(
     prefix: str,
 ) -> dict[str, float]:
     """`{prefix}_acc`, macro `_precision` / `_recall` / `_f1` (the seed's score is precision),
-    `_balanced_acc` and `_acc_<class>` (per-class recall, the seed's per-class accuracy).
+    `_balanced_acc` and `_acc_<class_key(class)>` (per-class recall, the seed's per-class accuracy).
 
     Labels are fixed to range(len(classes)), so a class absent from a batch keeps its slot; its
     per-class accuracy is 0 when it has no true samples.
@@ -50,7 +52,7 @@ def classification_metrics(
         f"{prefix}_balanced_acc": _balanced_accuracy(y_true, y_pred),
     }
     for name, value in zip(classes, per_class_recall, strict=True):
-        metrics[f"{prefix}_acc_{name.lower()}"] = value
+        metrics[f"{prefix}_acc_{class_key(name)}"] = value
     return {k: float(v) for k, v in metrics.items()}
 
 

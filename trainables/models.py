@@ -33,10 +33,10 @@ import torchvision
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from trainables.config import TrialConfig
+from trainables.vocab import MODEL_NAMES, TORCHVISION_MODELS
 
 ModelBuilder = Callable[[TrialConfig, int], nn.Module]
 MODELS: dict[str, ModelBuilder] = {}
-TORCHVISION_MODELS = {"resnet50", "resnet18", "densenet121"}
 SEED_FROZEN = {"frozen_depth": 5, "unfrozen_blocks": 1}  # the seed's ResNet50 fine-tuning
 
 
@@ -44,6 +44,9 @@ def register_model(fn: ModelBuilder) -> ModelBuilder:
     """Add a builder `fn(cfg, num_classes) -> nn.Module` to MODELS under its function name."""
     if fn.__name__ in MODELS:
         raise ValueError(f"model {fn.__name__!r} is registered twice")
+    if fn.__name__ not in MODEL_NAMES:
+        # TrialConfig validates against vocab.MODEL_NAMES: a model missing there is unusable.
+        raise ValueError(f"model {fn.__name__!r} is not in trainables.vocab.MODEL_NAMES")
     MODELS[fn.__name__] = fn
     return fn
 

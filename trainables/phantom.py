@@ -45,8 +45,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from trainables.cache import atomic_dir, atomic_write_text, cache_root, file_lock
+from trainables.vocab import CLASSES
 
-CLASSES = ("NORMAL", "BACTERIA", "VIRAL")
 # File-name tag per class, as in the public pediatric set (person12_bacteria_45.jpeg).
 FILE_TAGS = {"NORMAL": "normal", "BACTERIA": "bacteria", "VIRAL": "virus"}
 SPLITS = ("train", "test")
@@ -64,6 +64,7 @@ class Preset:
     """Cap on the longer image side, pixels."""
 
 
+# One spec per name of `trainables.vocab.PHANTOM_PRESETS` (tests/trainables/test_phantom.py checks).
 PRESETS: dict[str, Preset] = {
     # Tests and CPU runs: a few hundred low-resolution images; the test mix differs from train.
     "small": Preset({"train": (100, 180, 100), "test": (20, 60, 20)}, (96, 160), 192),
@@ -75,7 +76,7 @@ PRESETS: dict[str, Preset] = {
 CONFOUNDER_TRAIN_RATE = {"NORMAL": 0.05, "BACTERIA": 0.05, "VIRAL": 0.80}
 
 # File modes and how often each is drawn; JPEG is only possible for L and RGB.
-MODES = (("L", 0.57), ("RGB", 0.25), ("I;16", 0.08), ("RGBA", 0.05), ("P", 0.05))
+FILE_MODES = (("L", 0.57), ("RGB", 0.25), ("I;16", 0.08), ("RGBA", 0.05), ("P", 0.05))
 JPEG_SHARE = 0.8  # of L and RGB images (keeps `full` small on disk)
 
 # Finding strength (added density at severity 1, on a 0..1 density scale). Tuned so a small
@@ -211,29 +212,13 @@ def _patient_anatomy(seed: int, split: str, spec: ImageSpec) -> dict[str, Any]:
 
 
 def _render(seed: int, spec: ImageSpec, preset: str, confounder: bool) -> tuple[Image.Image, dict]:
-    """One image and its metadata row (without split/path, added by the caller)."""
-    cfg = _preset(preset)
-    split_id = SPLITS.index(spec.split)
-    rng = np.random.default_rng([seed, split_id, 0, spec.index])
+    """One image and its metadata row (without split/path, added by the caller).
+
+    The draws from `rng` happen in a fixed order (frame, severity, anatomy, finding,
+    acquisition, overlays, file mode): reordering them changes every image."""
+    rng = np.random.default_rng([seed, SPLITS.index(spec.split), 0, spec.index])
     a = _patient_anatomy(seed, spec.split, spec)
-
-    # Size and aspect: portrait and landscape, short side within the preset's range.
-    short = int(rng.integers(cfg.short_side[0], cfg.short_side[1] + 1))
-    long_ = min(cfg.long_side_max, int(round(short * rng.uniform(1.0, 1.4))))
-    w, h = (short, long_) if rng.random() < 0.6 else (long_, short)
-
-    # Patient pose: rotation (degrees), shift (share of the image), zoom.
-    rot = float(np.clip(rng.normal(0.0, 5.0), -14, 14))
-    sx, sy = rng.uniform(-0.10, 0.10), rng.uniform(-0.08, 0.10)
-    zoom = rng.uniform(0.80, 1.15)
-    scale = 0.5 * min(w, h) * zoom  # pixels per patient-frame unit
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    xs -= w / 2 + sx * w
-    ys -= h / 2 + sy * h
-    t = math.radians(rot)
-    u = (xs * math.cos(t) + ys * math.sin(t)) / scale
-    v = (-xs * math.sin(t) + ys * math.cos(t)) / scale
-    edge = 2.0 / scale  # soft edges about two pixels wide
+    (w, h), pose, (xs, u, v, edge) = _frame(rng, _preset(preset))
 
     # Severity: follow-up images of a patient vary a little around the patient's severity.
     if spec.cls == "NORMAL":
@@ -250,20 +235,11 @@ def _render(seed: int, spec: ImageSpec, preset: str, confounder: bool) -> tuple[
         sub = "covid_like" if a["covid_like"] else "viral"
         density += _interstitial(a, u, v, lungs, lung_r2, severity, rng, w, h)
 
-    # Acquisition: contrast, brightness, gamma, heel-effect gradient, quantum noise.
-    contrast = rng.uniform(0.75, 1.30)
-    brightness = rng.uniform(-0.10, 0.12)
-    gamma = float(np.exp(rng.uniform(np.log(0.65), np.log(1.6))))
-    gradient = rng.uniform(-0.08, 0.08)
-    noise_sigma = rng.uniform(0.002, 0.015)
-    img = brightness + contrast * density + gradient * (xs / w)
-    img += noise_sigma * rng.standard_normal((h, w), dtype=np.float32)
-    img = np.clip(img, 0.0, 1.0) ** gamma
-
+    img, acquisition = _acquire(rng, density, xs)
     overlay, row = _overlays(rng, w, h, spec, confounder, seed, preset)
     img = np.maximum(img, overlay)
 
-    mode = str(rng.choice([m for m, _ in MODES], p=[p for _, p in MODES]))
+    mode = str(rng.choice([m for m, _ in FILE_MODES], p=[p for _, p in FILE_MODES]))
     jpeg = mode in ("L", "RGB") and rng.random() < JPEG_SHARE
     quality = int(rng.integers(80, 96)) if jpeg else 0
     pil = _to_mode(img, mode, rng)
@@ -281,17 +257,59 @@ def _render(seed: int, spec: ImageSpec, preset: str, confounder: bool) -> tuple[
         mode=mode,
         format="jpg" if jpeg else "png",
         jpeg_quality=quality,
-        rotation_deg=rot,
-        shift_x=sx,
-        shift_y=sy,
-        zoom=zoom,
-        contrast=contrast,
-        brightness=brightness,
-        gamma=gamma,
-        noise_sigma=noise_sigma,
-        gradient=gradient,
+        **pose,
+        **acquisition,
     )
     return pil, row
+
+
+def _frame(rng: np.random.Generator, cfg: Preset):
+    """Image size, patient pose and the patient-frame coordinates of every pixel.
+
+    Returns ((w, h), pose metadata, (xs, u, v, edge)): xs is the pixel column about the
+    shifted centre, (u, v) the patient frame (units of half the shorter side, over zoom)."""
+    # Size and aspect: portrait and landscape, short side within the preset's range.
+    short = int(rng.integers(cfg.short_side[0], cfg.short_side[1] + 1))
+    long_ = min(cfg.long_side_max, int(round(short * rng.uniform(1.0, 1.4))))
+    w, h = (short, long_) if rng.random() < 0.6 else (long_, short)
+
+    # Patient pose: rotation (degrees), shift (share of the image), zoom.
+    rot = float(np.clip(rng.normal(0.0, 5.0), -14, 14))
+    sx, sy = rng.uniform(-0.10, 0.10), rng.uniform(-0.08, 0.10)
+    zoom = rng.uniform(0.80, 1.15)
+    scale = 0.5 * min(w, h) * zoom  # pixels per patient-frame unit
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs -= w / 2 + sx * w
+    ys -= h / 2 + sy * h
+    t = math.radians(rot)
+    u = (xs * math.cos(t) + ys * math.sin(t)) / scale
+    v = (-xs * math.sin(t) + ys * math.cos(t)) / scale
+    edge = 2.0 / scale  # soft edges about two pixels wide
+    pose = {"rotation_deg": rot, "shift_x": sx, "shift_y": sy, "zoom": zoom}
+    return (w, h), pose, (xs, u, v, edge)
+
+
+def _acquire(rng: np.random.Generator, density: np.ndarray, xs: np.ndarray):
+    """Acquisition: contrast, brightness, gamma, heel-effect gradient, quantum noise.
+
+    Returns the image (0..1) and its acquisition metadata."""
+    h, w = density.shape
+    contrast = rng.uniform(0.75, 1.30)
+    brightness = rng.uniform(-0.10, 0.12)
+    gamma = float(np.exp(rng.uniform(np.log(0.65), np.log(1.6))))
+    gradient = rng.uniform(-0.08, 0.08)
+    noise_sigma = rng.uniform(0.002, 0.015)
+    img = brightness + contrast * density + gradient * (xs / w)
+    img += noise_sigma * rng.standard_normal((h, w), dtype=np.float32)
+    img = np.clip(img, 0.0, 1.0) ** gamma
+    params = {
+        "contrast": contrast,
+        "brightness": brightness,
+        "gamma": gamma,
+        "noise_sigma": noise_sigma,
+        "gradient": gradient,
+    }
+    return img, params
 
 
 def _anatomy(a, u, v, edge, rng, w, h):
@@ -382,8 +400,15 @@ def _overlays(rng, w, h, spec: ImageSpec, confounder: bool, seed: int, preset: s
     canvas = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
     side = min(w, h)
-    row: dict[str, Any] = {}
+    row: dict[str, Any] = {"wires": _draw_wires(draw, rng, w, h, side)}
+    row["marker"], row["marker_corner"] = _draw_marker(draw, rng, w, h, side)
+    row["arrows"] = _draw_arrows(draw, rng, w, h, side)
+    row["confounder"] = int(_draw_confounder(draw, spec, confounder, seed, preset, side))
+    return np.asarray(canvas, dtype=np.float32) / 255.0, row
 
+
+def _draw_wires(draw: ImageDraw.ImageDraw, rng, w: int, h: int, side: int) -> int:
+    """0 to 3 ECG wires (cubic Bezier curves) ending in an electrode; returns how many."""
     wires = int(rng.choice([0, 1, 2, 3], p=[0.65, 0.15, 0.12, 0.08]))
     for _ in range(wires):
         pts = rng.uniform([0, 0], [w, h], size=(4, 2))
@@ -399,18 +424,24 @@ def _overlays(rng, w, h, spec: ImageSpec, confounder: bool, seed: int, preset: s
         r = side * 0.025  # ECG electrode at one end
         x, y = curve[-1]
         draw.ellipse([x - r, y - r, x + r, y + r], outline=235, width=width)
-    row["wires"] = wires
+    return wires
 
-    marker, corner = "", ""
-    if rng.random() < 0.7:
-        marker = str(rng.choice(["L", "R"]))
-        corner = str(rng.choice(["top_right", "bottom_right", "bottom_left"]))
-        size = side * rng.uniform(0.07, 0.11)
-        mx = w - 1.6 * size if corner.endswith("right") else 0.6 * size
-        my = 0.5 * size if corner.startswith("top") else h - 1.5 * size
-        _draw_letter(draw, marker, mx, my, size, max(1, round(size / 6)))
-    row["marker"], row["marker_corner"] = marker, corner
 
+def _draw_marker(draw: ImageDraw.ImageDraw, rng, w: int, h: int, side: int) -> tuple[str, str]:
+    """An "L" or "R" side marker in a corner (70% of images); returns (letter, corner)."""
+    if rng.random() >= 0.7:
+        return "", ""
+    marker = str(rng.choice(["L", "R"]))
+    corner = str(rng.choice(["top_right", "bottom_right", "bottom_left"]))
+    size = side * rng.uniform(0.07, 0.11)
+    mx = w - 1.6 * size if corner.endswith("right") else 0.6 * size
+    my = 0.5 * size if corner.startswith("top") else h - 1.5 * size
+    _draw_letter(draw, marker, mx, my, size, max(1, round(size / 6)))
+    return marker, corner
+
+
+def _draw_arrows(draw: ImageDraw.ImageDraw, rng, w: int, h: int, side: int) -> int:
+    """0 to 2 annotation arrows pointing into the middle of the image; returns how many."""
     arrows = int(rng.choice([0, 1, 2], p=[0.88, 0.08, 0.04]))
     for _ in range(arrows):
         tip = rng.uniform([0.2 * w, 0.2 * h], [0.8 * w, 0.8 * h])
@@ -422,24 +453,28 @@ def _overlays(rng, w, h, spec: ImageSpec, confounder: bool, seed: int, preset: s
         for da in (-0.5, 0.5):
             head = tip + 0.35 * length * np.array([np.cos(ang + da), np.sin(ang + da)])
             draw.line([tuple(tip), tuple(head)], fill=250, width=width)
-    row["arrows"] = arrows
+    return arrows
 
+
+def _draw_confounder(
+    draw: ImageDraw.ImageDraw, spec: ImageSpec, confounder: bool, seed: int, preset: str, side: int
+) -> bool:
+    """The planted bright square tag; returns whether this image carries it."""
+    if not confounder:
+        return False
     # The confounder's draw uses its own Generator, so the rest of the image is identical with
     # and without confounder=True.
-    tagged = False
-    if confounder:
-        crng = np.random.default_rng([seed, SPLITS.index(spec.split), 2, spec.index])
-        if spec.split == "train":
-            rate = CONFOUNDER_TRAIN_RATE[spec.cls]
-        else:
-            rate = _confounder_base_rate(preset)
-        tagged = bool(crng.random() < rate)
-        if tagged:
-            s = side * 0.07
-            x0, y0 = side * crng.uniform(0.03, 0.06), side * crng.uniform(0.03, 0.06)
-            draw.rectangle([x0, y0, x0 + s, y0 + s], fill=255)
-    row["confounder"] = int(tagged)
-    return np.asarray(canvas, dtype=np.float32) / 255.0, row
+    crng = np.random.default_rng([seed, SPLITS.index(spec.split), 2, spec.index])
+    if spec.split == "train":
+        rate = CONFOUNDER_TRAIN_RATE[spec.cls]
+    else:
+        rate = _confounder_base_rate(preset)
+    tagged = bool(crng.random() < rate)
+    if tagged:
+        s = side * 0.07
+        x0, y0 = side * crng.uniform(0.03, 0.06), side * crng.uniform(0.03, 0.06)
+        draw.rectangle([x0, y0, x0 + s, y0 + s], fill=255)
+    return tagged
 
 
 def _confounder_base_rate(preset: str) -> float:
@@ -584,46 +619,6 @@ def _is_current(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return info.get("version") == VERSION and (path / "metadata.csv").is_file()
-
-
-# ----------------------------------------------------------------------------- baseline
-
-
-def load_pixels(root: Path, split: str, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Raw pixels of one split, padded to a square and downsampled: (N, size*size) in [0, 1]."""
-    import pandas as pd  # only the baseline needs pandas
-
-    meta = pd.read_csv(Path(root) / "metadata.csv")
-    meta = meta[meta["split"] == split]
-    rows = []
-    for rel in meta["path"]:
-        with Image.open(Path(root) / rel) as im:
-            arr = np.asarray(im.convert("I") if im.mode == "I;16" else im.convert("L"), float)
-        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
-        h, w = arr.shape
-        s = max(h, w)
-        square = np.zeros((s, s))
-        square[(s - h) // 2 : (s - h) // 2 + h, (s - w) // 2 : (s - w) // 2 + w] = arr
-        small = Image.fromarray(square.astype(np.float32), mode="F").resize((size, size))
-        rows.append(np.asarray(small).ravel())
-    return np.stack(rows), meta["label"].to_numpy()
-
-
-def pixel_baseline(root: Path, size: int = 32) -> dict[str, float]:
-    """Train/test accuracy of a logistic regression on raw downsampled pixels (scikit-learn)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x_train, y_train = load_pixels(root, "train", size)
-    x_test, y_test = load_pixels(root, "test", size)
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn
-
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
-    # One BLAS thread: this fit is tiny, and extra threads only fight over shared cores.
-    with threadpool_limits(1):
-        model.fit(x_train, y_train)
-    return {"train_acc": model.score(x_train, y_train), "test_acc": model.score(x_test, y_test)}
 
 
 # ----------------------------------------------------------------------------- CLI

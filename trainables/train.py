@@ -10,7 +10,6 @@ directory handed over is only valid during that call: a reporter that wants to k
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import sys
@@ -29,28 +28,12 @@ from trainables.augment import AUGMENTATIONS, normalize, prepare_batch, to_float
 from trainables.balance import epoch_indices, loss_weights
 from trainables.config import TrialConfig
 from trainables.data import Dataset, Split, load_for_config
+from trainables.device import EVAL_BATCH, device_policy, resolve_device
 from trainables.metrics import classification_metrics
 from trainables.models import build_model, count_parameters
 
 Reporter = Callable[[dict[str, float], "Path | None"], None]
 CHECKPOINT_FILE = "checkpoint.pt"
-EVAL_BATCH = 256  # images per forward pass in evaluation; no gradients, so larger than training
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def use_bf16(cfg: TrialConfig, device: torch.device) -> bool:
-    return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-
-
-def autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if use_bf16(cfg, device):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def train(
@@ -104,9 +87,7 @@ def train(
 def build_training(
     cfg: TrialConfig, num_classes: int, device: torch.device
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
-    model = build_model(cfg, num_classes=num_classes).to(device)
-    if use_bf16(cfg, device):
-        model = model.to(memory_format=torch.channels_last)
+    model = device_policy(cfg.amp, device).model(build_model(cfg, num_classes).to(device))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return model, optimizer
@@ -131,9 +112,10 @@ def make_step(
 ) -> StepFn:
     """One optimisation step on a normalized batch; returns (summed loss, correct count)."""
     forward = torch.compile(model) if cfg.compile else model
+    policy = device_policy(cfg.amp, device)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(cfg, device):
+        with policy.autocast():
             logits = forward(x)
             loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -165,12 +147,10 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     seen = 0
-    channels_last = images.device.type == "cuda" and cfg.amp != "fp32"
+    policy = device_policy(cfg.amp, images.device)
     for b in range(n_batches):
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        x = prepare_batch(images[idx], ops, generator)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = policy.batch(prepare_batch(images[idx], ops, generator))
         batch_loss, batch_correct = step(x, labels[idx])
         loss_sum += batch_loss
         correct += batch_correct
@@ -194,20 +174,17 @@ def predict_proba(
     cfg: TrialConfig | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities (N, C) on the CPU for uint8 images (N, 1, S, S), optionally after
-    augmentation ops (a TTA view). Runs in eval mode, batched on `device`."""
-    device = torch.device(device)
+    augmentation ops (a TTA view). Runs in eval mode, batched on `device`, with the numerics of
+    `cfg.amp` (`trainables.device.device_policy`; fp32 without a `cfg`)."""
+    policy = device_policy(cfg.amp if cfg is not None else "fp32", device)
     was_training = model.training
     model.eval()
     out = []
-    bf16 = cfg is not None and use_bf16(cfg, device)
     for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device, non_blocking=True)
+        x = images[start : start + batch_size].to(policy.device, non_blocking=True)
         x = prepare_batch(x, ops, generator) if ops else normalize(to_float(x))
-        ctx = (
-            torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        )
-        with ctx:
-            logits = model(x)
+        with policy.autocast():
+            logits = model(policy.batch(x))
         out.append(torch.softmax(logits.float(), dim=1).cpu())
     if was_training:
         model.train()

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from trainables.bundle import CONFIG_FILE, META_FILE, WEIGHTS_FILE, load_bundle, save_bundle
+from trainables.bundle import BUNDLE_META_FILE, CONFIG_FILE, WEIGHTS_FILE, load_bundle, save_bundle
 from trainables.config import TrialConfig
 from trainables.models import build_model
 
@@ -44,7 +44,7 @@ def test_saving_again_replaces_the_bundle_atomically(bundle_dir):
 
 def test_bad_json_is_named(bundle_dir):
     path, _ = bundle_dir
-    (path / META_FILE).write_text("{not json")
+    (path / BUNDLE_META_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="bundle.json is not valid JSON"):
         load_bundle(path)
 

@@ -7,12 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from trainables import phantom
 from trainables.phantom import CLASSES, PRESETS, Preset, ensure_phantom, generate
+from trainables.vocab import PHANTOM_PRESETS
 
 REQUIRED_COLUMNS = {
     "split",
@@ -205,13 +211,47 @@ def test_confounder_tag_tracks_viral_in_train_only(small, tmp_path):
     assert all(conf[p] != plain[p] for p in meta.loc[meta["confounder"] == 1, "path"])
 
 
+def load_pixels(root: Path, split: str, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Raw pixels of one split, padded to a square and downsampled: (N, size*size) in [0, 1]."""
+    meta = pd.read_csv(Path(root) / "metadata.csv")
+    meta = meta[meta["split"] == split]
+    rows = []
+    for rel in meta["path"]:
+        with Image.open(Path(root) / rel) as im:
+            arr = np.asarray(im.convert("I") if im.mode == "I;16" else im.convert("L"), float)
+        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
+        h, w = arr.shape
+        s = max(h, w)
+        square = np.zeros((s, s))
+        square[(s - h) // 2 : (s - h) // 2 + h, (s - w) // 2 : (s - w) // 2 + w] = arr
+        small = Image.fromarray(square.astype(np.float32), mode="F").resize((size, size))
+        rows.append(np.asarray(small).ravel())
+    return np.stack(rows), meta["label"].to_numpy()
+
+
+def pixel_baseline(root: Path, size: int = 32) -> dict[str, float]:
+    """Train/test accuracy of a logistic regression on raw downsampled pixels (scikit-learn)."""
+    x_train, y_train = load_pixels(root, "train", size)
+    x_test, y_test = load_pixels(root, "test", size)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
+    # One BLAS thread: this fit is tiny, and extra threads only fight over shared cores.
+    with threadpool_limits(1):
+        model.fit(x_train, y_train)
+    return {"train_acc": model.score(x_train, y_train), "test_acc": model.score(x_test, y_test)}
+
+
 @pytest.mark.slow
 def test_raw_pixel_logistic_regression_is_well_below_perfect(small):
-    scores = phantom.pixel_baseline(small, size=32)
+    scores = pixel_baseline(small, size=32)
     # A linear model on raw pixels must not solve the task (the phantom needs spatial features),
     # but it should beat guessing the majority class on train, where it is fitted.
     assert scores["test_acc"] < 0.8, scores
     assert scores["train_acc"] > 0.5, scores
+
+
+def test_every_preset_name_has_one_spec():
+    # TrialConfig and the CLIs accept vocab's names; each needs a spec here, in the same order.
+    assert tuple(PRESETS) == PHANTOM_PRESETS
 
 
 def test_cli_rejects_a_bad_preset_naming_the_flag_and_choices(tmp_path):

@@ -130,18 +130,6 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "missing")
 
 
-def test_importing_trainables_loads_no_search_library():
-    code = (
-        "import sys, trainables.train, trainables.bundle, trainables.phantom, trainables.data; "
-        "bad = [m for m in ('ray', 'optuna', 'wandb') if m in sys.modules]; "
-        "print(','.join(bad))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    # trainables/ stays plain PyTorch: none of the search-side libraries get imported.
-    assert out.stdout.strip() == ""
-
-
 @pytest.mark.slow
 def test_cli_trains_the_example_config_and_prints_each_epoch(tmp_path):
     cfg = json.loads((REPO / "configs" / "example.json").read_text())

@@ -1,0 +1,86 @@
+"""The words every part of cxr-tune shares, each defined once.
+
+Plain Python with no imports from the project (nor torch), so any module can import it without
+an import cycle: `trainables.config` validates a `TrialConfig` against the names here without
+importing the registries that implement them (`trainables.models`, `.balance`, `.augment`), and
+those registries accept only these names (their tests check that both sides agree).
+"""
+
+from __future__ import annotations
+
+import re
+
+# ------------------------------------------------------------------------------------- classes
+
+CLASSES = ("NORMAL", "BACTERIA", "VIRAL")
+"""Canonical class names, in the order the seed reports them."""
+
+
+def class_key(name: str) -> str:
+    """The slug of a class name in metric keys and table columns: `VIRAL` -> `viral`
+    (`val_acc_viral`, `prob_viral`). Lower case, runs of other characters become one '_'."""
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    if not slug:
+        raise ValueError(f"class name {name!r} has no letters or digits for a metric key")
+    return slug
+
+
+# ------------------------------------------------------------------------------- preprocessing
+
+RESIZE_MODES = ("pad", "crop")
+"""Keep the aspect ratio by padding to a square or center-cropping (`TrialConfig.resize_mode`)."""
+AMP_MODES = ("auto", "bf16", "fp32")
+"""Numerics (`TrialConfig.amp`); `trainables.device.device_policy` says what each means."""
+
+
+def check_resize_mode(resize_mode: str) -> None:
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(
+            f"unknown resize_mode {resize_mode!r}; expected one of {sorted(RESIZE_MODES)}"
+        )
+
+
+# ------------------------------------------------------------------------------------ phantoms
+
+PHANTOM_PREFIX = "phantom:"
+PHANTOM_PRESETS = ("small", "full")
+"""Sizes of the synthetic dataset (`trainables.phantom.PRESETS` describes each)."""
+
+
+def parse_phantom(data: str) -> str | None:
+    """The phantom preset `data` names (`phantom:small` -> `small`), or None for a folder path.
+
+    An unknown preset is a ValueError naming the valid choices."""
+    if not data.startswith(PHANTOM_PREFIX):
+        return None
+    preset = data[len(PHANTOM_PREFIX) :]
+    if preset not in PHANTOM_PRESETS:
+        choices = sorted(PHANTOM_PREFIX + p for p in PHANTOM_PRESETS)
+        raise ValueError(f"unknown data {data!r}; expected a folder or one of {choices}")
+    return preset
+
+
+# ---------------------------------------------------------------------------------- registries
+
+MODEL_NAMES = ("simple_cnn", "simple_cnn_10m", "resnet50", "resnet18", "densenet121")
+"""Architectures; `trainables.models.MODELS` registers one builder under each, in this order."""
+TORCHVISION_MODELS = frozenset({"resnet50", "resnet18", "densenet121"})
+"""The models built on torchvision backbones: only they take freezing and pretrained weights."""
+
+BALANCES: dict[str, str] = {
+    "original": "the training split as it is",
+    "undersample": "every class sampled down to the minority count, re-drawn each epoch",
+    "oversample": "every class sampled up to the majority count, re-drawn each epoch",
+    "class_weights": "the training split as it is, with inverse-frequency loss weights",
+}
+"""Class balance strategies (seed section 1.3), implemented by `trainables.balance`."""
+
+AUGMENTATIONS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "seed": ("equalize", "rotate", "hflip", "shift"),  # the seed's training set, section 2
+    "equalize": ("equalize",),
+    "flip_rotate": ("hflip", "rotate"),
+    "geometric": ("rotate", "shift", "hflip"),
+    "affine": ("affine", "hflip"),
+}
+"""Training augmentation sets: name -> names of `trainables.augment.OPS`, applied in order."""

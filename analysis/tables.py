@@ -108,9 +108,10 @@ def _trial_columns(ev: TrialEval | None, exp: Experiment) -> dict[str, object]:
 
 def gpu_hours(trial: TrialRecord, exp: Experiment) -> float:
     """Trial wall time times the GPUs it held: summary.json's per-trial `gpus` when the sweep
-    wrote it, else cxr_tune.json's `gpus_per_trial` (a number, or a dict by model). NaN when
+    wrote it, else the experiment record's `gpus_per_trial` (a number, or a dict by model). NaN when
     neither is recorded (a GPU fraction sized per trial); 0 for a CPU-only sweep."""
-    gpus = exp.sweep_summary.get(trial.trial_id, {}).get("gpus", exp.meta.get("gpus_per_trial"))
+    recorded = exp.record.gpus_per_trial if exp.record else None
+    gpus = exp.sweep_summary.get(trial.trial_id, {}).get("gpus", recorded)
     if isinstance(gpus, dict):
         gpus = gpus.get(str(trial.params.get("model")))
     if not isinstance(gpus, (int, float)):

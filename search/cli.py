@@ -15,7 +15,7 @@ from typing import Any
 
 from search.tracking import WANDB_MODES
 from trainables.config import PHANTOM_PRESETS
-from trainables.experiment import DEFAULT_WANDB_PROJECT
+from trainables.experiment import DEFAULT_WANDB_PROJECT, ExperimentRecord
 
 
 @dataclass(frozen=True)
@@ -215,3 +215,11 @@ def choose_profile(requested: str, gpus: int) -> tuple[Profile, str]:
         return CPU_PROFILE, why
     why = f"{gpus} GPU(s) visible" if requested == "auto" else "--profile full"
     return FULL_PROFILE, why
+
+
+def resume_command(record: ExperimentRecord) -> str:
+    """The command line that resumes the sweep `record` describes."""
+    return (
+        f"python -m search.run --space {record.space} --storage {record.storage} "
+        f"--name {record.name} --resume"
+    )

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from search import storage
-from search.cli import Profile, build_parser, choose_profile
+from search.cli import Profile, build_parser, choose_profile, resume_command
 from search.cluster import detect_gpus, local_ray
 from search.space import Space, load_space
 from search.summary import print_summary, summarize, sweep_state
 from search.tracking import resolve_mode, scrub
 from search.tuner import build_tuner, make_trainable, settings_for
-from trainables.experiment import ExperimentRecord, write_summary
+from trainables.experiment import EXPERIMENT_FILE, ExperimentRecord, write_summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,9 +61,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if args.resume and recorded is None:
-        parser.error(f"--resume: {storage.experiment_path(root, name)} holds no experiment record")
+        parser.error(f"--resume: {storage.experiment_path(root, name)} holds no {EXPERIMENT_FILE}")
     if recorded is not None:
-        print(f"profile: {recorded.profile} (recorded); resuming {recorded.path}", flush=True)
+        where = f"recorded in {EXPERIMENT_FILE}"
+        print(f"profile: {recorded.profile} ({where}); resuming {recorded.path}", flush=True)
         return resume(parser, args, recorded, card_bytes)
     record, space = new_experiment(parser, args, root, name, gpus, card_bytes)
     storage.write_record(record)
@@ -270,13 +271,6 @@ def finish(
     if args.no_export:
         return 0
     return export_at_end(args, record)
-
-
-def resume_command(record: ExperimentRecord) -> str:
-    return (
-        f"python -m search.run --space {record.space} --storage {record.storage} "
-        f"--name {record.name} --resume"
-    )
 
 
 def export_at_end(args: argparse.Namespace, record: ExperimentRecord) -> int:

@@ -148,3 +148,19 @@ def test_export_and_report_choose_the_same_checkpoint_on_a_tie(tied_experiment, 
     # The torn last lines were skipped, counted, and listed in words.
     assert all(t.damaged_rows == 1 for t in exp.trials)
     assert sum("damaged result.json line" in m for m in exp.missing) == 2
+
+
+def test_the_experiment_module_imports_no_search_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trainables.experiment; "
+        "print(','.join(m for m in ('ray', 'optuna', 'wandb', 'torch') if m in sys.modules))"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 0, out.stderr
+    # Plain JSON and files: search/ and analysis/ both import it; torch only when a checkpoint
+    # that no result row names has to be opened.
+    assert out.stdout.strip() == ""

@@ -7,6 +7,9 @@ architecture and overall by the sweep's metric, evaluates each one's best checkp
 split without TTA, runs every TTA policy (and the one chosen on validation) on the overall best,
 and writes `report.md`, a self-contained `report.html` (figures embedded as base64 PNG), the
 figures as PNG and every table as CSV into `--out` (default `EXPERIMENT_DIR/report`).
+
+The evaluation is `analysis.evaluate`, the document and its rendering `analysis.document`, the
+sections' words `analysis.prose`; this module puts them together and holds the CLI.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ ERROR_FILE = "error.txt"
 ERROR_PICKLE = "error.pkl"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_GLOB = "checkpoint_*"
-RAY_STATE_GLOB = "experiment_state-*.json"
+RAY_STATE_PREFIX = "experiment_state-"  # + a sortable time + .json, one per save
+RAY_STATE_GLOB = f"{RAY_STATE_PREFIX}*.json"
 EXPORT_DIR = "export"
 TRIAL_DIR_PREFIX = "trial_"  # search.run names trial directories trial_<trial id>
 

@@ -141,8 +141,9 @@ def tsne_figure(
 
 def rungs(exp: Experiment) -> list[int]:
     """ASHA's milestones in epochs: grace_period * reduction_factor**k below max_epochs."""
-    grace = int(exp.meta.get("grace_period") or 1)
-    factor = float(exp.meta.get("reduction_factor") or 0)
+    record = exp.record
+    grace = int(record.grace_period or 1) if record else 1
+    factor = float(record.reduction_factor or 0) if record else 0.0
     top = exp.max_epochs or max((t.epochs for t in exp.trials), default=1)
     if factor <= 1:
         return []

@@ -24,6 +24,7 @@ import pandas as pd
 from analysis.load import Experiment, TrialRecord
 from analysis.stats import Interval, classification_intervals, mcnemar
 from analysis.tta import TTAPolicy, flip_counts
+from trainables.vocab import class_key
 
 SIZE_MODELS = ("simple_cnn", "simple_cnn_10m")  # Table 5: the seed's 134M CNN and its 10M CNN
 EVALUATED = "evaluated"
@@ -67,16 +68,16 @@ def predictions_table(ev: TrialEval, policy: str) -> pd.DataFrame:
     frame = pd.DataFrame({"image": ev.test_paths, "label": [ev.classes[i] for i in base.labels]})
     frame["pred"] = [ev.classes[i] for i in base.preds]
     for c, name in enumerate(ev.classes):
-        frame[f"prob_{name.lower()}"] = base.probs[:, c]
+        frame[f"prob_{class_key(name)}"] = base.probs[:, c]
     frame["tta_policy"] = policy
     frame["tta_pred"] = [ev.classes[i] for i in tta.preds]
     for c, name in enumerate(ev.classes):
-        frame[f"tta_prob_{name.lower()}"] = tta.probs[:, c]
+        frame[f"tta_prob_{class_key(name)}"] = tta.probs[:, c]
     return frame
 
 
 def _class_keys(classes: Sequence[str]) -> list[str]:
-    return [f"acc_{c.lower()}" for c in classes]
+    return [f"acc_{class_key(c)}" for c in classes]
 
 
 def _metric_columns(prefix: str, scored: Scored | None, keys: Sequence[str]) -> dict[str, float]:
@@ -108,9 +109,10 @@ def _trial_columns(ev: TrialEval | None, exp: Experiment) -> dict[str, object]:
 
 def gpu_hours(trial: TrialRecord, exp: Experiment) -> float:
     """Trial wall time times the GPUs it held: summary.json's per-trial `gpus` when the sweep
-    wrote it, else cxr_tune.json's `gpus_per_trial` (a number, or a dict by model). NaN when
+    wrote it, else the experiment record's `gpus_per_trial` (a number, or a dict by model). NaN when
     neither is recorded (a GPU fraction sized per trial); 0 for a CPU-only sweep."""
-    gpus = exp.sweep_summary.get(trial.trial_id, {}).get("gpus", exp.meta.get("gpus_per_trial"))
+    recorded = exp.record.gpus_per_trial if exp.record else None
+    gpus = exp.sweep_summary.get(trial.trial_id, {}).get("gpus", recorded)
     if isinstance(gpus, dict):
         gpus = gpus.get(str(trial.params.get("model")))
     if not isinstance(gpus, (int, float)):

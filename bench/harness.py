@@ -1,13 +1,13 @@
-"""A real Ray Tune sweep for the benchmarks, built as `search.run` builds its own, plus timing.
+"""A real Ray Tune sweep for the benchmarks, built by the product's own builder, plus timing.
 
-`run_sweep` runs `search.trainable.train_trial` (the product's trainable: the shared decode
-cache, the dataset kept across reused actors, the fast training path) with `reuse_actors=True`,
-`PrunedOptunaSearch` (seeded TPE, multivariate, constant liar) or a seeded random sampler,
-`ASHAScheduler` on `training_iteration` or no early stopping, CPU/GPU resources from
-`search.resources`, W&B from `search.tracking` when asked. A `Timeline` callback records, in the
-driver, the wall time of every trial start and every result, which is what the overhead and
-utilization figures are computed from. Ray is started once per process (`start_ray`) with a short
-temp dir and stopped by `stop_ray`.
+`run_sweep` fits the Tuner of `search.tuner.build_tuner` (what `search.run` fits): the product's
+trainable (`search.trainable.train_trial`: the shared decode cache, the dataset kept across
+reused actors, the fast training path) with `reuse_actors=True`, `PrunedOptunaSearch` (seeded
+TPE, multivariate, constant liar) or a seeded random sampler, ASHA on `training_iteration` or no
+early stopping, CPU/GPU resources from `search.resources`, W&B from `search.tracking` when asked.
+A `Timeline` callback records, in the driver, the wall time of every trial start and every
+result, which is what the overhead and utilization figures are computed from. Ray is started
+once per process (`start_ray`) with a short temp dir and stopped by `stop_ray`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from search.resources import trial_resources
 from search.space import Space
-from search.trainable import train_trial
 
 # Keys of each result row kept by the Timeline (everything the figures need).
 RESULT_KEYS = (
@@ -43,7 +41,7 @@ RESULT_KEYS = (
 
 
 @dataclass
-class TrialRecord:
+class TimedTrial:
     trial_id: str
     config: dict[str, Any]
     started: float  # driver wall clock, seconds
@@ -69,14 +67,14 @@ class Timeline(tune.Callback):
     `on_trial_start` once the trial's actor is up (a new process, or a reused one)."""
 
     def __init__(self) -> None:
-        self.trials: dict[str, TrialRecord] = {}
+        self.trials: dict[str, TimedTrial] = {}
         self.fit_started = time.time()
 
     def setup(self, **info: Any) -> None:
         self.fit_started = time.time()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.trials[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config), time.time())
+        self.trials[trial.trial_id] = TimedTrial(trial.trial_id, dict(trial.config), time.time())
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._add(trial, result)
@@ -98,7 +96,7 @@ class Timeline(tune.Callback):
 @dataclass
 class Sweep:
     wall_s: float  # seconds of Tuner.fit
-    trials: list[TrialRecord]
+    trials: list[TimedTrial]
     storage: Path
     fit_started: float  # driver wall clock, seconds
 
@@ -159,70 +157,35 @@ def run_sweep(
     param_space: dict[str, Any] | None = None,
 ) -> Sweep:
     """One sweep; `search` is 'tpe', 'random' or 'grid' (then `param_space` holds full configs).
-    `gpus_per_trial` None sizes each trial's GPU share from its model (`card_bytes` of the card)."""
-    import optuna
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
+    `gpus_per_trial` None sizes each trial's GPU share from its model (`card_bytes` of the card).
+    The Tuner is the product's (`search.tuner.build_tuner`), without the progress lines."""
+    from search.tuner import TunerSettings, build_tuner, make_trainable
 
-    from search.optuna_pruned import PrunedOptunaSearch
-    from search.tracking import wandb_callback
-
-    if search not in ("tpe", "random", "grid"):
-        raise ValueError(f"unknown search {search!r}; expected one of ['grid', 'random', 'tpe']")
-    searcher = None
-    if search != "grid":
-        sampler = (
-            optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-            if search == "tpe"
-            else optuna.samplers.RandomSampler(seed=seed)
-        )
-        searcher = ConcurrencyLimiter(
-            PrunedOptunaSearch(
-                space=space.define,
-                metric=space.metric,
-                mode=space.mode,
-                sampler=sampler,
-                max_epochs=space.max_epochs,
-            ),
-            max_concurrent=max_concurrent,
-        )
-    if asha:
-        scheduler = ASHAScheduler(
-            metric=space.metric,
-            mode=space.mode,
-            time_attr="training_iteration",  # one report per epoch
-            max_t=space.max_epochs,  # epochs
-            grace_period=grace_period or space.grace_period,  # epochs
-            reduction_factor=reduction_factor or space.reduction_factor,
-        )
-    else:
-        scheduler = FIFOScheduler()
+    settings = TunerSettings(
+        name=name,
+        storage=str(storage),
+        metric=space.metric,
+        mode=space.mode,
+        max_epochs=space.max_epochs,
+        num_samples=num_samples,
+        grace_period=grace_period or space.grace_period,
+        reduction_factor=reduction_factor or space.reduction_factor,
+        max_concurrent=max_concurrent,
+        seed=seed,
+        search=search,
+        asha=asha,
+        wandb_project="cxr-tune-bench",
+        wandb_mode=wandb_mode,
+        wandb_dir=str(storage / name),
+        progress=False,
+    )
     timeline = Timeline()
-    callbacks: list[Any] = [timeline]
-    if wandb_mode != "disabled":
-        callbacks.append(wandb_callback("cxr-tune-bench", name, wandb_mode, storage / name))
-    resources = trial_resources(cpus_per_trial, gpus_per_trial, card_bytes)
-    tuner = tune.Tuner(
-        tune.with_resources(train_trial, resources=resources),
+    tuner = build_tuner(
+        settings,
+        space.define,
+        make_trainable(cpus_per_trial, gpus_per_trial, card_bytes),
         param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=num_samples,
-            max_concurrent_trials=max_concurrent,
-            reuse_actors=True,  # as search.run: no process start-up between trials
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(storage),
-            callbacks=callbacks,
-            verbose=0,
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2,
-                checkpoint_score_attribute=space.metric,
-                checkpoint_score_order=space.mode,
-            ),
-        ),
+        callbacks=[timeline],
     )
     started = time.perf_counter()
     grid = tuner.fit()

@@ -34,7 +34,7 @@ from ray import tune
 from torch import nn
 
 from bench.common import REPO, Results, median, note, parser, setup
-from bench.harness import Sweep, TrialRecord, run_sweep, space_for, start_ray, stop_ray
+from bench.harness import Sweep, TimedTrial, run_sweep, space_for, start_ray, stop_ray
 from trainables.config import TrialConfig
 from trainables.data import Dataset, load_for_config
 from trainables.train import build_training, make_generators, make_step, save_checkpoint
@@ -81,7 +81,7 @@ def checkpoint_cost(cfg: TrialConfig, data: Dataset, device: torch.device) -> di
     return {"mb": megabytes, "save_s": median(seconds)}
 
 
-def per_epoch_overhead(trial: TrialRecord, last: bool = True) -> tuple[float, float]:
+def per_epoch_overhead(trial: TimedTrial, last: bool = True) -> tuple[float, float]:
     """(overhead seconds, iteration seconds) summed over epochs after the first (and before the
     last, which always checkpoints, when `last` is False): Ray's time between two reports minus
     the trial's own training + validation time."""

@@ -2,10 +2,10 @@
 
     python -m search.export EXPERIMENT_DIR --out DIR [--metric NAME --mode max|min]
 
-Works from what the sweep left on disk: each trial directory's `result.json` (one JSON row per
-epoch, with `checkpoint_dir_name` on rows that saved one) and its `checkpoint_*/checkpoint.pt`.
-The best row whose checkpoint still exists wins (Ray keeps the best 2 by the metric plus the
-latest per trial). Metric and mode default to the experiment's `cxr_tune.json`.
+Works from what the sweep left on disk, through `trainables.experiment`: the best checkpoint
+still on disk wins by its one rule (better metric, then the earlier epoch, then the smaller trial
+id), the rule `analysis.load` ranks by too. Ray keeps the best 2 checkpoints by the metric plus
+the latest per trial. Metric and mode default to the experiment record's.
 
 The bundle (`trainables.bundle.save_bundle`: safetensors weights, config.json, bundle.json with
 preprocessing, classes, metrics and history) gets `model.onnx` (dynamic batch) next to it, checked
@@ -16,87 +16,33 @@ under `onnx` and must stay below `ONNX_TOLERANCE`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from search.space import MODES, is_better
-from trainables.bundle import save_bundle
+from search.storage import is_uri
+from trainables.bundle import read_bundle_meta, save_bundle
+from trainables.experiment import (
+    EXPERIMENT_FILE,
+    EXPORT_DIR,
+    METRIC_MODES,
+    ExperimentRecord,
+    best_checkpoint,
+    read_record,
+)
 from trainables.train import load_checkpoint, model_from_checkpoint
 
-EXPERIMENT_FILE = "cxr_tune.json"
 ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4  # max abs difference of class probabilities, ONNX vs PyTorch
 ONNX_OPSET = 17
 CHECK_BATCH = 8  # images in the ONNX check (batch > 1 exercises the dynamic batch axis)
-
-
-@dataclass(frozen=True)
-class BestCheckpoint:
-    trial_dir: Path
-    checkpoint_dir: Path
-    row: dict[str, Any]  # the result row of the epoch that wrote the checkpoint
-    value: float
-
-
-def read_experiment_file(experiment_dir: Path) -> dict[str, Any]:
-    path = experiment_dir / EXPERIMENT_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-
-
-def read_results(trial_dir: Path) -> list[dict[str, Any]]:
-    """The rows of a trial's result.json (JSON lines; a torn last line is skipped)."""
-    rows = []
-    path = trial_dir / "result.json"
-    if not path.is_file():
-        return rows
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # the driver died mid-write
-    return rows
-
-
-def trial_dirs(experiment_dir: Path) -> list[Path]:
-    return sorted(p for p in experiment_dir.iterdir() if (p / "result.json").is_file())
-
-
-def find_best_checkpoint(experiment_dir: Path, metric: str, mode: str) -> BestCheckpoint:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
-    best: BestCheckpoint | None = None
-    trials = trial_dirs(experiment_dir)
-    if not trials:
-        raise ValueError(f"{experiment_dir} holds no trial directories with a result.json")
-    for trial_dir in trials:
-        for row in read_results(trial_dir):
-            name = row.get("checkpoint_dir_name")
-            value = row.get(metric)
-            if not name or value is None or not (trial_dir / name / "checkpoint.pt").is_file():
-                continue
-            value = float(value)
-            if best is None or is_better(value, best.value, mode):
-                best = BestCheckpoint(trial_dir, trial_dir / name, row, value)
-    if best is None:
-        raise ValueError(f"{experiment_dir}: no trial has a kept checkpoint with {metric!r}")
-    return best
 
 
 def export_onnx(model: torch.nn.Module, image_size: int, path: Path) -> dict[str, float]:
@@ -144,12 +90,12 @@ def export_best(
     experiment_dir = Path(experiment_dir).resolve()
     if not experiment_dir.is_dir():
         raise ValueError(f"experiment directory {experiment_dir} does not exist")
-    recorded = read_experiment_file(experiment_dir)
-    metric = metric or recorded.get("metric")
-    mode = mode or recorded.get("mode")
     if not metric or not mode:
-        raise ValueError(f"{experiment_dir} has no {EXPERIMENT_FILE}; pass --metric and --mode")
-    best = find_best_checkpoint(experiment_dir, metric, mode)
+        recorded = read_record(experiment_dir)
+        if recorded is None:
+            raise ValueError(f"{experiment_dir} has no {EXPERIMENT_FILE}; pass --metric and --mode")
+        metric, mode = metric or recorded.metric, mode or recorded.mode
+    best = best_checkpoint(experiment_dir, metric, mode)
     model, cfg, classes = model_from_checkpoint(best.checkpoint_dir)
     history = list(load_checkpoint(best.checkpoint_dir)["history"])
     metrics = {k: float(v) for k, v in history[-1].items()} if history else {}
@@ -163,7 +109,7 @@ def export_best(
         source = {
             "experiment": str(experiment_dir),
             "trial": best.trial_dir.name,
-            "trial_id": best.row.get("trial_id"),
+            "trial_id": best.trial_id,
             "checkpoint": best.checkpoint_dir.name,
             "metric": metric,
             "mode": mode,
@@ -182,6 +128,21 @@ def export_best(
         shutil.move(str(onnx_path), staged / ONNX_FILE)
         _replace_dir(staged, out)
     return out
+
+
+def export_record(record: ExperimentRecord, out: Path | None = None) -> Path:
+    """Export the best checkpoint of the sweep `record` describes (local or at a URI, copied
+    here first) to `out`; default STORAGE/NAME/export, or runs/NAME/export for a URI."""
+    if not is_uri(record.storage):
+        return export_best(
+            record.path, out or Path(record.path) / EXPORT_DIR, record.metric, record.mode
+        )
+    import pyarrow.fs
+
+    source = Path(tempfile.mkdtemp(prefix="cxr-export-")) / record.name
+    pyarrow.fs.copy_files(record.path, str(source))
+    out = out or Path("runs").resolve() / record.name / EXPORT_DIR
+    return export_best(source, out, record.metric, record.mode)
 
 
 def _replace_dir(new: Path, out: Path) -> None:
@@ -211,14 +172,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("experiment_dir", type=Path, help="STORAGE/NAME of the sweep")
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    parser.add_argument("--metric", help="metric to rank by (default: from cxr_tune.json)")
-    parser.add_argument("--mode", choices=MODES, help="max or min (default: from cxr_tune.json)")
+    parser.add_argument("--metric", help="metric to rank by (default: the experiment record's)")
+    parser.add_argument(
+        "--mode", choices=METRIC_MODES, help="max or min (default: the experiment record's)"
+    )
     args = parser.parse_args(argv)
     try:
         out = export_best(args.experiment_dir, args.out, args.metric, args.mode)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
-    meta = json.loads((out / "bundle.json").read_text())
+    meta = read_bundle_meta(out)
     src, check = meta["source"], meta["onnx"]
     value = src["value"]
     print(f"exported {src['trial']}/{src['checkpoint']} ({src['metric']}={value:.4f}) to {out}")

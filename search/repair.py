@@ -21,7 +21,8 @@ from ray import cloudpickle
 from ray._common.utils import binary_to_hex, hex_to_binary
 from ray.train._internal.storage import _exists_at_fs_path
 
-STATE_PREFIX = "experiment_state-"
+from trainables.experiment import RAY_STATE_PREFIX
+
 PICKLED = "CLOUDPICKLE_FALLBACK"
 
 
@@ -34,7 +35,7 @@ def repair_missing_checkpoints(experiment_path: str) -> list[str]:
     states = [
         info.path
         for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-        if info.base_name.startswith(STATE_PREFIX) and info.base_name.endswith(".json")
+        if info.base_name.startswith(RAY_STATE_PREFIX) and info.base_name.endswith(".json")
     ]
     if not states:
         return []

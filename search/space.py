@@ -20,7 +20,6 @@ or a choice `TrialConfig` refuses shows up as one clear `ValueError` naming the 
 from __future__ import annotations
 
 import importlib.util
-import math
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import TrialConfig, field_names
+from trainables.experiment import METRIC_MODES
 from trainables.vocab import CLASSES, class_key
 
-MODES = ("max", "min")
 DEFAULT_GRACE_PERIOD = 1  # epochs
 DEFAULT_REDUCTION_FACTOR = 3
 DEFAULT_NUM_SAMPLES = 20
@@ -181,8 +180,8 @@ def load_space(
             f"{where}: METRIC {metric!r} is not reported; expected one of {sorted(METRIC_KEYS)}"
         )
     mode = _constant(module, where, "MODE", str, None)
-    if mode not in MODES:
-        raise ValueError(f"{where}: MODE {mode!r} must be one of {list(MODES)}")
+    if mode not in METRIC_MODES:
+        raise ValueError(f"{where}: MODE {mode!r} must be one of {list(METRIC_MODES)}")
     file_epochs = _constant(module, where, "MAX_EPOCHS", int, None, low=1)
     epochs = file_epochs if max_epochs is None else min(file_epochs, max_epochs)
     grace = _constant(module, where, "GRACE_PERIOD", int, DEFAULT_GRACE_PERIOD, low=1)
@@ -285,12 +284,3 @@ def _constant(
     if low is not None and value < low:
         raise ValueError(f"{where}: {name} must be >= {low}, got {value!r}")
     return value
-
-
-def is_better(a: float, b: float, mode: str) -> bool:
-    """Whether metric value `a` beats `b` under `mode` (NaN never wins)."""
-    if math.isnan(a):
-        return False
-    if math.isnan(b):
-        return True
-    return a > b if mode == "max" else a < b

@@ -7,8 +7,10 @@
   later with `wandb sync STORAGE/NAME/wandb/offline-run-*`.
 - W&B being unreachable never hangs or fails the sweep: each trial's run starts in its own Ray
   actor with a short init timeout, and the end-of-sweep wait for runs to finish is bounded.
-- The API key stays in the environment: it is never a callback argument, a config value or a
-  logged field (`excluded_keys` drops anything key-like from what is logged).
+- The API key stays in the environment: it is never a callback argument or a config value.
+  What is logged leaves out the three key field names of `excluded_keys` (Ray's callback
+  drops exactly those names); the files the sweep writes go through `scrub`, which drops any
+  field whose name contains `api_key` and any value that holds the key itself.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def excluded_keys() -> list[str]:
 
 
 def scrub(values: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `values` without secrets (for files the sweep writes, e.g. cxr_tune.json)."""
+    """A copy of `values` without secrets (for files the sweep writes, e.g. the experiment
+    record): no field whose name contains `api_key`, no value holding a key from SECRET_ENV."""
     secrets = {os.environ[k] for k in SECRET_ENV if os.environ.get(k)}
     clean = {}
     for key, value in values.items():

@@ -141,6 +141,11 @@ def load_bundle(path: str | Path) -> Bundle:
     )
 
 
+def read_bundle_meta(bundle_dir: str | Path) -> dict[str, Any]:
+    """The checked `bundle.json` of a bundle folder, without loading any weights."""
+    return _read_meta(Path(bundle_dir) / BUNDLE_META_FILE)
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     meta = _read_json(path)
     if meta.get("format") != BUNDLE_FORMAT:

@@ -29,11 +29,11 @@ from trainables.balance import epoch_indices, loss_weights
 from trainables.config import TrialConfig
 from trainables.data import Dataset, Split, load_for_config
 from trainables.device import EVAL_BATCH, device_policy, resolve_device
+from trainables.experiment import CHECKPOINT_FILE
 from trainables.metrics import classification_metrics
 from trainables.models import build_model, count_parameters
 
 Reporter = Callable[[dict[str, float], "Path | None"], None]
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def train(

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_analysis_imports_neither_ray_nor_wandb():
     code = (
         "import sys, analysis.load, analysis.tta, analysis.stats, analysis.tables, "
-        "analysis.plots, analysis.report, analysis.predict; "
+        "analysis.plots, analysis.report, analysis.predict, analysis.evaluate, analysis.document, "
+        "analysis.prose, trainables.experiment; "
         "print(sorted(m for m in ('ray', 'wandb') if m in sys.modules))"
     )
     out = subprocess.run(

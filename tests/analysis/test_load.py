@@ -9,15 +9,17 @@ import shutil
 import pytest
 
 from analysis.load import COMPLETED, STOPPED, load_experiment
+from trainables.experiment import read_record
 
 pytestmark = pytest.mark.slow  # needs the session's smoke sweep
 
 
 def test_best_checkpoint_follows_the_sweeps_metric_and_mode(smoke_experiment):
     exp = load_experiment(smoke_experiment)
-    meta = json.loads((smoke_experiment / "cxr_tune.json").read_text())
-    # Metric and mode come from cxr_tune.json, defined once in the space file.
-    assert (exp.metric, exp.mode, exp.max_epochs) == (meta["metric"], meta["mode"], 3)
+    record = read_record(smoke_experiment)
+    # Metric and mode come from the experiment record, defined once in the space file.
+    assert (exp.metric, exp.mode, exp.max_epochs) == (record.metric, record.mode, 3)
+    assert exp.record == record
     pick = min if exp.mode == "min" else max
     for t in exp.usable():
         kept = t.history[t.history["epoch"].isin(list(t.checkpoints))]

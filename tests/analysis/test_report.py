@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import predict, report
+from analysis.evaluate import Evaluator
 from analysis.tables import EVALUATED
 from trainables.balance import BALANCES
 from trainables.models import MODELS
@@ -113,7 +114,7 @@ def test_predict_gives_the_reports_class_and_probabilities(smoke_experiment, smo
     assert bundle_meta["source"]["trial"] == best.path.name
     assert bundle_meta["source"]["checkpoint"] == best.best_checkpoint.name
     preds = pd.read_csv(out / "predictions.csv")
-    root = report.Evaluator("cpu").dataset(best.config).root
+    root = Evaluator("cpu").dataset(best.config).root
     chosen = preds.groupby("label").head(2)  # two test images of each class
     capsys.readouterr()
     rc = predict.main(

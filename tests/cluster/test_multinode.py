@@ -26,6 +26,8 @@ import boto3
 import pytest
 from ray.cluster_utils import Cluster
 
+from trainables.experiment import EXPERIMENT_FILE
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -491,7 +493,7 @@ def test_results_and_checkpoints_land_in_the_bucket(driver_loss):
     keys = set(driver_loss.keys)
     exp = driver_loss.experiment
     # The project's experiment record and Ray's experiment state live next to the trials.
-    assert f"{exp}/cxr_tune.json" in keys
+    assert f"{exp}/{EXPERIMENT_FILE}" in keys
     assert any(k.startswith(f"{exp}/experiment_state-") for k in keys)
     assert driver_loss.rows, driver_loss.log
     for trial in driver_loss.rows:

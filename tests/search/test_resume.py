@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from search.export import read_results, trial_dirs
+from trainables.experiment import read_results, trial_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_SAMPLES = 4
@@ -26,14 +26,14 @@ def _finished_trials(exp: Path) -> dict[str, list[float]]:
     """Trial dir -> epochs of its result rows, for trials that reached MAX_EPOCHS."""
     out = {}
     for d in trial_dirs(exp) if exp.is_dir() else []:
-        epochs = [r["epoch"] for r in read_results(d)]
+        epochs = [r["epoch"] for r in read_results(d).rows]
         if epochs and max(epochs) >= MAX_EPOCHS:
             out[d.name] = epochs
     return out
 
 
 def _started_after(exp: Path, finished: dict) -> bool:
-    return any(read_results(d) for d in trial_dirs(exp) if d.name not in finished)
+    return any(read_results(d).rows for d in trial_dirs(exp) if d.name not in finished)
 
 
 def _wait_for(condition, proc: subprocess.Popen, seconds: float = 300) -> None:
@@ -77,7 +77,8 @@ def test_interrupted_and_killed_sweep_resumes_without_rerunning_finished_trials(
     )
     try:
         _wait_for(
-            lambda: any(read_results(d) for d in trial_dirs(exp)) if exp.is_dir() else False, first
+            lambda: any(read_results(d).rows for d in trial_dirs(exp)) if exp.is_dir() else False,
+            first,
         )
         first.send_signal(signal.SIGINT)
         out, _ = first.communicate(timeout=240)
@@ -127,7 +128,7 @@ def test_interrupted_and_killed_sweep_resumes_without_rerunning_finished_trials(
         # Finished before the kill: not re-run (same result rows, no second pass).
         assert after[name] == epochs
     for d in dirs:
-        epochs = [r["epoch"] for r in read_results(d)]
+        epochs = [r["epoch"] for r in read_results(d).rows]
         # Interrupted trials continued from a checkpoint, never from scratch after progress:
         # epochs never go back. (The epoch in flight when the driver stopped may be trained
         # and reported again: Ray's saved state can lag the last result row by one epoch.)

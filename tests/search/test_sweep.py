@@ -14,7 +14,7 @@ import pytest
 import torch
 from wandb_log import history_rows
 
-from search.export import read_results, trial_dirs
+from trainables.experiment import read_record, read_results, trial_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # a fake W&B API key
@@ -62,7 +62,7 @@ def sweep(tmp_path_factory) -> dict:
     exp = storage / "smoke"
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((exp / "summary.json").read_text())
-    rows = {d.name.removeprefix("trial_"): read_results(d) for d in trial_dirs(exp)}
+    rows = {d.name.removeprefix("trial_"): read_results(d).rows for d in trial_dirs(exp)}
     return {"proc": proc, "exp": exp, "summary": summary, "rows": rows}
 
 
@@ -104,7 +104,7 @@ def test_asha_stopped_trials_are_pruned_in_the_optuna_study(sweep) -> None:
 
 def test_checkpoints_keep_the_best_two_and_the_latest(sweep) -> None:
     for trial_dir in trial_dirs(sweep["exp"]):
-        rows = read_results(trial_dir)
+        rows = read_results(trial_dir).rows
         kept = {p.name for p in trial_dir.glob("checkpoint_*")}
         ranked = sorted(rows, key=lambda r: r["val_loss"])
         wanted = {r["checkpoint_dir_name"] for r in ranked[:2]} | {rows[-1]["checkpoint_dir_name"]}
@@ -139,22 +139,22 @@ def test_api_key_is_never_written(sweep) -> None:
     ]
     assert leaked == []
     assert SECRET not in sweep["proc"].stdout + sweep["proc"].stderr
-    recorded = json.loads((sweep["exp"] / "cxr_tune.json").read_text())
-    assert recorded["metric"] == "val_loss" and recorded["mode"] == "min"
+    recorded = read_record(sweep["exp"])
+    assert recorded.metric == "val_loss" and recorded.mode == "min"
 
 
 def test_export_bundle_reloads_with_checkpoint_predictions_and_onnx_agrees(sweep) -> None:
     import onnxruntime as ort
 
-    from search.export import find_best_checkpoint
     from trainables.bundle import load_bundle
     from trainables.data import load_for_config
+    from trainables.experiment import best_checkpoint
     from trainables.train import model_from_checkpoint, predict_proba
 
     out = sweep["exp"] / "export"
     bundle = load_bundle(out)
     meta = json.loads((out / "bundle.json").read_text())
-    best = find_best_checkpoint(sweep["exp"], "val_loss", "min")
+    best = best_checkpoint(sweep["exp"], "val_loss", "min")
     # The export is the best checkpoint of the sweep.
     assert meta["source"]["checkpoint"] == best.checkpoint_dir.name
     assert meta["source"]["value"] == sweep["summary"]["best"]["value"]

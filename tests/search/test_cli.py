@@ -1,4 +1,5 @@
-"""The sweep's command line: bad flags and bad space files are refused before any trial starts."""
+"""The sweep's command line (search.cli): bad flags and bad space files are refused before any
+trial starts."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from search.resources import gpu_fraction, peak_bytes, resource_request
-from search.run import CPU_PROFILE, FULL_PROFILE, build_parser, choose_profile
-from search.tracking import resolve_mode, scrub
+from search.cli import CPU_PROFILE, FULL_PROFILE, build_parser, choose_profile
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "spaces" / "smoke.py")
@@ -79,37 +78,6 @@ def test_profile_is_cpu_without_a_gpu_unless_full_is_forced() -> None:
     assert choose_profile("auto", 1)[0] is FULL_PROFILE
     assert choose_profile("full", 0)[0] is FULL_PROFILE  # the flag forces the full sweep
     assert FULL_PROFILE.image_size == 256 and FULL_PROFILE.data == "phantom:full"
-
-
-def test_gpu_fraction_is_a_quarter_multiple_sized_from_peak_memory() -> None:
-    card = 80 * 2**30  # bytes, an H100
-    small = gpu_fraction("simple_cnn_10m", 32, 256, card)
-    big = gpu_fraction("densenet121", 256, 256, card)
-    # Small models share a card four ways; a big batch gets more; never above one card.
-    assert small == 0.25
-    assert 0.25 < big <= 1.0 and (big * 4).is_integer()
-    assert gpu_fraction("resnet50", 4096, 256, card) == 1.0
-    # Memory grows with batch and image area.
-    assert peak_bytes("resnet50", 64, 256) > peak_bytes("resnet50", 32, 256)
-    assert peak_bytes("resnet50", 32, 256) > peak_bytes("resnet50", 32, 128)
-
-
-def test_trial_resources_ask_no_gpu_on_cpu_machines() -> None:
-    config = {"model": "resnet50", "batch_size": 32, "image_size": 256}
-    assert resource_request(config, 1.0, 0.0, None) == {"CPU": 1.0}
-    assert resource_request(config, 2.0, None, None) == {"CPU": 2.0}
-    assert resource_request(config, 1.0, None, 80 * 2**30)["GPU"] == 0.25
-    assert resource_request(config, 1.0, 0.5, 80 * 2**30)["GPU"] == 0.5  # an explicit flag wins
-
-
-def test_wandb_mode_defaults_to_offline_without_an_api_key(monkeypatch) -> None:
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert resolve_mode(None) == "offline"
-    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    assert resolve_mode(None) == "online"
-    assert resolve_mode("disabled") == "disabled"
-    # The key never reaches a file the sweep writes, under any field name.
-    assert scrub({"note": "k" * 40, "wandb_api_key": "x", "seed": 1}) == {"seed": 1}
 
 
 @pytest.mark.slow

@@ -1,0 +1,188 @@
+"""The report's sections: the words, tables and figures of each, in the seed study's order.
+
+Each `*_section` adds its part to a `Document`; `analysis.report.build_report` calls them in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from analysis import plots, tables
+from analysis.document import Document
+from analysis.evaluate import Evaluator
+from analysis.load import Experiment, TrialRecord
+from analysis.tables import TrialEval
+from analysis.tta import SEED_POLICIES
+from trainables.train import model_from_checkpoint
+
+
+def _num(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def best_by(exp: Experiment, key: str, groups: Sequence[str]) -> dict[str, TrialRecord | None]:
+    return {g: exp.best_trial([t for t in exp.trials if t.params.get(key) == g]) for g in groups}
+
+
+def intro_section(doc: Document, exp: Experiment, best: TrialEval, device: str) -> None:
+    counts = pd.Series([t.status for t in exp.trials]).value_counts()
+    statuses = ", ".join(f"{n} {s}" for s, n in counts.items())
+    ci = best.test.intervals["acc"]
+    cfg = best.trial.params
+    doc.heading(f"Results: experiment `{exp.name}`", 1)
+    doc.text(
+        f"The sweep ran {len(exp.trials)} trials ({statuses}), ranked by `{exp.metric}` "
+        f"({exp.mode}) at each trial's best checkpoint. The best trial, `{best.trial.trial_id}` "
+        f"(`{cfg.get('model')}`, balance `{cfg.get('balance')}`, augment "
+        f"`{cfg.get('augment', 'none')}`, lr {_num(cfg.get('lr'))}), reached {exp.metric} "
+        f"{best.trial.best_score:.4f} at epoch {best.trial.best_epoch} and scores "
+        f"**{ci.format()} %** test accuracy without TTA on {len(best.test.labels)} test images."
+    )
+    doc.text(
+        "Every accuracy is shown as `value [low, high]`: the 95 % percentile-bootstrap interval "
+        "over test images (2,000 seeded resamples). Precision is macro-averaged over the three "
+        "classes, as the seed reports it; per-class accuracy is the recall of that class."
+    )
+    if exp.missing:
+        doc.heading("What this report cannot cover", 3)
+        doc.text("\n".join(f"- {m}" for m in exp.missing))
+
+
+def _best_row(table: pd.DataFrame, key: str) -> pd.Series | None:
+    done = table[table["status"] == tables.EVALUATED]
+    return None if done.empty else done.loc[done["test_acc"].idxmax()]
+
+
+def _missing(table: pd.DataFrame, key: str) -> str:
+    gone = table[table["status"] != tables.EVALUATED][key].tolist()
+    return f" Not covered by this sweep: {', '.join(f'`{g}`' for g in gone)}." if gone else ""
+
+
+def balance_section(doc: Document, t: dict[str, pd.DataFrame]) -> None:
+    doc.heading("1. Class balance (seed section 3.2.1)")
+    top = _best_row(t["table1_balance"], "balance")
+    line = (
+        "The best trial of each balance strategy, chosen by the sweep's metric on validation, "
+        "evaluated once on test."
+    )
+    if top is not None:
+        line += (
+            f" Highest test accuracy: `{top['balance']}` with {_pct(top['test_acc'])} "
+            f"(95 % CI {_pct(top['test_acc_low'])} to {_pct(top['test_acc_high'])}); a gap "
+            "smaller than the intervals are wide is no evidence that one strategy is better."
+        )
+    doc.text(line + _missing(t["table1_balance"], "balance"))
+    doc.table("table1_balance", "Table 1: results per balance strategy", t["table1_balance"])
+    doc.table(
+        "table2_balance_per_class",
+        "Table 2: per-class test accuracy per balance strategy",
+        t["table2_balance_per_class"],
+    )
+
+
+def architecture_section(doc: Document, t: dict[str, pd.DataFrame]) -> None:
+    doc.heading("2. Architectures (seed sections 3.3 and 5)")
+    top = _best_row(t["table3_architectures"], "model")
+    line = "The best trial of each architecture in the model registry."
+    if top is not None:
+        line += f" Highest test accuracy: `{top['model']}` with {_pct(top['test_acc'])}."
+    doc.text(line + _missing(t["table3_architectures"], "model"))
+    doc.table("table3_architectures", "Table 3: architectures compared", t["table3_architectures"])
+    doc.table(
+        "table5_cnn_size",
+        "Table 5: the 134M SimpleCNN against the 10M SimpleCNN",
+        t["table5_cnn_size"],
+    )
+
+
+def tta_section(doc: Document, t: dict[str, pd.DataFrame], best: TrialEval, chosen: str) -> None:
+    doc.heading("3. Test-time augmentation (seed section 4)")
+    table = t["table4_tta"]
+    lines = []
+    for _, row in table[table["policy"] != "none"].iterrows():
+        gain = row["test_acc"] - table.loc[table["policy"] == "none", "test_acc"].iloc[0]
+        lines.append(
+            f"- `{row['policy']}` ({row['cost']} passes per image): test accuracy "
+            f"{100 * gain:+.1f} points against no TTA, {row['wrong_to_right']} predictions fixed "
+            f"and {row['right_to_wrong']} broken; McNemar: {row['verdict']}."
+        )
+    doc.text(
+        f"All policies run on the best trial `{best.trial.trial_id}`. `tta1` and `tta2` are the "
+        "seed's (the plain image averaged with one draw of each of two views). The policy chosen "
+        f"on the validation split among {len(t['tta_selection_val'])} candidates is "
+        f"`{chosen}`; the test split was not used to choose it."
+    )
+    doc.text("\n".join(lines))
+    shown = chosen if chosen != "none" else SEED_POLICIES[-1]
+    path = doc.csv("predictions", tables.predictions_table(best, shown))
+    doc.text(
+        f"Every test image's class and probabilities without TTA and with `{shown}` are in "
+        f"[{path.name}]({path.name}) (paths relative to `{best.data_root}`)."
+    )
+    doc.table("table4_tta", "Table 4: no TTA against each TTA policy", table)
+    doc.table(
+        "table4_tta_flips",
+        "Test predictions each policy turned right to wrong and wrong to right, per class",
+        t["table4_tta_flips"],
+    )
+    doc.table(
+        "tta_selection_val",
+        "TTA candidates scored on the validation split (the chosen one has the highest "
+        "accuracy, ties to the cheapest)",
+        t["tta_selection_val"],
+    )
+
+
+def figures_section(
+    doc: Document,
+    exp: Experiment,
+    evaluator: Evaluator,
+    best: TrialEval,
+    chosen: str,
+    top_k: int,
+) -> None:
+    doc.heading("4. Figures")
+    base = best.tta["none"][1]
+    # Without and with the policy chosen on validation (the seed's TTA2 when none was chosen).
+    shown = chosen if chosen != "none" else SEED_POLICIES[-1]
+    preds = {"no TTA": base.preds, f"TTA {shown}": best.tta[shown][1].preds}
+    path = plots.confusion_figure(base.labels, preds, best.classes, doc.out / "confusion.png")
+    doc.figure(path, "Test confusion matrices of the best trial without and with TTA")
+    top = exp.ranked()[: max(1, top_k)]
+    path = plots.curves_figure(top, doc.out / "curves.png")
+    doc.figure(path, f"Training and validation curves of the top {len(top)} trials")
+    model, cfg, _ = model_from_checkpoint(best.trial.best_checkpoint)
+    data = evaluator.dataset(cfg)
+    splits = {
+        "train": (data.train.images, data.train.labels.numpy()),
+        "test": (data.test.images, data.test.labels.numpy()),
+    }
+    path = plots.tsne_figure(model, splits, best.classes, evaluator.device, doc.out / "tsne.png")
+    doc.figure(path, "t-SNE of the best model's penultimate features on train and test")
+
+
+def sweep_section(doc: Document, exp: Experiment, t: dict[str, pd.DataFrame]) -> None:
+    doc.heading("5. The sweep")
+    rungs = plots.rungs(exp)
+    doc.text(
+        f"ASHA milestones at epochs {rungs or 'n/a'} of {exp.max_epochs or '?'}: a trial below "
+        "the top share of its rung stops there."
+    )
+    path = plots.asha_figure(exp, doc.out / "asha.png")
+    doc.figure(path, "ASHA: each trial's metric per epoch and where it ended")
+    try:
+        importance = plots.importance_table(exp)
+    except (ValueError, RuntimeError) as err:
+        doc.text(f"Parameter importance not computed: {err}.")
+    else:
+        t["importance"] = importance
+        path = plots.importance_figure(importance, exp.metric, doc.out / "importance.png")
+        doc.figure(path, f"fANOVA importance of the searched parameters for {exp.metric}")
+        doc.table("importance", "Parameter importance (Optuna fANOVA)", importance)
+    doc.table("trials", "All trials", t["trials"])

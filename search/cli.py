@@ -1,0 +1,223 @@
+"""The sweep's command line: flags, their checks, and the run profiles.
+
+Every flag is checked as it is parsed (argparse's usage error: exit status 2 naming the flag and
+its valid values), before Ray starts anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.tracking import WANDB_MODES
+from trainables.experiment import DEFAULT_WANDB_PROJECT, ExperimentRecord
+from trainables.vocab import parse_phantom
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    data: str
+    image_size: int  # pixels
+    max_epochs: int | None  # None: the space's MAX_EPOCHS
+    num_samples: int | None  # None: the space's NUM_SAMPLES
+    max_concurrent: int | None  # None: as many as the resources allow
+    grace_period: int | None = None  # None: the space's
+    reduction_factor: int | None = None
+    max_train_batches: int = 0  # 0: full epochs
+
+
+# CPU profile, for `make run` on a 2-core machine without a GPU: the small phantom (304 train /
+# 76 val images) at 64 px, at most 10 epochs, 10 trials two at a time, only the space's
+# CPU_CHOICES; ASHA keeps the space's grace period (capped at the epochs) and factor.
+# Measured: about 2-3 minutes for `make run` with spaces/transfer.py on 2 shared cores.
+CPU_PROFILE = Profile("cpu", "phantom:small", 64, 10, 10, 2)
+FULL_PROFILE = Profile("full", "phantom:full", 256, None, None, None)
+PROFILES = ("auto", "cpu", "full")
+
+
+def _bounded(kind: type, low: float | None, high: float | None, what: str):
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is outside {what}")
+        return value
+
+    return parse
+
+
+def _name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a valid name: use 1 to 100 letters, digits, '.', '_' or '-'"
+        )
+    return text
+
+
+def _data(text: str) -> str:
+    try:
+        if parse_phantom(text) is not None:
+            return text
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"data folder {text!r} does not exist")
+    return str(path.resolve())
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one (not "(default: None)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m search.run",
+        description="Hyperparameter sweep for 3-class chest X-ray classification: Optuna TPE "
+        "proposes trials from a space file, ASHA stops weak ones early, Ray Tune runs them "
+        "(fractional GPUs when a GPU is visible), W&B logs them, and the best checkpoint is "
+        "exported as a bundle plus ONNX.",
+        formatter_class=_HelpFormatter,
+    )
+    _what_to_run(p)
+    _resources(p)
+    _where_and_how(p)
+    return p
+
+
+def _what_to_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--space",
+        type=Path,
+        required=True,
+        help="space file: define(trial) plus METRIC, MODE, MAX_EPOCHS (see spaces/)",
+    )
+    p.add_argument(
+        "--data",
+        type=_data,
+        default=None,
+        help="image-folder root or phantom:small|phantom:full "
+        "(default: the profile's embedded phantom)",
+    )
+    p.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="auto",
+        help="cpu: small, quick sweep; full: the space's own sweep at 256 px; "
+        "auto: cpu when no GPU is visible",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=_bounded(int, 1, 100000, "an integer in [1, 100000]"),
+        help="trials (default: the profile's, else the space's NUM_SAMPLES)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_bounded(int, 0, 2**31 - 1, "an integer in [0, 2**31-1]"),
+        default=0,
+        help="seeds TPE and every trial",
+    )
+    p.add_argument(
+        "--grace-period",
+        type=_bounded(int, 1, 100000, "an integer in [1, 100000]"),
+        help="epochs before ASHA may stop a trial (default: the space's)",
+    )
+    p.add_argument(
+        "--reduction-factor",
+        type=_bounded(int, 2, 100, "an integer in [2, 100]"),
+        help="ASHA keeps the top 1/factor at each rung (default: the space's)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=_bounded(float, 1.0, 1e8, "a number of seconds in [1, 1e8]"),
+        help="stop the sweep after this many seconds",
+    )
+
+
+def _resources(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-concurrent",
+        type=_bounded(int, 1, 10000, "an integer in [1, 10000]"),
+        help="trials running at once (default: as many as resources allow)",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=_bounded(float, 0.0, 8.0, "a number in [0, 8]"),
+        help="GPUs per trial (default: a fraction sized from the model's peak "
+        "memory; 0 on machines without a GPU)",
+    )
+    p.add_argument(
+        "--cpus-per-trial",
+        type=_bounded(float, 0.25, 256.0, "a number in [0.25, 256]"),
+        default=1.0,
+        help="CPUs per trial (also its torch threads)",
+    )
+    p.add_argument(
+        "--address",
+        help="join a running Ray cluster ('auto' on a `ray up` "
+        "cluster, or HOST:PORT); default: start Ray on this machine",
+    )
+
+
+def _where_and_how(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        default="runs",
+        help="where experiments live: a local folder or a URI such as s3://bucket/prefix",
+    )
+    p.add_argument(
+        "--name",
+        type=_name,
+        help="experiment name (default: SPACE-PROFILE-UTC time); an existing "
+        "experiment of that name is resumed",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume the experiment --name (default: the newest one in --storage)",
+    )
+    p.add_argument("--wandb-project", default=DEFAULT_WANDB_PROJECT, help="W&B project")
+    p.add_argument(
+        "--wandb-mode",
+        choices=WANDB_MODES,
+        default=None,
+        help="default: online when WANDB_API_KEY is set, else offline",
+    )
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="bundle directory for the best checkpoint (default: STORAGE/NAME/export)",
+    )
+    p.add_argument("--no-export", action="store_true", help="skip the export at the end")
+
+
+def choose_profile(requested: str, gpus: int) -> tuple[Profile, str]:
+    """The profile to run and why, in words (`auto`: cpu without a visible GPU)."""
+    if requested == "cpu" or (requested == "auto" and not gpus):
+        why = "no GPU visible" if requested == "auto" else "--profile cpu"
+        return CPU_PROFILE, why
+    why = f"{gpus} GPU(s) visible" if requested == "auto" else "--profile full"
+    return FULL_PROFILE, why
+
+
+def resume_command(record: ExperimentRecord) -> str:
+    """The command line that resumes the sweep `record` describes."""
+    return (
+        f"python -m search.run --space {record.space} --storage {record.storage} "
+        f"--name {record.name} --resume"
+    )

@@ -1,0 +1,148 @@
+"""What a finished (or stopped) sweep did: the summary printed at the end and kept as
+summary.json (`trainables.experiment.write_summary`), from the trials Ray tracked."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from search.progress import describe
+from search.storage import is_uri
+from trainables.experiment import TERMINAL_STATUSES, ExperimentRecord, read_ray_states
+
+
+def saved_statuses(record: ExperimentRecord) -> dict[str, str]:
+    """Trial id -> status in the newest experiment state Ray saved (what a resume sees).
+
+    After Ctrl-C Ray saves the state first and then stops the running trials, so in memory
+    they look TERMINATED while on disk they are RUNNING and a resume continues them. Only a
+    local experiment's state is read ({} for a URI).
+    """
+    if is_uri(record.path):
+        return {}
+    return {s.trial_id: s.status for s in read_ray_states(Path(record.path)) if s.trial_id}
+
+
+def trial_row(trial: Any, status: str, record: ExperimentRecord, gpus: float) -> dict[str, Any]:
+    """One trial's line of summary.json."""
+    last = trial.last_result or {}
+    epoch = int(last.get("epoch", 0))
+    return {
+        "trial_id": trial.trial_id,
+        "status": status,
+        "epochs": epoch,
+        "stopped_early": status == "TERMINATED" and epoch < record.max_epochs,
+        "error": status == "ERROR",
+        "failures": int(getattr(trial, "num_failures", 0)),
+        record.metric: last.get(record.metric),
+        "seconds": float(last.get("time_total_s", 0.0)),
+        "node_ip": last.get("node_ip"),
+        "gpus": gpus,
+        "config": {k: trial.config[k] for k in sorted(trial.config)},
+    }
+
+
+def summarize(
+    grid: Any, record: ExperimentRecord, wall_s: float, gpus_of: Callable[[dict], float]
+) -> dict[str, Any]:
+    """What happened, from the trials Ray tracked (statuses as saved for a resume)."""
+    trials = list(grid._experiment_analysis.trials)
+    saved = saved_statuses(record)
+    rows = [
+        trial_row(t, saved.get(t.trial_id, t.status), record, gpus_of(t.config)) for t in trials
+    ]
+    return {
+        "name": record.name,
+        "metric": record.metric,
+        "mode": record.mode,
+        "trials": len(trials),
+        "num_samples": record.num_samples,
+        "finished": sum(r["status"] == "TERMINATED" and not r["stopped_early"] for r in rows),
+        "stopped_early": [
+            {"trial_id": r["trial_id"], "epoch": r["epochs"]} for r in rows if r["stopped_early"]
+        ],
+        "errors": [r["trial_id"] for r in rows if r["error"]],
+        "wall_s": wall_s,
+        "gpu_hours": sum(r["seconds"] * r["gpus"] / 3600.0 for r in rows),
+        "trial_rows": rows,
+        "best": best_epoch(grid, record.metric, record.mode),
+    }
+
+
+def best_epoch(grid: Any, metric: str, mode: str) -> dict[str, Any] | None:
+    """The best epoch of the best trial by Ray's own ranking (None when nothing scored)."""
+    try:
+        best = grid.get_best_result(metric=metric, mode=mode, scope="all")
+    except (RuntimeError, KeyError, ValueError):
+        return None
+    if best is None or best.metrics_dataframe is None:
+        return None
+    # `best.metrics` is the trial's last epoch; the best epoch is a row of its history.
+    frame = best.metrics_dataframe.dropna(subset=[metric])
+    if not len(frame):
+        return None
+    row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
+    return {
+        "trial_id": str(row.get("trial_id", best.metrics.get("trial_id"))),
+        "value": float(row[metric]),
+        "epoch": int(row.get("epoch", 0)),
+        "config": best.config,
+        "metrics": {
+            k: float(row[k])
+            for k in row.index
+            if k.startswith(("val_", "train_")) and _is_number(row[k])
+        },
+        "path": best.path,
+    }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def sweep_state(summary: dict[str, Any], budget_hit: bool) -> str:
+    statuses = [r["status"] for r in summary["trial_rows"]]
+    if all(s in TERMINAL_STATUSES for s in statuses) and len(statuses) >= summary["num_samples"]:
+        return "finished"
+    if budget_hit and all(s in TERMINAL_STATUSES for s in statuses):
+        return "time budget reached"
+    return "interrupted"
+
+
+def print_summary(summary: dict[str, Any], state: str, record: ExperimentRecord) -> None:
+    metric = summary["metric"]
+    print()
+    print(
+        f"sweep {summary['name']}: {state} ({summary['trials']}/{summary['num_samples']} "
+        f"trials, wall {summary['wall_s']:.0f} s, {summary['gpu_hours']:.3f} GPU-hours)"
+    )
+    best = summary.get("best")
+    if best:
+        others = ", ".join(
+            f"{k} {best['metrics'][k]:.4f}"
+            for k in ("val_acc", "val_loss")
+            if k in best["metrics"] and k != metric
+        )
+        print(
+            f"best {metric} {best['value']:.4f} (trial {best['trial_id']}, epoch "
+            f"{best['epoch']}{'; ' + others if others else ''}): {describe(best['config'])}"
+        )
+        print("  config: " + json.dumps(best["config"], sort_keys=True, default=str))
+    stopped = summary["stopped_early"]
+    cause = "by ASHA" if state != "time budget reached" else "by ASHA or the time budget"
+    print(
+        f"stopped early {cause}: {len(stopped)}"
+        + (
+            ": " + ", ".join(f"{s['trial_id']}@epoch {s['epoch']}" for s in stopped)
+            if stopped
+            else ""
+        )
+    )
+    print(f"finished all {record.max_epochs} epochs: {summary['finished']}")
+    print(
+        f"errors: {len(summary['errors'])}"
+        + (": " + ", ".join(summary["errors"]) if summary["errors"] else "")
+    )

@@ -1,0 +1,202 @@
+"""The Ray Tune `Tuner` of a sweep: searcher, scheduler, checkpoints, callbacks, resources.
+
+`build_tuner` is what `search.run` fits and what `bench/` measures, from one typed
+`TunerSettings`; metric and mode go, from that one place, to the searcher, the scheduler and
+the checkpoint ranking (Ray misbehaves when they are set in two places).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.space import Space
+from trainables.experiment import (
+    DEFAULT_WANDB_PROJECT,
+    TRIAL_DIR_PREFIX,
+    ExperimentRecord,
+    check_mode,
+)
+
+MAX_FAILURES = 2  # retries of a trial whose worker died, from its last checkpoint
+CHECKPOINTS_KEPT = 2  # Ray keeps the best this many by the metric plus, always, the latest one
+SEARCHERS = ("tpe", "random", "grid")  # grid: no searcher, `param_space` holds full configs
+
+
+@dataclass(frozen=True)
+class TunerSettings:
+    """Everything `build_tuner` needs besides the space's `define` and the trainable."""
+
+    name: str
+    storage: str
+    """Local folder or URI; the experiment lives at STORAGE/NAME."""
+    metric: str
+    mode: str
+    max_epochs: int
+    """ASHA's max_t: one report per epoch."""
+    num_samples: int
+    grace_period: int
+    """Epochs before ASHA may stop a trial."""
+    reduction_factor: int
+    max_concurrent: int | None = None
+    """None: as many trials at once as the resources allow."""
+    seed: int = 0
+    search: str = "tpe"
+    asha: bool = True
+    """False: every trial runs all epochs (FIFO)."""
+    points_to_evaluate: Sequence[dict[str, Any]] = ()
+    time_budget_s: float | None = None
+    max_failures: int = MAX_FAILURES
+    wandb_project: str = DEFAULT_WANDB_PROJECT
+    wandb_mode: str = "disabled"
+    wandb_dir: str = ""
+    progress: bool = True
+    """Print one line per trial event (`search.progress`)."""
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode, "TunerSettings.mode")
+        if self.search not in SEARCHERS:
+            raise ValueError(f"unknown search {self.search!r}; expected one of {list(SEARCHERS)}")
+
+
+def settings_for(record: ExperimentRecord, space: Space) -> TunerSettings:
+    """The product's sweep: what the experiment record decided, with the space's first points."""
+    return TunerSettings(
+        name=record.name,
+        storage=record.storage,
+        metric=record.metric,
+        mode=record.mode,
+        max_epochs=record.max_epochs or space.max_epochs,
+        num_samples=record.num_samples or space.num_samples,
+        grace_period=record.grace_period or space.grace_period,
+        reduction_factor=record.reduction_factor or space.reduction_factor,
+        max_concurrent=record.max_concurrent,
+        seed=record.seed,
+        points_to_evaluate=tuple(space.points_to_evaluate),
+        time_budget_s=record.time_budget,
+        wandb_project=record.wandb_project,
+        wandb_mode=record.wandb_mode,
+        wandb_dir=record.wandb_dir,
+    )
+
+
+def build_searcher(settings: TunerSettings, define: Callable) -> Any | None:
+    """Seeded TPE (multivariate, constant liar) or random sampling through Optuna, pruned
+    trials marked PRUNED; None for a grid."""
+    if settings.search == "grid":
+        return None
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.optuna_pruned import PrunedOptunaSearch
+
+    if settings.search == "tpe":
+        sampler = optuna.samplers.TPESampler(
+            seed=settings.seed, multivariate=True, constant_liar=True
+        )
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=settings.seed)
+    searcher = PrunedOptunaSearch(
+        space=define,
+        metric=settings.metric,
+        mode=settings.mode,
+        sampler=sampler,
+        points_to_evaluate=list(settings.points_to_evaluate) or None,
+        max_epochs=settings.max_epochs,
+    )
+    if settings.max_concurrent:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
+    return searcher
+
+
+def build_scheduler(settings: TunerSettings) -> Any:
+    """ASHA on epochs, or FIFO (no early stopping) when `settings.asha` is False."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not settings.asha:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        metric=settings.metric,
+        mode=settings.mode,
+        time_attr="training_iteration",  # one report per epoch
+        max_t=settings.max_epochs,  # epochs
+        grace_period=settings.grace_period,  # epochs
+        reduction_factor=settings.reduction_factor,
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial directories (Ray's default packs the whole config into the name)."""
+    return f"{TRIAL_DIR_PREFIX}{trial.trial_id}"
+
+
+def make_trainable(
+    cpus_per_trial: float, gpus_per_trial: float | None, card_bytes: int | None
+) -> Any:
+    """`search.trainable.train_trial` with each trial's CPU/GPU request (`search.resources`)."""
+    from ray import tune
+
+    from search.resources import trial_resources
+    from search.trainable import train_trial
+
+    resources = trial_resources(cpus_per_trial, gpus_per_trial, card_bytes or None)
+    return tune.with_resources(train_trial, resources=resources)
+
+
+def _callbacks(settings: TunerSettings, extra: Sequence[Any]) -> list[Any]:
+    from search.progress import make_progress_callback
+    from search.tracking import wandb_callback
+
+    callbacks = list(extra)
+    if settings.progress:
+        callbacks.append(
+            make_progress_callback(
+                settings.metric, settings.mode, settings.max_epochs, settings.num_samples
+            )
+        )
+    wandb_dir = Path(settings.wandb_dir or Path(settings.storage) / settings.name)
+    wandb = wandb_callback(settings.wandb_project, settings.name, settings.wandb_mode, wandb_dir)
+    if wandb is not None:
+        callbacks.append(wandb)
+    return callbacks
+
+
+def build_tuner(
+    settings: TunerSettings,
+    define: Callable,
+    trainable: Any,
+    *,
+    param_space: dict[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """A `tune.Tuner` over `define` (a space's `SpaceDefine`), or over `param_space` for a grid."""
+    from ray import tune
+
+    searcher = build_searcher(settings, define)
+    run_config = tune.RunConfig(
+        name=settings.name,
+        storage_path=settings.storage,
+        callbacks=_callbacks(settings, callbacks),
+        verbose=0,  # the progress lines replace Ray's tables
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=CHECKPOINTS_KEPT,
+            checkpoint_score_attribute=settings.metric,
+            checkpoint_score_order=settings.mode,
+        ),
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+    )
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=build_scheduler(settings),
+        num_samples=settings.num_samples,
+        # A searcher is limited by its ConcurrencyLimiter; a grid by Ray's own limit.
+        max_concurrent_trials=settings.max_concurrent if searcher is None else None,
+        time_budget_s=settings.time_budget_s,
+        reuse_actors=True,  # skip process start-up and dataset loading between trials
+        trial_dirname_creator=trial_dirname,
+    )
+    return tune.Tuner(
+        trainable, param_space=param_space, tune_config=tune_config, run_config=run_config
+    )

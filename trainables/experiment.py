@@ -1,0 +1,427 @@
+"""The experiment folder on disk: the one module that names its files and reads them.
+
+An experiment is Ray Tune's layout under `STORAGE/NAME/` plus the sweep's own files:
+
+    NAME/cxr_tune.json                  the `ExperimentRecord` (written by search.run)
+    NAME/summary.json                   the end-of-sweep summary (search.summary writes it)
+    NAME/experiment_state-*.json        Ray's trial table (statuses), read by `read_ray_states`
+    NAME/<trial dir>/params.json        the trial's config (a `TrialConfig` dict)
+    NAME/<trial dir>/result.json        one JSON object per reported epoch, `read_results`
+    NAME/<trial dir>/checkpoint_NNNNNN/checkpoint.pt
+    NAME/<trial dir>/error.txt          only for a trial that raised
+    NAME/export/                        the exported bundle (trainables.bundle owns its files)
+
+Plain JSON and files only (no Ray, Optuna or W&B), so `search/` writes and `analysis/` reads the
+same files through the same rules:
+
+- Damaged `result.json` lines: a line that is not a JSON object (a write torn by a crash, or
+  garbage) is skipped and counted in `Results.damaged`; the lines after it are kept.
+- A repeated epoch (a trial restored from a checkpoint reports it again): the last report wins.
+- The best checkpoint (`rank_key`): the better metric value, then the earlier epoch, then the
+  smaller trial id (string order). NaN never wins. `search.export` and `analysis.load` both rank
+  with it, so the exported model is the report's best trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainables.cache import atomic_write_text
+
+SCHEMA_VERSION = 1  # of cxr_tune.json; files written before the field existed are version 1
+EXPERIMENT_FILE = "cxr_tune.json"
+SUMMARY_FILE = "summary.json"
+RESULT_FILE = "result.json"
+PARAMS_FILE = "params.json"
+ERROR_FILE = "error.txt"
+ERROR_PICKLE = "error.pkl"
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_GLOB = "checkpoint_*"
+RAY_STATE_PREFIX = "experiment_state-"  # + a sortable time + .json, one per save
+RAY_STATE_GLOB = f"{RAY_STATE_PREFIX}*.json"
+EXPORT_DIR = "export"
+TRIAL_DIR_PREFIX = "trial_"  # search.run names trial directories trial_<trial id>
+
+METRIC_MODES = ("max", "min")
+DEFAULT_METRIC, DEFAULT_MODE = "val_acc", "max"  # for an experiment without cxr_tune.json
+DEFAULT_WANDB_PROJECT = "cxr-tune"  # search.run's --wandb-project
+
+
+def check_mode(mode: str, where: str = "mode") -> str:
+    if mode not in METRIC_MODES:
+        raise ValueError(f"{where}: unknown mode {mode!r}; expected one of {list(METRIC_MODES)}")
+    return mode
+
+
+def is_better(a: float, b: float, mode: str) -> bool:
+    """Whether metric value `a` beats `b` under `mode` (NaN never wins)."""
+    if math.isnan(a):
+        return False
+    if math.isnan(b):
+        return True
+    return a > b if mode == "max" else a < b
+
+
+# --- the experiment record (cxr_tune.json) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """What the sweep decided before it started; a resume reads it back instead of the flags."""
+
+    name: str
+    metric: str
+    mode: str
+    """`max` or `min`, from the space file; ranks trials and checkpoints everywhere."""
+    storage: str = ""
+    """The --storage folder or URI the experiment lives under."""
+    path: str = ""
+    """STORAGE/NAME (a local path or a URI)."""
+    space: str = ""
+    """The space file's absolute path."""
+    max_epochs: int | None = None
+    grace_period: int | None = None
+    """ASHA: epochs before a trial may be stopped."""
+    reduction_factor: int | None = None
+    """ASHA: the top 1/factor of a rung continues."""
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    """None: as many trials at once as the resources allow."""
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None
+    """None: a GPU fraction sized per trial from its model's peak memory."""
+    profile: str = ""
+    """`cpu` or `full` (search.run's run profiles)."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Trial config values below the space's constants (image_size, ...)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Trial config values above them (data, seed)."""
+    wandb_mode: str = "disabled"
+    wandb_dir: str = ""
+    """W&B adds wandb/ below this folder."""
+    created: str = ""
+    """UTC time, ISO 8601."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """search.run's command-line arguments, secrets scrubbed."""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode, f"{EXPERIMENT_FILE} field 'mode'")
+
+    @property
+    def seed(self) -> int:
+        return int(self.args.get("seed") or 0)
+
+    @property
+    def time_budget(self) -> float | None:
+        """Seconds (--time-budget), None without a budget."""
+        value = self.args.get("time_budget")
+        return float(value) if value else None
+
+    @property
+    def wandb_project(self) -> str:
+        return str(self.args.get("wandb_project") or DEFAULT_WANDB_PROJECT)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, default=str) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = EXPERIMENT_FILE) -> ExperimentRecord:
+        """Refuses unknown fields, missing required ones and a newer schema, naming `where`."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{where} must hold a JSON object")
+        version = values.get("schema_version", 1)
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise ValueError(
+                f"{where}: schema_version {version!r} is newer than this cxr-tune reads "
+                f"({SCHEMA_VERSION})"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown fields {unknown}; expected some of {sorted(known)}")
+        missing = [k for k in ("name", "metric", "mode") if k not in values]
+        if missing:
+            raise ValueError(f"{where} lacks the fields {missing}")
+        return cls(**dict(values))
+
+
+def parse_record(text: str, where: str = EXPERIMENT_FILE) -> ExperimentRecord:
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not valid JSON: {err}") from None
+    return ExperimentRecord.from_dict(values, where)
+
+
+def record_path(experiment_dir: Path) -> Path:
+    return Path(experiment_dir) / EXPERIMENT_FILE
+
+
+def read_record(experiment_dir: Path) -> ExperimentRecord | None:
+    """The record of a local experiment; None when it has none, ValueError when it is damaged."""
+    path = record_path(experiment_dir)
+    if not path.is_file():
+        return None
+    return parse_record(path.read_text(), str(path))
+
+
+def write_record(experiment_dir: Path, record: ExperimentRecord) -> Path:
+    """Write atomically (a reader sees the old record or the new one, never half of one)."""
+    path = record_path(experiment_dir)
+    atomic_write_text(path, record.to_json())
+    return path
+
+
+def holds_experiment(directory: Path) -> bool:
+    return record_path(directory).is_file()
+
+
+# --- summary.json ------------------------------------------------------------------------------
+
+
+def write_summary(experiment_dir: Path, summary: Mapping[str, Any]) -> Path:
+    path = Path(experiment_dir) / SUMMARY_FILE
+    atomic_write_text(path, json.dumps(summary, indent=2, default=str) + "\n")
+    return path
+
+
+def read_summary_rows(experiment_dir: Path) -> dict[str, dict[str, Any]]:
+    """summary.json's per-trial rows by trial id; {} when absent or unreadable (it is optional:
+    an interrupted driver never wrote it)."""
+    try:
+        summary = json.loads((Path(experiment_dir) / SUMMARY_FILE).read_text())
+        return {str(r["trial_id"]): r for r in summary.get("trial_rows", []) if "trial_id" in r}
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError, KeyError):
+        return {}
+
+
+# --- trials: result.json, params.json, error.txt, checkpoints ------------------------------------
+
+
+@dataclass(frozen=True)
+class Results:
+    """A trial's result.json: the rows that parsed, in file order, and how many did not."""
+
+    rows: list[dict[str, Any]]
+    damaged: int = 0
+    """Lines skipped because they were not a JSON object."""
+
+
+def is_trial_dir(directory: Path) -> bool:
+    return (directory / PARAMS_FILE).is_file() or (directory / RESULT_FILE).is_file()
+
+
+def trial_dirs(experiment_dir: Path) -> list[Path]:
+    """Sub-directories holding params.json or result.json, sorted by name."""
+    return sorted(d for d in Path(experiment_dir).iterdir() if d.is_dir() and is_trial_dir(d))
+
+
+def read_results(trial_dir: Path) -> Results:
+    """The rows of `trial_dir/result.json`; a damaged line is skipped and counted (module doc)."""
+    path = Path(trial_dir) / RESULT_FILE
+    if not path.is_file():
+        return Results([])
+    rows, damaged = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            damaged += 1
+    return Results(rows, damaged)
+
+
+def row_epoch(row: Mapping[str, Any], index: int) -> int:
+    """The epoch of a result row: `epoch`, else Ray's `training_iteration`, else its position."""
+    value = row.get("epoch", row.get("training_iteration"))
+    return int(value) if value is not None else index + 1
+
+
+def epoch_rows(rows: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Epoch -> the last row reported for it (a restored trial reports an epoch again), sorted."""
+    out: dict[int, dict[str, Any]] = {}
+    for i, row in enumerate(rows):
+        out[row_epoch(row, i)] = dict(row)
+    return dict(sorted(out.items()))
+
+
+def read_params(trial_dir: Path) -> dict[str, Any]:
+    """params.json as a dict; {} when missing or not a JSON object."""
+    path = Path(trial_dir) / PARAMS_FILE
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def read_error(trial_dir: Path) -> str | None:
+    """The last line of error.txt for a trial that raised; None for one that did not."""
+    text_file, pickle_file = Path(trial_dir) / ERROR_FILE, Path(trial_dir) / ERROR_PICKLE
+    if text_file.is_file():
+        lines = [ln for ln in text_file.read_text(errors="replace").splitlines() if ln]
+        return lines[-1].strip() if lines else "error (empty error.txt)"
+    if pickle_file.is_file():
+        return "error (details only in error.pkl)"
+    return None
+
+
+def trial_id_of(trial_dir: Path, rows: list[dict[str, Any]]) -> str:
+    """The trial id from its last result row, else from the directory name."""
+    for row in reversed(rows):
+        if row.get("trial_id"):
+            return str(row["trial_id"])
+    # search.run names trial dirs 'trial_<trial_id>'; Ray's default is
+    # '<trainable>_<trial_id>_<index>_<params>_<date>'.
+    parts = Path(trial_dir).name.split("_")
+    return parts[1] if len(parts) >= 2 else Path(trial_dir).name
+
+
+def find_checkpoints(trial_dir: Path, epochs: Mapping[int, Mapping[str, Any]]) -> dict[int, Path]:
+    """Epoch -> checkpoint directory holding checkpoint.pt, for those still on disk.
+
+    A row's `checkpoint_dir_name` says which epoch wrote a checkpoint; a checkpoint no row names
+    (its row was lost) gets the epoch stored inside checkpoint.pt.
+    """
+    trial_dir = Path(trial_dir)
+    on_disk = {
+        c.name: c for c in trial_dir.glob(CHECKPOINT_GLOB) if (c / CHECKPOINT_FILE).is_file()
+    }
+    found: dict[int, Path] = {}
+    for epoch, row in epochs.items():
+        name = row.get("checkpoint_dir_name")
+        if isinstance(name, str) and name in on_disk:
+            found[epoch] = on_disk[name]
+    for ckpt in on_disk.values():
+        if ckpt not in found.values():
+            epoch = _checkpoint_epoch(ckpt)
+            if epoch is not None:
+                found.setdefault(epoch, ckpt)
+    return dict(sorted(found.items()))
+
+
+def _checkpoint_epoch(ckpt: Path) -> int | None:
+    """The completed epoch stored in checkpoint.pt (memory-mapped: tensors are not read)."""
+    import torch
+
+    try:
+        state = torch.load(ckpt / CHECKPOINT_FILE, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"])
+    except Exception:  # an unreadable checkpoint counts as missing, not fatal
+        return None
+
+
+# --- Ray's experiment state ----------------------------------------------------------------------
+
+
+TERMINAL_STATUSES = ("TERMINATED", "ERROR")  # Ray's statuses of a trial that will not run again
+
+
+@dataclass(frozen=True)
+class RayTrialState:
+    trial_id: str
+    dir_name: str
+    """The trial directory's name under the experiment ('' when Ray did not record it)."""
+    status: str
+    """Ray's word: PENDING, RUNNING, PAUSED, TERMINATED or ERROR."""
+
+
+def read_ray_states(experiment_dir: Path) -> list[RayTrialState]:
+    """The trials of the newest experiment_state-*.json Ray saved (what a resume sees).
+
+    Only its plain JSON fields are read; Ray's pickled fields are left alone. [] when there is
+    no state file, or it is half-written or foreign (statuses then come from the trial files).
+    """
+    states = sorted(Path(experiment_dir).glob(RAY_STATE_GLOB))  # names carry a sortable time
+    if not states:
+        return []
+    try:
+        data = json.loads(states[-1].read_text())
+        out = []
+        for entry in data.get("trial_data", []):
+            trial = json.loads(entry[0]) if isinstance(entry, list) else {}
+            if isinstance(trial.get("status"), str):
+                name = Path(trial.get("relative_logdir") or "").name
+                out.append(RayTrialState(str(trial.get("trial_id", "")), name, trial["status"]))
+        return out
+    except (json.JSONDecodeError, TypeError, AttributeError, IndexError):
+        return []
+
+
+# --- the best checkpoint -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoredCheckpoint:
+    trial_dir: Path
+    trial_id: str
+    epoch: int
+    checkpoint_dir: Path
+    value: float
+    """The metric at `epoch` (the row of the epoch that wrote the checkpoint)."""
+    row: dict[str, Any]
+
+
+def rank_key(candidate: ScoredCheckpoint, mode: str) -> tuple[float, int, str]:
+    """Sort key, best first: the better value, then the earlier epoch, then the smaller trial id."""
+    check_mode(mode)
+    value = -candidate.value if mode == "max" else candidate.value
+    return (value, candidate.epoch, candidate.trial_id)
+
+
+def scored_checkpoints(
+    trial_dir: Path,
+    trial_id: str,
+    epochs: Mapping[int, Mapping[str, Any]],
+    checkpoints: Mapping[int, Path],
+    metric: str,
+) -> list[ScoredCheckpoint]:
+    """The trial's checkpoints on disk whose epoch reported `metric` as a number (not NaN)."""
+    out = []
+    for epoch, ckpt in checkpoints.items():
+        value = epochs.get(epoch, {}).get(metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isnan(float(value)):
+                row = dict(epochs[epoch])
+                out.append(ScoredCheckpoint(trial_dir, trial_id, epoch, ckpt, float(value), row))
+    return out
+
+
+def best_of(candidates: Iterable[ScoredCheckpoint], mode: str) -> ScoredCheckpoint | None:
+    ranked = sorted(candidates, key=lambda c: rank_key(c, mode))
+    return ranked[0] if ranked else None
+
+
+def trial_checkpoints(trial_dir: Path, metric: str) -> list[ScoredCheckpoint]:
+    """Every scored checkpoint of one trial, straight from its files."""
+    rows = read_results(trial_dir).rows
+    epochs = epoch_rows(rows)
+    checkpoints = find_checkpoints(trial_dir, epochs)
+    return scored_checkpoints(trial_dir, trial_id_of(trial_dir, rows), epochs, checkpoints, metric)
+
+
+def best_checkpoint(experiment_dir: Path, metric: str, mode: str) -> ScoredCheckpoint:
+    """The best checkpoint of the experiment by `rank_key`; ValueError when there is none."""
+    check_mode(mode)
+    experiment_dir = Path(experiment_dir)
+    trials = trial_dirs(experiment_dir)
+    if not trials:
+        raise ValueError(
+            f"{experiment_dir} holds no trial directories (params.json or result.json)"
+        )
+    best = best_of((c for d in trials for c in trial_checkpoints(d, metric)), mode)
+    if best is None:
+        raise ValueError(f"{experiment_dir}: no trial has a kept checkpoint with {metric!r}")
+    return best

@@ -715,6 +715,26 @@ def checkpoint_every(save_s: float, epoch_s: float, max_share: float = MAX_CHECK
     return max(1, math.ceil(save_s / (max_share * epoch_s) - 1e-9))
 
 
+def choose_checkpoint_every(
+    save_s: float,
+    epoch_s: float,
+    epochs: int,
+    milestones: Sequence[int] = (),
+    max_share: float = MAX_CHECKPOINT_SHARE,
+) -> int:
+    """The most frequent periodic checkpoint whose whole-trial cost (the periodic saves plus the
+    ASHA milestones and the last epoch, which are always saved) stays under `max_share`; when the
+    fixed saves alone cost more, no periodic ones (every = epochs): the milestones still bound
+    the work a node failure loses."""
+    for every in range(min(epochs, checkpoint_every(save_s, epoch_s, max_share)), epochs + 1):
+        if (
+            checkpoint_cost(save_s, epoch_s, saved_epochs(every, epochs, milestones), epochs)
+            <= max_share
+        ):
+            return every
+    return epochs
+
+
 def saved_epochs(every: int, epochs: int, milestones: Sequence[int] = ()) -> list[int]:
     """The epochs that get a checkpoint (`trainables.train.train`'s rule)."""
     return sorted(
@@ -762,7 +782,8 @@ def plan_checkpoints(
     # Seconds per image at the measured (largest) batch: smaller batches only run slower, so the
     # epoch is never overestimated and the share stays under MAX_CHECKPOINT_SHARE.
     epoch_s = images * m.step_s / m.key.batch_size + m.eval_s
-    return replace(cfg, checkpoint_every=min(cfg.epochs, checkpoint_every(m.save_s, epoch_s)))
+    every = choose_checkpoint_every(m.save_s, epoch_s, cfg.epochs, cfg.checkpoint_epochs)
+    return replace(cfg, checkpoint_every=every)
 
 
 # --- command line (the measuring subprocess) --------------------------------------------------

@@ -3,6 +3,7 @@ checkpoint cadence, and (on a card only, marked `gpu`) the measurement and the e
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import subprocess
@@ -263,6 +264,35 @@ def test_checkpoint_every_keeps_saves_under_two_percent() -> None:
         gm.checkpoint_every(1.0, 0.0)
 
 
+def brute_force_every(save_s, epoch_s, epochs, milestones, share=0.02) -> int:
+    """Independent: try every interval, keep the smallest whose whole plan costs <= share."""
+    for every in range(1, epochs + 1):
+        saves = {
+            e for e in range(1, epochs + 1) if e % every == 0 or e in milestones or e == epochs
+        }
+        if len(saves) * save_s <= share * epochs * epoch_s:
+            return every
+    return epochs
+
+
+@pytest.mark.parametrize(
+    "save_s,epoch_s,epochs,milestones,expected",
+    [
+        (0.14, 0.7, 12, (2, 6), 12),  # the fixed saves alone are 5%: no periodic ones
+        (0.14, 30.0, 12, (2, 6), 1),  # long epochs: every epoch costs 0.5%
+        (1.0, 10.0, 12, (2, 6), 12),  # every 5th would be 4.2%, the fixed ones 2.5%
+        (0.5, 10.0, 100, (1, 3, 9, 27, 81), 3),  # 35 saves of 0.5 s in 1000 s = 1.75%
+    ],
+)
+def test_choose_checkpoint_every_budgets_the_whole_trial(
+    save_s, epoch_s, epochs, milestones, expected
+) -> None:
+    every = gm.choose_checkpoint_every(save_s, epoch_s, epochs, milestones)
+    assert every == expected
+    if every < epochs:  # a periodic plan is only chosen when it fits; brute force agrees
+        assert every == brute_force_every(save_s, epoch_s, epochs, milestones)
+
+
 def test_saved_epochs_cost_and_lost_work() -> None:
     saved = gm.saved_epochs(10, 12, milestones=(2, 6))
     assert saved == [2, 6, 10, 12]
@@ -314,40 +344,46 @@ def test_measure_cli_refuses_bad_input_in_one_line() -> None:
 
 @gpu
 @needs_cuda
-def test_measurement_on_the_card_is_recorded_with_the_card(cache: Path) -> None:
-    cfg = TrialConfig(model="simple_cnn_10m", image_size=64, batch_size=16, data="phantom:small")
-    m = gm.measure(cfg)
+def test_measurement_on_the_card_is_recorded_with_the_card(tmp_path: Path) -> None:
+    # phantom:full at 256 px: bench/gpu_check.sh's setup part has decoded it already.
+    cfg = TrialConfig(model="simple_cnn_10m", image_size=256, batch_size=16, data="phantom:full")
+    table = gm.MemoryTable.load(tmp_path / gm.CACHE_FILE)
+    m = gm.measure(cfg, table=table)
     props = torch.cuda.get_device_properties(0)
     assert m.source == "measured" and m.key.card == props.name
     assert m.key.card_bytes == props.total_memory
     assert 0 < m.allocated_bytes <= m.reserved_bytes < props.total_memory
     assert m.step_s > 0 and m.save_s > 0 and m.checkpoint_bytes > 0
-    assert gm.MemoryTable.load().exact(m.key) == m
+    assert gm.MemoryTable.load(table.path).exact(m.key) == m
 
 
 @gpu
 @needs_cuda
-def test_a_trial_over_its_share_fails_alone_with_a_clear_error(cache: Path) -> None:
+def test_a_trial_over_its_share_fails_alone_with_a_clear_error(tmp_path: Path) -> None:
     from trainables.train import train
 
     cfg = TrialConfig(
-        model="resnet18", image_size=128, batch_size=64, data="phantom:small", max_train_batches=2
+        model="resnet18", image_size=256, batch_size=64, data="phantom:full", max_train_batches=2
     )
     cfg = replace(cfg, epochs=1)
-    m = gm.measure(cfg)
+    table = gm.MemoryTable.load(tmp_path / gm.CACHE_FILE)
+    m = gm.measure(cfg, table=table)
     total = m.key.card_bytes
     share = (m.context_bytes + 0.3 * m.reserved_bytes) / total  # a third of what it needs
     with pytest.raises(gm.GpuMemoryError, match=r"out of GPU memory at share") as err:
-        with gm.capped(cfg, share):
+        with gm.capped(cfg, share, table):
             train(cfg, lambda *_: None, device="cuda")
-    grown = gm.MemoryTable.load().exact(m.key)
+    message = str(err.value)
+    del err  # its traceback holds the failed run's tensors
+    gc.collect()
+    grown = gm.MemoryTable.load(table.path).exact(m.key)
     assert grown.source == "oom" and grown.reserved_bytes >= m.reserved_bytes
-    assert gm.retry_share(str(err.value), share, total) >= gm.share_for(gm.need_bytes(m), total)
+    assert gm.retry_share(message, share, total) >= gm.share_for(gm.need_bytes(m), total)
     # Its measured share runs the same trial under the cap without running out.
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     fair = gm.share_for(gm.need_bytes(m), total)
-    with gm.capped(cfg, fair):
+    with gm.capped(cfg, fair, table):
         train(cfg, lambda *_: None, device="cuda")
     cap = gm.allocator_cap(fair, m.context_bytes, total)
     assert torch.cuda.max_memory_reserved() <= cap * total

@@ -307,16 +307,16 @@ def measure_here(cfg: TrialConfig, steps: int = MEASURE_STEPS) -> Measurement:
 
     from trainables.data import load_for_config
 
+    used_before = _device_used_bytes()  # before this process touches CUDA (its context)
     if not torch.cuda.is_available():
         raise GpuMemoryError("no CUDA device visible: nothing to measure")
     device = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(device)
     key = key_for(cfg, props.name, props.total_memory)
-    used_before = _device_used_bytes()
     data = load_for_config(cfg)
     try:
         timings = _train_and_save(cfg, data, device, steps)
-    except torch.OutOfMemoryError as err:
+    except torch.cuda.OutOfMemoryError as err:
         return Measurement(key, props.total_memory, 0, 0, "too_large", detail=str(err)[:200])
     reserved = torch.cuda.max_memory_reserved(device)
     used_after = _device_used_bytes()
@@ -496,7 +496,7 @@ def measure_before_packing(
     define: Callable[[Any], Any],
     card_bytes: int,
     *,
-    budget_s: float = 300.0,
+    budget_s: float = 120.0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Before packing trials on this machine's GPU: measure every shape the space can choose
@@ -518,7 +518,11 @@ def measure_before_packing(
         if time.monotonic() - started > budget_s:
             log(f"gpu memory: budget of {budget_s:.0f} s spent; {cfg.model} uses an upper bound")
             continue
-        m = measure(cfg, table=table)
+        try:
+            m = measure(cfg, table=table)
+        except GpuMemoryError as err:  # the trial's cap still guards the card
+            log(f"gpu memory: {shape_name(cfg)} not measured ({err}); packed from the estimate")
+            continue
         log(f"gpu memory: {describe(m)}")
     record = memory_record(table, shapes, props.name, props.total_memory)
     too_large = [r for r in record["shapes"] if r["need_bytes"] > props.total_memory]
@@ -600,7 +604,7 @@ def capped(
     torch.cuda.set_per_process_memory_fraction(cap, device)
     try:
         yield
-    except torch.OutOfMemoryError as err:
+    except torch.cuda.OutOfMemoryError as err:
         observed = torch.cuda.max_memory_reserved(device) + requested_bytes(str(err))
         grown = grown_measurement(key, m, observed, context)
         table.record(grown)

@@ -122,3 +122,17 @@ def test_memory_row_checks_the_figures_independently() -> None:
     assert row["checkpoint_every"] == 12 and row["saved_epochs"] == [2, 6, 12]
     assert row["checkpoint_cost"] == pytest.approx(3 * 0.3 / (12 * epoch_s))
     assert row["lost_epochs_worst"] == 6 and row["lost_s_worst"] == pytest.approx(6 * epoch_s)
+
+
+@pytest.mark.slow
+def test_the_sweep_part_rehearses_on_the_cpu(tmp_path: Path) -> None:
+    """The Ray part of the check, as the card runs it, on phantom:small at 32 px (CPU arms)."""
+    command = [sys.executable, "-m", "bench.gpu_check", "sweep", "--out", str(tmp_path)]
+    command += ["--arm", "packed", "--trials", "1", "--epochs", "1", "--data", "phantom:small"]
+    command += ["--image-size", "32", "--max-train-batches", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    part = json.loads((tmp_path / "sweep_packed.json").read_text())
+    assert part["status"] == "ok" and part["oom"] == 0 and part["trials"] == 1
+    assert part["images_trained"] == 32  # one step of batch 32
+    assert 0 < part["useful_fraction"] <= 1 and part["useful_s"] < part["wall_s"]

@@ -130,6 +130,7 @@ def memory_shapes() -> list[Any]:
 
 def memory_row(m: Any, epoch_images: int) -> dict[str, Any]:
     """One measured shape against the estimate, with its checkpoint plan for spaces/transfer.py."""
+    from search import checkpoints as ck
     from search import gpu_memory as gm
     from search.resources import gpu_fraction, peak_bytes
 
@@ -151,16 +152,16 @@ def memory_row(m: Any, epoch_images: int) -> dict[str, Any]:
     if m.step_s > 0:
         epoch_s = epoch_images * m.step_s / k.batch_size + m.eval_s
         grace, rf, epochs = TRANSFER_ASHA
-        milestones = gm.asha_milestones(grace, rf, epochs)
-        every = gm.choose_checkpoint_every(m.save_s, epoch_s, epochs, milestones)
-        saved = gm.saved_epochs(every, epochs, milestones)
-        worst, mean = gm.lost_work(saved, epochs)
+        milestones = ck.asha_milestones(grace, rf, epochs)
+        every = ck.choose_checkpoint_every(m.save_s, epoch_s, epochs, milestones)
+        saved = ck.saved_epochs(every, epochs, milestones)
+        worst, mean = ck.lost_work(saved, epochs)
         row.update(
             epoch_s=epoch_s,
             checkpoint_every=every,
             saved_epochs=saved,
-            checkpoint_cost=gm.checkpoint_cost(m.save_s, epoch_s, saved, epochs),
-            cost_every_epoch=gm.checkpoint_cost(
+            checkpoint_cost=ck.checkpoint_cost(m.save_s, epoch_s, saved, epochs),
+            cost_every_epoch=ck.checkpoint_cost(
                 m.save_s, epoch_s, list(range(1, epochs + 1)), epochs
             ),
             lost_epochs_worst=worst,
@@ -214,61 +215,30 @@ def cmd_sweep(
 ) -> int:
     """One arm of the sweep. On a machine without CUDA the same code runs CPU arms (a rehearsal:
     the tests run it on `phantom:small` at 32 px)."""
-    import shutil
-    import tempfile
-
     import torch
 
-    from bench.harness import run_sweep, space_for, start_ray, stop_ray
-    from bench.sweep_utilization import GPU_SPACE, arms, measure_floors, useful_fraction
-    from search.gpu_memory import measure_before_packing
-    from trainables.config import TrialConfig
-    from trainables.data import load_for_config
+    from bench.sweep_utilization import arms, useful_fraction
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cores = os.cpu_count() or 1
-    arm = next(a for a in arms(device, cores) if a["name"] == arm_name)
+    arm = next(a for a in arms(device, os.cpu_count() or 1) if a["name"] == arm_name)
     part = f"sweep_{'one' if arm_name == 'one_per_device' else 'packed'}"
     defaults = {"image_size": image_size, "max_train_batches": max_train_batches}
-    space = space_for(GPU_SPACE, defaults, {"data": data_name}, epochs)
-    base = TrialConfig(data=data_name, batch_size=TRIAL_BATCH, **defaults)
-    data = load_for_config(base)
-    payload: dict[str, Any] = {"status": "running", "device": str(device), "arm": dict(arm)}
-    if arm["gpus"] is None:  # the driver hook: measure what the table lacks, then pack
-        payload["gpu_memory"] = measure_before_packing(space.define, arm["card"], budget_s=60)
-    prof = {"models": SWEEP_MODELS, "floor_batches": 20 if device.type == "cuda" else 1}
-    floors = measure_floors(base, prof, len(data.classes), device, cores)
-    payload["floor_images_per_s"] = floors
-    write_part(out, part, payload)
-    storage = Path(tempfile.mkdtemp(prefix="cxr-gpu-sweep-"))
-    temp_dir = start_ray(num_cpus=cores)
+    space, floors, payload = _prepare_sweep(arm, device, epochs, data_name, defaults)
+    write_part(out, part, payload)  # the floors, before the sweep can run out of time
     try:
-        sweep = run_sweep(
-            space,
-            num_samples=trials,
-            storage=storage,
-            name=arm_name,
-            max_concurrent=arm["max_concurrent"],
-            cpus_per_trial=arm["cpus"],
-            gpus_per_trial=arm["gpus"],
-            card_bytes=arm.get("card"),
-        )
+        sweep = _fit(space, arm, trials)
     except RuntimeError as err:  # run_sweep raises when any trial failed
-        payload.update(
-            status="failed", error=str(err)[:2000], oom=int("out of GPU memory" in str(err))
-        )
+        oom = int("out of GPU memory" in str(err))
+        payload.update(status="failed", error=str(err)[:2000], oom=oom)
         write_part(out, part, payload)
         return 1
-    finally:
-        stop_ray(temp_dir)
-        shutil.rmtree(storage, ignore_errors=True)
     fraction, useful, images = useful_fraction(sweep, floors)
     payload.update(
         status="ok",
         oom=0,
         useful_fraction=fraction,
         useful_s=useful,
-        wall_s=sweep.wall_s,
+        sweep_wall_s=sweep.wall_s,
         images_trained=images,
         trials=len(sweep.trials),
         epochs=sum(len(t.results) for t in sweep.trials),
@@ -276,6 +246,52 @@ def cmd_sweep(
     write_part(out, part, payload)
     print(f"{part}: useful fraction {fraction:.3f} ({useful:.1f} s of {sweep.wall_s:.1f} s)")
     return 0
+
+
+def _prepare_sweep(
+    arm: dict[str, Any], device: Any, epochs: int, data_name: str, defaults: dict[str, Any]
+) -> tuple[Any, dict[str, float], dict[str, Any]]:
+    """The space, the compute floors and the first part payload of one arm."""
+    from bench.harness import space_for
+    from bench.sweep_utilization import GPU_SPACE, measure_floors
+    from search.gpu_memory import measure_before_packing
+    from trainables.config import TrialConfig
+    from trainables.data import load_for_config
+
+    space = space_for(GPU_SPACE, defaults, {"data": data_name}, epochs)
+    base = TrialConfig(data=data_name, batch_size=TRIAL_BATCH, **defaults)
+    data = load_for_config(base)  # also warms the decode cache the trials read
+    payload: dict[str, Any] = {"status": "running", "device": str(device), "arm": dict(arm)}
+    if arm["gpus"] is None:  # the driver hook: measure what the table lacks, then pack
+        payload["gpu_memory"] = measure_before_packing(space.define, arm["card"], budget_s=60)
+    prof = {"models": SWEEP_MODELS, "floor_batches": 20 if device.type == "cuda" else 1}
+    floors = measure_floors(base, prof, len(data.classes), device, os.cpu_count() or 1)
+    payload["floor_images_per_s"] = floors
+    return space, floors, payload
+
+
+def _fit(space: Any, arm: dict[str, Any], trials: int) -> Any:
+    import shutil
+    import tempfile
+
+    from bench.harness import run_sweep, start_ray, stop_ray
+
+    storage = Path(tempfile.mkdtemp(prefix="cxr-gpu-sweep-"))
+    temp_dir = start_ray(num_cpus=os.cpu_count() or 1)
+    try:
+        return run_sweep(
+            space,
+            num_samples=trials,
+            storage=storage,
+            name=arm["name"],
+            max_concurrent=arm["max_concurrent"],
+            cpus_per_trial=arm["cpus"],
+            gpus_per_trial=arm["gpus"],
+            card_bytes=arm.get("card"),
+        )
+    finally:
+        stop_ray(temp_dir)
+        shutil.rmtree(storage, ignore_errors=True)
 
 
 # --- GPU-only tests, part status, summary -----------------------------------------------------
@@ -439,12 +455,12 @@ def _sweep_rows(p: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             verdict(p.get("oom"), GOALS["oom"]),
         ),
     ]
-    if "wall_s" in p and "trials" in p:
+    if "sweep_wall_s" in p and "trials" in p:
         rows.append(
             (
                 part,
                 "trials / epochs / sweep wall",
-                f"{p['trials']} / {p['epochs']} / {p.get('wall_s', 0):.0f} s",
+                f"{p['trials']} / {p['epochs']} / {p['sweep_wall_s']:.0f} s",
                 "",
                 "",
             )

@@ -17,7 +17,8 @@ from typing import Any
 import ray
 from ray import tune
 
-from search.gpu_memory import capped, plan_checkpoints
+from search.checkpoints import plan_checkpoints
+from search.gpu_memory import capped
 from trainables.config import TrialConfig
 from trainables.data import Dataset, load_for_config
 from trainables.train import train

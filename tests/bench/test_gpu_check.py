@@ -135,4 +135,4 @@ def test_the_sweep_part_rehearses_on_the_cpu(tmp_path: Path) -> None:
     part = json.loads((tmp_path / "sweep_packed.json").read_text())
     assert part["status"] == "ok" and part["oom"] == 0 and part["trials"] == 1
     assert part["images_trained"] == 32  # one step of batch 32
-    assert 0 < part["useful_fraction"] <= 1 and part["useful_s"] < part["wall_s"]
+    assert 0 < part["useful_fraction"] <= 1 and part["useful_s"] < part["sweep_wall_s"]

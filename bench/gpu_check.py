@@ -58,7 +58,7 @@ def read_part(out: Path, part: str) -> dict[str, Any] | None:
 # --- setup --------------------------------------------------------------------------------------
 
 
-def cmd_setup(out: Path) -> int:
+def cmd_setup(out: Path, data_name: str = DATA, image_size: int = IMAGE_SIZE) -> int:
     import torch
 
     from trainables.config import TrialConfig
@@ -80,10 +80,10 @@ def cmd_setup(out: Path) -> int:
     payload: dict[str, Any] = {"status": "running", "env": env}
     write_part(out, "setup", payload)
     started = time.perf_counter()
-    ensure_phantom("full")
+    ensure_phantom(data_name.split(":", 1)[1])
     payload["phantom_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    data = load_for_config(TrialConfig(data=DATA, image_size=IMAGE_SIZE))
+    data = load_for_config(TrialConfig(data=data_name, image_size=image_size))
     payload.update(decode_s=time.perf_counter() - started, train_images=len(data.train.labels))
     payload["status"] = "ok"
     write_part(out, "setup", payload)
@@ -501,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("setup", "memory", "sweep", "tests", "mark", "summary"):
         s = sub.add_parser(name)
         s.add_argument("--out", type=Path, required=True, help="the output folder")
+    sub.choices["setup"].add_argument("--data", default=DATA, choices=("phantom:small", DATA))
+    sub.choices["setup"].add_argument("--image-size", type=int, default=IMAGE_SIZE)
     sub.choices["memory"].add_argument("--timeout", type=float, default=40.0, help="s per shape")
     sweep = sub.choices["sweep"]
     sweep.add_argument("--arm", choices=("one_per_device", "packed"), required=True)
@@ -518,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "setup":
-        return cmd_setup(args.out)
+        return cmd_setup(args.out, args.data, args.image_size)
     if args.command == "memory":
         return cmd_memory(args.out, args.timeout)
     if args.command == "sweep":

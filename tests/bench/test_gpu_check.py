@@ -136,3 +136,13 @@ def test_the_sweep_part_rehearses_on_the_cpu(tmp_path: Path) -> None:
     assert part["status"] == "ok" and part["oom"] == 0 and part["trials"] == 1
     assert part["images_trained"] == 32  # one step of batch 32
     assert 0 < part["useful_fraction"] <= 1 and part["useful_s"] < part["sweep_wall_s"]
+
+
+def test_the_setup_part_records_the_machine_and_the_data(tmp_path: Path) -> None:
+    """The setup part as the card runs it, on phantom:small at 32 px (no card: no card fields)."""
+    assert gc.cmd_setup(tmp_path, "phantom:small", 32) == 0
+    part = json.loads((tmp_path / "setup.json").read_text())
+    assert part["status"] == "ok" and part["train_images"] > 0
+    assert part["env"]["torch"] == torch.__version__
+    assert ("card" in part["env"]) == torch.cuda.is_available()
+    assert part["phantom_s"] >= 0 and part["decode_s"] >= 0

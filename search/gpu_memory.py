@@ -589,6 +589,7 @@ def capped(
     if share is None or not torch.cuda.is_available():
         yield
         return
+    share = min(share, 1.0)  # a trial given several GPUs trains on one of them
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)
     table = table if table is not None else MemoryTable.load()

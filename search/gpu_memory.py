@@ -1,4 +1,4 @@
-"""Measured GPU memory per trial shape, the per-trial allocator cap, and the checkpoint cadence.
+"""Measured GPU memory per trial shape, the packing shares it gives, and the per-trial cap.
 
 Ray's fractional GPUs are logical only: a trial can allocate past its share and take its
 neighbours down (ray#3947, ray#5902). So on a GPU machine the driver first measures each model

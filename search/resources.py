@@ -2,8 +2,11 @@
 
 On GPU machines trials get a fractional GPU so small models share a card: what packing buys is
 a GPU that stays busy through other trials' start-up, evaluation and checkpointing. The
-fraction comes from the trial's estimated peak training memory so packing never runs a card
-out of memory:
+fraction comes from the trial's peak training memory measured on this card when
+`search/gpu_memory.py` has measured it (its table in `$CXR_TUNE_CACHE/gpu_memory.json`: the
+measured peak plus a margin, in eighths of a card, and each trial's allocator is capped to its
+share). Only without a measurement (a machine without a GPU, or a shape not measured yet) the
+fraction comes from the estimate below:
 
     fraction = clamp(ceil_to_quarter(peak_bytes(model, batch, image_size) / card_bytes + margin),
                      0.25, 1.0)
@@ -12,8 +15,8 @@ out of memory:
 `fixed_bytes` covers weights, gradients and Adam state (16 bytes per trainable parameter in
 fp32) plus the CUDA context; `per_image_bytes` is the activation memory per 256x256 training
 image under bf16 autocast. The figures in `PEAK_MEMORY` are estimates from parameter counts and
-layer shapes; replace them with measured `torch.cuda.max_memory_allocated()` figures when a
-card is at hand (same formula, same units). CPU-only machines run CPU trials (no GPU key).
+layer shapes, the fallback for shapes the measured table lacks. CPU-only machines run CPU
+trials (no GPU key).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ray.tune.execution.placement_groups import PlacementGroupFactory
+from search.gpu_memory import MemoryTable, key_for, need_bytes, share_for
 
 MIB = 2**20
 CUDA_CONTEXT_BYTES = 600 * MIB  # per process, on top of the model
@@ -54,20 +57,44 @@ def gpu_fraction(model: str, batch_size: int, image_size: int, card_bytes: int) 
     return min(1.0, max(MIN_FRACTION, math.ceil(need * 4) / 4))
 
 
+def sized_share(
+    config: dict[str, Any], card_bytes: int, memory: MemoryTable | None = None
+) -> tuple[float, str]:
+    """(GPU share, where it came from) for a trial config on a card of `card_bytes`: the measured
+    table's figure ("measured", "upper bound", "oom") or the estimate ("estimate"). Never above
+    one card: a shape too large for a card is refused by the measurement and by the trial."""
+    table = memory if memory is not None else MemoryTable.load()
+    m, how = table.lookup(key_for(config, None, card_bytes))
+    if m is None:
+        return (
+            gpu_fraction(
+                config.get("model", "simple_cnn_10m"),
+                int(config.get("batch_size", 32)),
+                int(config.get("image_size", 256)),
+                card_bytes,
+            ),
+            "estimate",
+        )
+    return min(1.0, share_for(need_bytes(m), card_bytes)), how
+
+
 def trial_resources(
     cpus_per_trial: float,
     gpus_per_trial: float | None,
     card_bytes: int | None,
-) -> Callable[[dict[str, Any]], PlacementGroupFactory]:
-    """A function of the trial config for `tune.with_resources`.
+    memory: MemoryTable | None = None,
+) -> Callable[[dict[str, Any]], Any]:
+    """A function of the trial config for `tune.with_resources` (a PlacementGroupFactory).
 
     `gpus_per_trial` None means "size it from the model" on GPU machines (`card_bytes` set);
-    0 or `card_bytes` None means CPU trials.
+    0 or `card_bytes` None means CPU trials. `memory` None reads the measured table when called.
     """
 
-    def resources(config: dict[str, Any]) -> PlacementGroupFactory:
+    def resources(config: dict[str, Any]) -> Any:
+        from ray.tune.execution.placement_groups import PlacementGroupFactory
+
         return PlacementGroupFactory(
-            [resource_request(config, cpus_per_trial, gpus_per_trial, card_bytes)]
+            [resource_request(config, cpus_per_trial, gpus_per_trial, card_bytes, memory)]
         )
 
     return resources
@@ -78,15 +105,11 @@ def resource_request(
     cpus_per_trial: float,
     gpus_per_trial: float | None,
     card_bytes: int | None,
+    memory: MemoryTable | None = None,
 ) -> dict[str, float]:
     bundle: dict[str, float] = {"CPU": cpus_per_trial}
     if gpus_per_trial is None and card_bytes:
-        bundle["GPU"] = gpu_fraction(
-            config.get("model", "simple_cnn_10m"),
-            int(config.get("batch_size", 32)),
-            int(config.get("image_size", 256)),
-            card_bytes,
-        )
+        bundle["GPU"] = sized_share(config, card_bytes, memory)[0]
     elif gpus_per_trial:
         bundle["GPU"] = gpus_per_trial
     return bundle

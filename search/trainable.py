@@ -17,6 +17,8 @@ from typing import Any
 import ray
 from ray import tune
 
+from search.checkpoints import plan_checkpoints
+from search.gpu_memory import capped
 from trainables.config import TrialConfig
 from trainables.data import Dataset, dataset_key, load_for_config
 from trainables.train import train
@@ -49,7 +51,18 @@ def train_trial(config: dict[str, Any]) -> None:
             resume_from = Path(checkpoint.to_directory(str(Path(tmp) / "checkpoint")))
         # Only trials Ray gave a GPU use one, even on a machine with GPUs.
         device = "cuda" if ray.get_gpu_ids() else "cpu"
-        train(cfg, _report, resume_from=resume_from, dataset=dataset, device=device)
+        share = _gpu_share() if device == "cuda" else None
+        if share is not None:  # checkpoint cadence from this card's measured save/epoch times
+            cfg = plan_checkpoints(cfg, config, dataset.train.labels)
+        # The allocator stays inside the share Ray gave (fractional GPUs are logical only).
+        with capped(cfg, share):
+            train(cfg, _report, resume_from=resume_from, dataset=dataset, device=device)
+
+
+def _gpu_share() -> float | None:
+    """This trial's GPU share as Ray granted it (e.g. 0.25), None without a GPU."""
+    share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0)
+    return float(share) or None
 
 
 def _report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:

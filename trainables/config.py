@@ -70,6 +70,9 @@ class TrialConfig:
     """Wrap the model in torch.compile."""
     checkpoint_every: int = 1
     """Epochs between checkpoints handed to the reporter (the last epoch always gets one)."""
+    checkpoint_epochs: tuple[int, ...] = ()
+    """Epochs that always get a checkpoint besides every `checkpoint_every`-th and the last:
+    the sweep passes ASHA's rung epochs, so a trial stopped at a rung ends on a checkpoint."""
     max_train_batches: int = 0
     """Cap on training steps per epoch, 0 for no cap (smoke tests and benchmarks)."""
 
@@ -82,6 +85,14 @@ class TrialConfig:
         _check_range("epochs", self.epochs, 1, 100000)
         _check_range("checkpoint_every", self.checkpoint_every, 1, 100000)
         _check_range("max_train_batches", self.max_train_batches, 0, 10**9)
+        if not isinstance(self.checkpoint_epochs, (list, tuple)):
+            raise ValueError(
+                f"checkpoint_epochs must be a list of epochs, got {self.checkpoint_epochs!r}"
+            )
+        for epoch in self.checkpoint_epochs:
+            _check_range("checkpoint_epochs[]", epoch, 1, 100000)
+        # JSON and Ray hand over a list; a tuple keeps the frozen config hashable.
+        object.__setattr__(self, "checkpoint_epochs", tuple(self.checkpoint_epochs))
         if not (0.0 < self.lr <= 10.0):
             raise ValueError(f"lr must be in (0, 10], got {self.lr!r}")
         if not (0.0 <= self.weight_decay <= 1.0):

@@ -75,7 +75,7 @@ def train(
             "train_images_per_s": train_stats["images_trained"] / max(train_seconds, 1e-9),
         }
         history.append(metrics)
-        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+        if epoch % cfg.checkpoint_every == 0 or epoch in (cfg.epochs, *cfg.checkpoint_epochs):
             with tempfile.TemporaryDirectory(prefix="cxr-ckpt-") as tmp:
                 save_checkpoint(Path(tmp), cfg, data, model, optimizer, samplers, epoch, history)
                 report(metrics, Path(tmp))

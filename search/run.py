@@ -17,6 +17,7 @@ URIs: `search.storage`; the live view: `search.progress`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -26,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from search import storage
+from search.checkpoints import asha_milestones
 from search.cli import Profile, build_parser, choose_profile, resume_command
 from search.cluster import detect_gpus, local_ray
+from search.gpu_memory import measure_before_packing, oom_retry_callback
 from search.space import Space, load_space
 from search.summary import print_summary, summarize, sweep_state
 from search.tracking import resolve_mode, scrub
@@ -111,9 +114,20 @@ def new_experiment(
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     name = name or f"{args.space.stem}-{profile.name}-{stamp}"
     gpus_per_trial = _gpus_per_trial(args, gpus, card_bytes)
+    try:  # measured GPU memory per trial shape, before packing trials onto this machine's card
+        packing = card_bytes if gpus_per_trial is None and not args.address else 0
+        gpu_memory = measure_before_packing(space.define, packing)
+    except ValueError as err:
+        parser.error(str(err))
+    # checkpoints at every ASHA rung and the last epoch, so a stopped trial ends on one
+    overrides["checkpoint_epochs"] = list(
+        asha_milestones(grace, record_rf(args, profile, space), space.max_epochs)
+    )
+    space.define.overrides["checkpoint_epochs"] = overrides["checkpoint_epochs"]
     record = make_record(
         args, profile, space, root, name, grace, gpus_per_trial, defaults, overrides
     )
+    record = dataclasses.replace(record, gpu_memory=gpu_memory)
     announce(record)
     return record, space
 
@@ -140,9 +154,7 @@ def make_record(
         mode=space.mode,
         max_epochs=space.max_epochs,
         grace_period=min(grace, space.max_epochs),
-        reduction_factor=args.reduction_factor
-        or profile.reduction_factor
-        or space.reduction_factor,
+        reduction_factor=record_rf(args, profile, space),
         num_samples=args.num_samples or profile.num_samples or space.num_samples,
         max_concurrent=args.max_concurrent or profile.max_concurrent,
         cpus_per_trial=args.cpus_per_trial,
@@ -156,6 +168,11 @@ def make_record(
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         args=scrub({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}),
     )
+
+
+def record_rf(args: argparse.Namespace, profile: Profile, space: Space) -> int:
+    """ASHA's reduction factor: the flag, else the profile's, else the space's."""
+    return args.reduction_factor or profile.reduction_factor or space.reduction_factor
 
 
 def _gpus_per_trial(args: argparse.Namespace, gpus: int, card_bytes: int) -> float | None:
@@ -234,7 +251,13 @@ def execute(
                 record.path, trainable=trainable, resume_unfinished=True, resume_errored=True
             )
         else:
-            tuner = build_tuner(settings_for(record, space), space.define, trainable)
+            callbacks = []
+            if record.gpu_memory.get("card_bytes"):  # a trial out of its share retries larger
+                card = record.gpu_memory["card_bytes"]
+                callbacks.append(oom_retry_callback(record.cpus_per_trial, card))
+            tuner = build_tuner(
+                settings_for(record, space), space.define, trainable, callbacks=callbacks
+            )
         try:
             grid = tuner.fit()
         except KeyboardInterrupt:

@@ -109,6 +109,9 @@ class ExperimentRecord:
     """UTC time, ISO 8601."""
     args: dict[str, Any] = field(default_factory=dict)
     """search.run's command-line arguments, secrets scrubbed."""
+    gpu_memory: dict[str, Any] = field(default_factory=dict)
+    """How trials' GPU shares were sized: measured on the card or estimated
+    (`search.gpu_memory.memory_record`); empty without GPU packing."""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

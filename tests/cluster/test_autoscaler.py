@@ -90,6 +90,15 @@ def marked_processes(temp_dir: str) -> dict[int, dict[str, str]]:
     return found
 
 
+def ray_cli() -> str:
+    """The `ray` command of the Python running the tests (its venv's bin/), else on PATH."""
+    beside = Path(sys.executable).with_name("ray")
+    found = str(beside) if beside.is_file() else shutil.which("ray")
+    if found is None:
+        pytest.fail("no `ray` command next to the test's Python or on PATH")
+    return found
+
+
 @dataclass
 class FakeAutoscalingCluster:
     """A head node with Ray's autoscaler and fake provider, its launched nodes, and this test
@@ -119,7 +128,7 @@ class FakeAutoscalingCluster:
             MARK: self.temp_dir,
         }
         command = [
-            str(Path(sys.executable).with_name("ray")), "start", "--head",
+            ray_cli(), "start", "--head",
             f"--port={self.port}", f"--autoscaling-config={config_file}",
             f"--temp-dir={self.temp_dir}", "--num-cpus=0", "--num-gpus=0",
             f"--memory={2**30}", f"--object-store-memory={100 * 2**20}",  # bytes
@@ -335,8 +344,9 @@ def test_waiting_trials_make_the_autoscaler_launch_gpu_workers(scale_out):
     first_up = next(i for i, s in enumerate(samples) if gpu_workers_alive(s))
     # Before any worker was up, the autoscaler saw the trials' one-GPU bundles waiting.
     assert any(b.get("GPU", 0) >= 1 for s in samples[:first_up] for b in s.pending), scale_out.log
-    # It launched the type those bundles fit, never the CPU-only type, within max_workers,
-    # and its own log says so.
+    # It launched the type those bundles fit, never the CPU-only type the config also offers,
+    # within max_workers, and its own log says so.
+    assert {CPU_TYPE, GPU_TYPE} <= set(yaml.safe_load(CONFIG.read_text())["available_node_types"])
     assert set(scale_out.launched.values()) == {GPU_TYPE}, scale_out.launched
     assert 1 <= len(scale_out.launched) <= 2
     launches = re.findall(r"Launching (\d+) nodes, type (\S+)\.", scale_out.autoscaler_log)

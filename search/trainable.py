@@ -3,8 +3,9 @@
 Ray hands a dict; the adapter turns it into a `TrialConfig`, restores the trial's checkpoint
 when Ray has one (a retry after a worker died, or a resumed experiment), and reports each epoch
 with `ray.tune.report(metrics, checkpoint=...)` (the `ray.train.*` versions fail inside Tune
-2.60). Ray adds `hostname`, `node_ip` and `pid` to every result row, so each trial's node is in
-its `result.json`.
+2.60). Ray adds `hostname`, `node_ip` and `pid` to every result row and the adapter adds
+`node_id` (the id `ray.nodes()` and `ray status` use), so each trial's node is in its
+`result.json` even where several nodes share one address.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def train_trial(config: dict[str, Any]) -> None:
         if checkpoint is not None:
             # Copy to local disk: the checkpoint may live in remote storage (s3://...).
             resume_from = Path(checkpoint.to_directory(str(Path(tmp) / "checkpoint")))
-        # Only trials Ray gave a GPU use one, even on a machine with GPUs.
-        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        # Only trials Ray gave a GPU use one, even on a machine with GPUs, and only where this
+        # process can use CUDA: a node may advertise a GPU it lacks (the fake autoscaler's nodes).
+        device = "cuda" if ray.get_gpu_ids() and _cuda_usable() else "cpu"
         share = _gpu_share() if device == "cuda" else None
         if share is not None:  # checkpoint cadence from this card's measured save/epoch times
             cfg = plan_checkpoints(cfg, config, dataset.train.labels)
@@ -69,7 +71,19 @@ def _report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
     # Ray copies the checkpoint into the trial's storage during report(), before train()
     # deletes its temporary directory.
     checkpoint = None if checkpoint_dir is None else tune.Checkpoint.from_directory(checkpoint_dir)
-    tune.report(metrics, checkpoint=checkpoint)
+    node_id = ray.get_runtime_context().get_node_id()
+    tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
+
+
+def _cuda_usable() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    print(
+        "Ray gave this trial a GPU, but CUDA is unavailable here: training on the CPU", flush=True
+    )
+    return False
 
 
 def _limit_threads() -> None:

@@ -9,141 +9,39 @@ server on loopback. The sweeps run the real trainable on the small phantom at 32
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from cluster_harness import (
+    MAX_EPOCHS,
+    SWEEP_FLAGS,
+    Sweep,
+    check_continued_from_checkpoint,
+    free_port,
+    local_trial_rows,
+    parse_rows,
+    wait_for_exit,
+    wait_until,
+)
 from ray.cluster_utils import Cluster
 
 from trainables.experiment import EXPERIMENT_FILE
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-SPACE = Path(__file__).with_name("space_cluster.py")
-MAX_EPOCHS = 5  # space_cluster.MAX_EPOCHS; every trial must report epochs 1..5
 # Not 127.0.0.1: Ray rewrites that address to the host's public one when a driver joins.
 HEAD_IP = "127.0.0.2"
 WORKER_IPS = ("127.0.0.3", "127.0.0.4", "127.0.0.5")
 BUCKET = "cxr-tune"
 PREFIX = "experiments"
-SWEEP_TIMEOUT = 300  # seconds, per search.run process
-
-SWEEP_FLAGS = [
-    "--space",
-    str(SPACE),
-    "--profile",
-    "cpu",
-    "--data",
-    "phantom:small",
-    "--cpus-per-trial",
-    "1",
-    "--max-concurrent",
-    "2",
-    "--grace-period",
-    str(MAX_EPOCHS),
-    "--seed",
-    "0",
-    "--wandb-mode",
-    "disabled",
-    "--no-export",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention `text` (Ray puts its temp dir in all)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline and int(pid) != os.getpid():
-            found.append(f"{pid}: {cmdline[:160]}")
-    return found
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float, sweep: Sweep | None = None, interval: float = 0.1
-) -> Any:
-    """Poll `condition` every `interval` seconds until it returns something truthy; fail early
-    if the sweep exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if sweep is not None and sweep.process.poll() is not None:
-            pytest.fail(f"search.run exited ({sweep.process.returncode}) first:\n{sweep.tail()}")
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout} s" + (f":\n{sweep.tail()}" if sweep else ""))
-
-
-def parse_rows(text: str) -> list[dict[str, Any]]:
-    """result.json rows; a line still being written is skipped."""
-    rows = []
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def local_trial_rows(experiment: Path) -> dict[str, list[dict[str, Any]]]:
-    return {p.parent.name: parse_rows(p.read_text()) for p in experiment.glob("*/result.json")}
-
-
-class Sweep:
-    """One `python -m search.run` process, logging to a file."""
-
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        self.log = cwd / "search-run.log"
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "search.run", *args],
-                cwd=cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-            )
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait(self, timeout: float = SWEEP_TIMEOUT) -> int:
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            pytest.fail(f"search.run still running after {timeout} s:\n{self.tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no handler runs, like a head node losing power."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
 
 
 class LocalCluster:
@@ -305,13 +203,6 @@ def cluster(s3):
         assert leftovers == []
 
 
-def wait_for_exit(temp_dir: str, timeout: float = 20) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while (left := processes_mentioning(temp_dir)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
-
-
 # --- a worker node dies mid-trial --------------------------------------------------------------
 
 
@@ -382,14 +273,9 @@ def test_trial_of_a_killed_worker_continues_on_another_node_from_its_checkpoint(
     ]
     assert len(moved) == 1, worker_loss.log
     rows = moved[0]
-    nodes = [r["node_ip"] for r in rows]
-    on_worker = nodes.count(worker_loss.worker_ip)
-    # The kill really came mid-trial: the worker ran some epochs, another node ran the rest.
-    assert worker_loss.killed_after_epoch <= on_worker < MAX_EPOCHS, worker_loss.log
-    assert nodes[:on_worker] == [worker_loss.worker_ip] * on_worker
-    assert worker_loss.worker_ip not in nodes[on_worker:]
-    # It went on from the last checkpoint: the next epoch after the move is not epoch 1.
-    assert rows[on_worker]["epoch"] == rows[on_worker - 1]["epoch"] + 1
+    check_continued_from_checkpoint(
+        rows, "node_ip", worker_loss.worker_ip, worker_loss.killed_after_epoch
+    )
     # Ray counted the node loss as a failure of that trial and retried it.
     failures = {r["trial_id"]: r["failures"] for r in worker_loss.summary["trial_rows"]}
     assert failures[rows[0]["trial_id"]] >= 1

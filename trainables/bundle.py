@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from trainables.augment import preprocessing_ops
 from trainables.cache import atomic_dir
 from trainables.config import TrialConfig
 from trainables.models import build_model, count_parameters
@@ -54,6 +55,8 @@ def preprocessing_of(cfg: TrialConfig) -> dict[str, Any]:
         "mean": 0.5,
         "std": 0.5,
         "scale": 1 / 255,
+        # deterministic ops (trainables.augment) after scaling, before mean/std, in order
+        "ops": list(preprocessing_ops(cfg.augment)),
     }
 
 

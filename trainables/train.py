@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.augment import AUGMENTATIONS, normalize, prepare_batch, to_float
+from trainables.augment import prepare_batch, prepare_train_batch, preprocessing_ops
 from trainables.balance import epoch_indices, loss_weights
 from trainables.config import TrialConfig
 from trainables.data import Dataset, Split, load_for_config
@@ -154,7 +154,6 @@ def train_one_epoch(
     order: torch.Tensor,
     generator: torch.Generator,
 ) -> dict[str, float]:
-    ops = AUGMENTATIONS[cfg.augment]
     order = order.to(images.device)
     # Under torch.compile a short last batch would trigger a second compilation (tens of
     # seconds, measured in bench/compile_batch.py), so compiled runs drop it.
@@ -168,7 +167,7 @@ def train_one_epoch(
     channels_last = images.device.type == "cuda" and cfg.amp != "fp32"
     for b in range(n_batches):
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        x = prepare_batch(images[idx], ops, generator)
+        x = prepare_train_batch(images[idx], cfg.augment, generator)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         batch_loss, batch_correct = step(x, labels[idx])
@@ -192,17 +191,25 @@ def predict_proba(
     ops: Sequence[str] = (),
     generator: torch.Generator | None = None,
     cfg: TrialConfig | None = None,
+    preprocess: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities (N, C) on the CPU for uint8 images (N, 1, S, S), optionally after
-    augmentation ops (a TTA view). Runs in eval mode, batched on `device`."""
+    augmentation ops (a TTA view). Runs in eval mode, batched on `device`.
+
+    Every image first goes through `preprocess`, the deterministic ops the model was trained on
+    (default: those of `cfg.augment`, none without a cfg), so evaluation sees training's pixels.
+    """
     device = torch.device(device)
+    if preprocess is None:
+        preprocess = preprocessing_ops(cfg.augment) if cfg is not None else ()
+    ops = (*preprocess, *ops)
     was_training = model.training
     model.eval()
     out = []
     bf16 = cfg is not None and use_bf16(cfg, device)
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True)
-        x = prepare_batch(x, ops, generator) if ops else normalize(to_float(x))
+        x = prepare_batch(x, ops, generator)
         ctx = (
             torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         )

@@ -6,8 +6,8 @@ and a merge rule over the softmax outputs. The seed's TTA1 and TTA2 average thre
 the plain image and one draw of each of two views.
 
 Beyond the seed, `select_policy_on_validation` picks a policy (and how many views and draws) on
-the validation split, so the test split is used once, for the chosen policy; `flip_counts` says per class how
-many test predictions TTA turned from right to wrong and from wrong to right.
+the validation split, so the test split is used once, for the chosen policy; `flip_counts` says
+per class how many test predictions TTA turned from right to wrong and from wrong to right.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ images) or a random training augmentation (equalize a share p of training images
 plain ones)? Trains each variant with the seed's recipe on the same data and seeds and prints
 the best and last validation accuracy and macro precision.
 
-    python -m bench.equalize_parity --epochs 6 --seeds 0 1 --json bench/results/equalize_parity-small.json
+    python -m bench.equalize_parity --epochs 10 --seeds 0 1 2 --threads 1 \
+        --json bench/results/equalize_parity-small.json
 
 Variants (`old` is main before the parity fix: equalize on every training image, never at
 evaluation):

@@ -170,7 +170,9 @@ class AugmentSet:
         names = [*self.preprocess, *(name for name, _ in self.random)]
         unknown = [name for name in names if name not in OPS]
         if unknown:
-            raise ValueError(f"unknown augmentation ops {unknown}; expected names from {sorted(OPS)}")
+            raise ValueError(
+                f"unknown augmentation ops {unknown}; expected names from {sorted(OPS)}"
+            )
         random_pre = [name for name in self.preprocess if name not in DETERMINISTIC_OPS]
         if random_pre:
             raise ValueError(

@@ -22,9 +22,10 @@ CLASSES = ["NORMAL", "BACTERIA", "VIRAL"]
 @pytest.fixture(scope="module")
 def files():
     root = load_for_config(TrialConfig(image_size=32, data="phantom:small")).root
-    return sorted((root / "test" / "VIRAL").iterdir())[:4] + sorted(
-        (root / "test" / "NORMAL").iterdir()
-    )[:4]
+    return (
+        sorted((root / "test" / "VIRAL").iterdir())[:4]
+        + sorted((root / "test" / "NORMAL").iterdir())[:4]
+    )
 
 
 def _bundle(tmp_path, augment: str):

@@ -165,7 +165,7 @@ def test_accuracy_bounds_equal_scipy_bootstrap_on_the_same_resamples():
 
 def test_macro_precision_bounds_equal_scipy_bootstrap_of_scikit_learn():
     y_true, y_pred = _predictions(n=150, accuracy=0.7)
-    intervals = classification_intervals(y_true, y_pred, CLASSES, n_resamples=300, seed=2)
+    intervals = classification_intervals(y_true, y_pred, CLASSES, n_resamples=100, seed=2)
 
     def macro_precision(t: np.ndarray, p: np.ndarray) -> float:
         return precision_score(t, p, labels=[0, 1, 2], average="macro", zero_division=0)
@@ -173,7 +173,7 @@ def test_macro_precision_bounds_equal_scipy_bootstrap_of_scikit_learn():
     ref = bootstrap(
         (y_true, y_pred),
         macro_precision,
-        n_resamples=300,
+        n_resamples=100,
         paired=True,
         vectorized=False,
         method="percentile",

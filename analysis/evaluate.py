@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis.load import TrialRecord
 from analysis.tables import Scored, TrialEval
-from analysis.tta import TTA_POLICIES, candidate_policies, evaluate_tta, select_policy
+from analysis.tta import TTA_POLICIES, evaluate_tta, select_policy_on_validation
 from trainables.config import TrialConfig
 from trainables.data import Dataset, dataset_key, load_for_config
 from trainables.device import EVAL_BATCH
@@ -67,14 +67,8 @@ class Evaluator:
         model, cfg, _ = model_from_checkpoint(ev.trial.best_checkpoint)
         model.to(self.device)
         data = self.dataset(cfg)
-        chosen, selection = select_policy(
-            model,
-            data.val.images,
-            data.val.labels.numpy(),
-            candidate_policies(),
-            self.device,
-            self.batch_size,
-            cfg,
+        chosen, selection = select_policy_on_validation(
+            model, data, self.device, self.batch_size, cfg
         )
         for policy in [TTA_POLICIES[p] for p in policies] + [chosen]:
             if policy.name not in ev.tta:

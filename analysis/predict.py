@@ -2,8 +2,9 @@
 
     python -m analysis.predict BUNDLE IMAGE... [--tta POLICY] [--json] [--device D]
 
-The bundle's own preprocessing (`bundle.json`: image size, pad or crop, grayscale) is applied to
-each file, so images of any size and mode work. Prints the predicted class and every class's
+The bundle's own preprocessing (`bundle.json`: image size, pad or crop, grayscale, and the
+deterministic ops such as histogram equalization its model was trained on) is applied to each
+file, so images of any size and mode work. Prints the predicted class and every class's
 probability per image, as a table or as JSON.
 """
 
@@ -20,12 +21,14 @@ import numpy as np
 import torch
 
 from analysis.tta import TTA_POLICIES, evaluate_tta, get_policy
+from trainables.augment import DETERMINISTIC_OPS, preprocessing_ops
 from trainables.bundle import BUNDLE_META_FILE, Bundle, load_bundle
 from trainables.device import EVAL_BATCH
 from trainables.preprocess import decode_file
 
 
 def _preprocessing(bundle: Bundle) -> tuple[int, str]:
+    """Image size and resize mode of the bundle, checked against its config."""
     prep = bundle.preprocessing
     try:
         size, mode = int(prep["image_size"]), str(prep["resize_mode"])
@@ -42,6 +45,29 @@ def _preprocessing(bundle: Bundle) -> tuple[int, str]:
     return size, mode
 
 
+def preprocessing_ops_of(bundle: Bundle) -> tuple[str, ...]:
+    """The deterministic ops (e.g. equalize) the bundle's model was trained and validated on,
+    as bundle.json records them; checked against config.json's augment set."""
+    meta = bundle.path / "bundle.json"
+    # Bundles exported before the field existed were validated on unprocessed pixels.
+    ops = bundle.preprocessing.get("ops", [])
+    if not isinstance(ops, list) or not all(isinstance(op, str) for op in ops):
+        raise ValueError(f"{meta}: preprocessing.ops must be a list of op names, got {ops!r}")
+    unknown = [op for op in ops if op not in DETERMINISTIC_OPS]
+    if unknown:
+        raise ValueError(
+            f"{meta}: preprocessing.ops {unknown} are not deterministic preprocessing ops; "
+            f"expected names from {sorted(DETERMINISTIC_OPS)}"
+        )
+    expected = preprocessing_ops(bundle.cfg.augment)
+    if "ops" in bundle.preprocessing and tuple(ops) != expected:
+        raise ValueError(
+            f"{meta}: preprocessing.ops {ops} disagrees with config.json's augment "
+            f"{bundle.cfg.augment!r} (preprocessing {list(expected)})"
+        )
+    return tuple(ops)
+
+
 def predict_files(
     bundle: Bundle,
     images: Sequence[str | Path],
@@ -53,13 +79,16 @@ def predict_files(
     if not images:
         raise ValueError("no image files given")
     size, mode = _preprocessing(bundle)
+    ops = preprocessing_ops_of(bundle)
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise ValueError(f"image files not found: {missing}")
     pixels = np.stack([decode_file(p, size, mode) for p in images])
     batch = torch.from_numpy(pixels).unsqueeze(1)  # (N, 1, S, S) uint8
     model = bundle.model.to(device)
-    result = evaluate_tta(model, batch, None, policy_obj, device, EVAL_BATCH, cfg=bundle.cfg)
+    result = evaluate_tta(
+        model, batch, None, policy_obj, device, EVAL_BATCH, cfg=bundle.cfg, preprocess=ops
+    )
     out = []
     for path, probs, pred in zip(images, result.probs, result.preds, strict=True):
         out.append(

@@ -121,10 +121,10 @@ def _interval(point: float, samples: np.ndarray, confidence: float) -> Interval:
         return Interval(float("nan"), float("nan"), float("nan"))
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(samples, [tail, 100.0 - tail])
-    # The percentile interval of a skewed statistic (an accuracy near 1.0) can sit just off its
-    # point estimate; widen it to include the estimate so a table never shows 'x [lo, hi]' with
-    # x outside.
-    return Interval(float(point), float(min(low, point)), float(max(high, point)))
+    # The plain percentile interval, not widened to reach the point estimate: a biased statistic
+    # (macro precision on a small class) can put its estimate off the interval's centre, and
+    # hiding that would also make the interval's coverage other than its label.
+    return Interval(float(point), float(low), float(high))
 
 
 def classification_intervals(

@@ -5,9 +5,9 @@ A policy is the plain image (always included) plus named views, each a chain of 
 and a merge rule over the softmax outputs. The seed's TTA1 and TTA2 average three predictions:
 the plain image and one draw of each of two views.
 
-Beyond the seed, `select_policy` picks a policy (and how many views and draws) on the validation
-split, so the test split is used once, for the chosen policy; `flip_counts` says per class how
-many test predictions TTA turned from right to wrong and from wrong to right.
+Beyond the seed, `select_policy_on_validation` picks a policy (and how many views and draws) on
+the validation split, so the test split is used once, for the chosen policy; `flip_counts` says
+per class how many test predictions TTA turned from right to wrong and from wrong to right.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 
 from trainables.augment import OPS
 from trainables.config import TrialConfig
+from trainables.data import Dataset
 from trainables.device import EVAL_BATCH
 from trainables.train import predict_proba
 
@@ -143,13 +144,21 @@ def _view_probs(
     device: torch.device,
     batch_size: int,
     cfg: TrialConfig | None,
+    preprocess: Sequence[str] | None = None,
 ) -> torch.Tensor:
     exact = [op for op in view if op in EXACT_OPS]
     random_ops = tuple(op for op in view if op not in EXACT_OPS)
     for op in exact:
         images = EXACT_OPS[op](images)
     return predict_proba(
-        model, images, device, batch_size, ops=random_ops, generator=generator, cfg=cfg
+        model,
+        images,
+        device,
+        batch_size,
+        ops=random_ops,
+        generator=generator,
+        cfg=cfg,
+        preprocess=preprocess,
     ).double()
 
 
@@ -182,12 +191,15 @@ def evaluate_tta(
     device: str | torch.device,
     batch_size: int = EVAL_BATCH,
     cfg: TrialConfig | None = None,
+    preprocess: Sequence[str] | None = None,
 ) -> TTAResult:
     """Merged predictions of `policy` for uint8 images (N, 1, S, S), batched on `device`.
 
     `labels` are not needed to predict; when given they are only checked for length (the
-    caller scores the result). `cfg` sets the numerics (bf16 autocast on CUDA for amp='auto'),
-    so pass the trial's config to match how it was validated.
+    caller scores the result). `cfg` sets the numerics (bf16 autocast on CUDA for amp='auto')
+    and the deterministic preprocessing of its augment set, applied before every view, so pass
+    the trial's config to match how it was trained and validated; `preprocess` (a bundle's
+    recorded ops) overrides the latter.
     """
     policy = get_policy(policy) if isinstance(policy, str) else policy
     if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
@@ -200,12 +212,11 @@ def evaluate_tta(
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(policy.seed)
     start = time.perf_counter()
-    outputs = [_view_probs(model, images_uint8, (), generator, device, batch_size, cfg)]
+    args = (generator, device, batch_size, cfg, preprocess)
+    outputs = [_view_probs(model, images_uint8, (), *args)]
     for view in policy.views:
         for _ in range(policy.draws):
-            outputs.append(
-                _view_probs(model, images_uint8, view, generator, device, batch_size, cfg)
-            )
+            outputs.append(_view_probs(model, images_uint8, view, *args))
     seconds = time.perf_counter() - start
     probs, preds = merge_probs(torch.stack(outputs), policy.merge)
     return TTAResult(policy, probs, preds.astype(np.int64), seconds)
@@ -261,6 +272,22 @@ def select_policy(
     table = pd.DataFrame(rows)
     best = table.sort_values(["val_acc", "cost"], ascending=[False, True], kind="stable").index[0]
     return candidates[int(best)], table
+
+
+def select_policy_on_validation(
+    model: nn.Module,
+    data: Dataset,
+    device: str | torch.device,
+    batch_size: int = EVAL_BATCH,
+    cfg: TrialConfig | None = None,
+    candidates: Sequence[TTAPolicy] | None = None,
+) -> tuple[TTAPolicy, pd.DataFrame]:
+    """The report's TTA choice: `select_policy` over `candidates` (default `candidate_policies()`)
+    on `data.val` only. It takes the whole dataset, so no caller can hand it the test split by
+    mistake; the test split is then scored once per policy, never to choose one."""
+    chosen = list(candidate_policies() if candidates is None else candidates)
+    val = data.val
+    return select_policy(model, val.images, val.labels.numpy(), chosen, device, batch_size, cfg)
 
 
 def flip_counts(

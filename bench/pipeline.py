@@ -153,11 +153,11 @@ def measure_augmentation(
     images = data.train.images.to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     idx = torch.arange(min(cfg.batch_size, len(images)), device=device)
-    prepare_batch(images[idx], AUGMENTATIONS[cfg.augment], gen)  # warm-up
+    prepare_batch(images[idx], AUGMENTATIONS[cfg.augment].ops, gen)  # warm-up
 
     def run() -> None:
         for _ in range(batches):
-            prepare_batch(images[idx], AUGMENTATIONS[cfg.augment], gen)
+            prepare_batch(images[idx], AUGMENTATIONS[cfg.augment].ops, gen)
 
     return batches * len(idx) / timed(run, device)
 

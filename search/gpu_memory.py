@@ -428,9 +428,9 @@ class _Probe:
         if name in LARGEST:
             values = [max(values)]
         elif name == "augment":  # the most ops: the most augmentation memory
-            from trainables.augment import AUGMENTATIONS
+            from trainables.augment import AUGMENTATIONS, ops_for
 
-            values = [max(values, key=lambda a: len(AUGMENTATIONS.get(a, ())))]
+            values = [max(values, key=lambda a: len(ops_for(a)) if a in AUGMENTATIONS else 0)]
         if name not in ENUMERATED or len(values) == 1:
             self.params[name] = values[0]
             return values[0]
@@ -471,13 +471,13 @@ def space_configs(define: Callable[[Any], Any], limit: int = MAX_PATHS) -> list[
 def worst_case_configs(configs: Sequence[TrialConfig]) -> list[TrialConfig]:
     """One config per (model, frozen setting, precision, compile) at that model's largest batch
     and image size, least frozen first per model (its figure bounds the others)."""
-    from trainables.augment import AUGMENTATIONS
+    from trainables.augment import ops_for
 
     largest: dict[str, tuple[int, int]] = {}
     for c in configs:
         b, s = largest.get(c.model, (0, 0))
         largest[c.model] = (max(b, c.batch_size), max(s, c.image_size))
-    heaviest = max({c.augment for c in configs}, key=lambda a: len(AUGMENTATIONS[a]))
+    heaviest = max({c.augment for c in configs}, key=lambda a: len(ops_for(a)))
     out: dict[tuple, TrialConfig] = {}
     for c in configs:
         b, s = largest[c.model]

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainables.augment import MEAN, STD
+from trainables.augment import MEAN, STD, preprocessing_ops
 from trainables.cache import atomic_dir
 from trainables.config import TrialConfig
 from trainables.models import build_model, count_parameters
@@ -56,6 +56,8 @@ def preprocessing_of(cfg: TrialConfig) -> dict[str, Any]:
         "mean": MEAN,
         "std": STD,
         "scale": 1 / 255,
+        # deterministic ops (trainables.augment) after scaling, before mean/std, in order
+        "ops": list(preprocessing_ops(cfg.augment)),
     }
 
 

@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.augment import AUGMENTATIONS, normalize, prepare_batch, to_float
+from trainables.augment import (
+    normalize,
+    prepare_batch,
+    prepare_train_batch,
+    preprocessing_ops,
+    to_float,
+)
 from trainables.balance import epoch_indices, loss_weights
 from trainables.config import TrialConfig
 from trainables.data import Dataset, Split, load_for_config
@@ -136,7 +142,6 @@ def train_one_epoch(
     order: torch.Tensor,
     generator: torch.Generator,
 ) -> dict[str, float]:
-    ops = AUGMENTATIONS[cfg.augment]
     order = order.to(images.device)
     # Under torch.compile a short last batch would trigger a second compilation (tens of
     # seconds, measured in bench/compile_batch.py), so compiled runs drop it.
@@ -150,7 +155,7 @@ def train_one_epoch(
     policy = device_policy(cfg.amp, images.device)
     for b in range(n_batches):
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        x = policy.batch(prepare_batch(images[idx], ops, generator))
+        x = policy.batch(prepare_train_batch(images[idx], cfg.augment, generator))
         batch_loss, batch_correct = step(x, labels[idx])
         loss_sum += batch_loss
         correct += batch_correct
@@ -172,11 +177,19 @@ def predict_proba(
     ops: Sequence[str] = (),
     generator: torch.Generator | None = None,
     cfg: TrialConfig | None = None,
+    preprocess: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities (N, C) on the CPU for uint8 images (N, 1, S, S), optionally after
     augmentation ops (a TTA view). Runs in eval mode, batched on `device`, with the numerics of
-    `cfg.amp` (`trainables.device.device_policy`; fp32 without a `cfg`)."""
+    `cfg.amp` (`trainables.device.device_policy`; fp32 without a `cfg`).
+
+    Every image first goes through `preprocess`, the deterministic ops the model was trained on
+    (default: those of `cfg.augment`, none without a cfg), so evaluation sees training's pixels.
+    """
     policy = device_policy(cfg.amp if cfg is not None else "fp32", device)
+    if preprocess is None:
+        preprocess = preprocessing_ops(cfg.augment) if cfg is not None else ()
+    ops = (*preprocess, *ops)
     was_training = model.training
     model.eval()
     out = []

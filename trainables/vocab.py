@@ -75,12 +75,13 @@ BALANCES: dict[str, str] = {
 }
 """Class balance strategies (seed section 1.3), implemented by `trainables.balance`."""
 
-AUGMENTATIONS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "seed": ("equalize", "rotate", "hflip", "shift"),  # the seed's training set, section 2
-    "equalize": ("equalize",),
-    "flip_rotate": ("hflip", "rotate"),
-    "geometric": ("rotate", "shift", "hflip"),
-    "affine": ("affine", "hflip"),
+AUGMENTATIONS: dict[str, str] = {
+    "none": "no augmentation",
+    "seed": "the seed's set (section 2): equalize (preprocessing), rotate, flip, shift",
+    "equalize": "histogram equalization as preprocessing",
+    "flip_rotate": "horizontal flip and rotation",
+    "geometric": "rotation, shift and horizontal flip",
+    "affine": "random affine (rotation, translation, scale, shear) and horizontal flip",
 }
-"""Training augmentation sets: name -> names of `trainables.augment.OPS`, applied in order."""
+"""Names of the augmentation sets; `trainables.augment.AUGMENTATIONS` holds each recipe
+(deterministic preprocessing + random ops)."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binomtest, bootstrap, norm
+from sklearn.metrics import precision_score
 
 from analysis.stats import (
     Interval,
@@ -29,7 +32,8 @@ def _predictions(n: int = 300, accuracy: float = 0.8, seed: int = 1):
 def test_every_interval_contains_its_point_estimate(accuracy):
     y_true, y_pred = _predictions(accuracy=accuracy)
     intervals = classification_intervals(y_true, y_pred, CLASSES, n_resamples=500)
-    # Tables print 'x [lo, hi]'; x outside [lo, hi] would be a contradiction on the page.
+    # The intervals are no longer widened to reach their estimate, so this can fail: for these
+    # near-symmetric statistics the estimate must lie inside its own percentile interval.
     for key, ci in intervals.items():
         assert ci.low <= ci.value <= ci.high, key
     ci = accuracy_interval(y_true, y_pred, n_resamples=500)
@@ -105,3 +109,76 @@ def test_mcnemar_calls_small_differences_within_noise():
     assert result.verdict().startswith("within noise")
     # Identical predictions: no evidence at all, p = 1.
     assert mcnemar(y_true, base, base).pvalue == 1.0
+
+
+def _exactly(n: int, accuracy: float) -> tuple[np.ndarray, np.ndarray]:
+    """n predictions of which exactly round(n * accuracy) are right (binary labels)."""
+    y_true = np.zeros(n, dtype=int)
+    y_pred = np.ones(n, dtype=int)
+    y_pred[: round(n * accuracy)] = 0
+    return y_true, y_pred
+
+
+def _normal_interval(p: float, n: int, confidence: float) -> tuple[float, float]:
+    """Wald interval p +- z * sqrt(p (1 - p) / n), computed without the bootstrap."""
+    half = norm.ppf(0.5 + confidence / 2) * math.sqrt(p * (1 - p) / n)
+    return p - half, p + half
+
+
+# One resampled accuracy moves in steps of 1/200 = 0.005; the 90 % bounds lie 0.009 inside the
+# 95 % ones (1.645 against 1.960 standard errors of 0.0283), so a tolerance of 0.005 passes a
+# true 95 % bootstrap interval and fails a 90 % one.
+NORMAL_TOLERANCE = 0.005
+
+
+@pytest.mark.parametrize(("confidence", "labelled_95"), [(0.95, True), (0.90, False)])
+def test_accuracy_interval_matches_the_normal_approximation_at_n200_p08(confidence, labelled_95):
+    y_true, y_pred = _exactly(200, 0.8)
+    ci = accuracy_interval(y_true, y_pred, confidence=confidence, n_resamples=4000)
+    low, high = _normal_interval(0.8, 200, 0.95)
+    matches_95 = bool(
+        abs(ci.low - low) <= NORMAL_TOLERANCE and abs(ci.high - high) <= NORMAL_TOLERANCE
+    )
+    # The 95 % interval agrees with the textbook one; a 90 % interval labelled 95 % would not.
+    assert matches_95 is labelled_95, (confidence, ci, (low, high))
+
+
+def test_accuracy_bounds_equal_scipy_bootstrap_on_the_same_resamples():
+    y_true, y_pred = _predictions(n=200)
+    correct = (y_true == y_pred).astype(float)
+    for confidence in (0.95, 0.90):
+        ci = accuracy_interval(y_true, y_pred, confidence=confidence, seed=7)
+        ref = bootstrap(
+            (correct,),
+            np.mean,
+            n_resamples=2000,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(7),
+        ).confidence_interval
+        # Same seed, same resamples, independent percentile code: equal to float precision.
+        assert (ci.low, ci.high) == pytest.approx((ref.low, ref.high), abs=1e-12), confidence
+    wide = accuracy_interval(y_true, y_pred, confidence=0.95, seed=7)
+    narrow = accuracy_interval(y_true, y_pred, confidence=0.90, seed=7)
+    assert narrow.high - narrow.low < wide.high - wide.low - 0.01  # the level really matters
+
+
+def test_macro_precision_bounds_equal_scipy_bootstrap_of_scikit_learn():
+    y_true, y_pred = _predictions(n=150, accuracy=0.7)
+    intervals = classification_intervals(y_true, y_pred, CLASSES, n_resamples=100, seed=2)
+
+    def macro_precision(t: np.ndarray, p: np.ndarray) -> float:
+        return precision_score(t, p, labels=[0, 1, 2], average="macro", zero_division=0)
+
+    ref = bootstrap(
+        (y_true, y_pred),
+        macro_precision,
+        n_resamples=100,
+        paired=True,
+        vectorized=False,
+        method="percentile",
+        rng=np.random.default_rng(2),
+    ).confidence_interval
+    # Paired resampling of (true, predicted) pairs, scored by scikit-learn: the same interval.
+    got = intervals["precision"]
+    assert (got.low, got.high) == pytest.approx((ref.low, ref.high), abs=1e-12)

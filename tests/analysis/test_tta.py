@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -16,8 +18,11 @@ from analysis.tta import (
     get_policy,
     merge_probs,
     select_policy,
+    select_policy_on_validation,
 )
 from trainables.augment import normalize, to_float
+from trainables.config import TrialConfig
+from trainables.data import Split, load_for_config
 
 
 def _tiny_model(seed: int = 0) -> nn.Module:
@@ -141,3 +146,34 @@ def test_flip_counts_per_class_by_hand():
     assert table["right_to_wrong"].tolist() == [1, 1, 0]
     assert table["wrong_to_right"].tolist() == [1, 0, 1]
     assert table["net"].tolist() == [0, -1, 1]
+
+
+def _poisoned(split: Split, seed: int) -> Split:
+    """The same split with noise for images and shuffled labels: what a leak would feed on."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, split.images.shape, generator=g, dtype=torch.uint8)
+    labels = split.labels[torch.randperm(len(split.labels), generator=g)]
+    return replace(split, images=images, labels=labels)
+
+
+def test_policy_is_chosen_on_validation_and_never_on_test():
+    data = load_for_config(TrialConfig(image_size=32, data="phantom:small"), include_test=True)
+    model, candidates = _tiny_model(), candidate_policies(draws=(1,))
+    columns = ["policy", "cost", "val_acc"]  # everything but the wall time
+
+    chosen, table = select_policy_on_validation(model, data, "cpu", candidates=candidates)
+    for seed in (1, 2):
+        test_poisoned = replace(data, test=_poisoned(data.test, seed))
+        again, table_again = select_policy_on_validation(
+            model, test_poisoned, "cpu", candidates=candidates
+        )
+        # Poisoned test images and labels change nothing about the choice or its evidence.
+        assert again == chosen
+        assert table_again[columns].equals(table[columns])
+    # The same poison on validation does change the evidence: the check above can fail.
+    val_poisoned = replace(data, val=_poisoned(data.val, 1))
+    _, table_val = select_policy_on_validation(model, val_poisoned, "cpu", candidates=candidates)
+    assert not table_val["val_acc"].equals(table["val_acc"])
+    # And the table is select_policy's on the validation split, computed directly.
+    _, direct = select_policy(model, data.val.images, data.val.labels, candidates, "cpu")
+    assert direct[columns].equals(table[columns])

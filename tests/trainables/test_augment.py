@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,12 +12,20 @@ from PIL import Image, ImageOps
 from trainables import augment
 from trainables.augment import (
     AUGMENTATIONS,
+    DETERMINISTIC_OPS,
     OPS,
+    AugmentSet,
     apply_ops,
+    augment_batch,
     normalize,
     prepare_batch,
+    prepare_train_batch,
     to_float,
 )
+from trainables.config import TrialConfig
+from trainables.data import load_for_config
+from trainables.models import build_model
+from trainables.train import evaluate, predict_proba
 
 
 def _batch(seed: int = 0, n: int = 6, size: int = 32) -> torch.Tensor:
@@ -41,8 +51,8 @@ def test_each_op_keeps_shape_dtype_and_range(name):
 @pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
 def test_each_set_repeats_under_a_seed(name):
     x = _batch()
-    first = apply_ops(x, AUGMENTATIONS[name], _gen(3))
-    again = apply_ops(x, AUGMENTATIONS[name], _gen(3))
+    first = augment_batch(x, name, _gen(3))
+    again = augment_batch(x, name, _gen(3))
     assert torch.equal(first, again)  # reproducible trials and TTA views
 
 
@@ -124,13 +134,16 @@ def test_prepare_batch_maps_uint8_to_normalised_float():
 
 
 def test_seed_set_is_the_seed_papers_training_augmentations():
-    assert AUGMENTATIONS["seed"] == ("equalize", "rotate", "hflip", "shift")
-    assert AUGMENTATIONS["none"] == ()
+    assert AUGMENTATIONS["seed"].ops == ("equalize", "rotate", "hflip", "shift")
+    # Equalization is the seed set's preprocessing (train and evaluation), the rest is random.
+    assert AUGMENTATIONS["seed"].preprocess == ("equalize",)
+    assert AUGMENTATIONS["none"] == AugmentSet()
 
 
 def test_apply_ops_accepts_a_set_name():
     x = _batch()
-    assert torch.equal(apply_ops(x, "seed", _gen(4)), apply_ops(x, AUGMENTATIONS["seed"], _gen(4)))
+    ops = AUGMENTATIONS["seed"].ops
+    assert torch.equal(apply_ops(x, "seed", _gen(4)), apply_ops(x, ops, _gen(4)))
 
 
 def test_unknown_op_or_set_names_the_choices():
@@ -151,7 +164,100 @@ def test_wrong_input_types_are_refused():
 def test_ops_run_on_the_gpu_with_a_gpu_generator():
     x = _batch().cuda()
     g = torch.Generator(device="cuda").manual_seed(0)
-    y = apply_ops(x, AUGMENTATIONS["seed"] + ("affine",), g)
+    y = apply_ops(x, AUGMENTATIONS["seed"].ops + ("affine",), g)
     assert y.device == x.device and y.shape == x.shape  # no hidden CPU round trip
     g2 = torch.Generator(device="cuda").manual_seed(0)
-    assert torch.equal(y, apply_ops(x, AUGMENTATIONS["seed"] + ("affine",), g2))
+    assert torch.equal(y, apply_ops(x, AUGMENTATIONS["seed"].ops + ("affine",), g2))
+    z = augment_batch(x, "seed", torch.Generator(device="cuda").manual_seed(0), p_augment=0.5)
+    assert z.device == x.device and z.shape == x.shape
+
+
+# --- train/eval parity: what evaluation feeds the model is what training fed it ---------------
+
+
+@pytest.fixture(scope="module")
+def phantom64():
+    return load_for_config(TrialConfig(image_size=64, data="phantom:small"))
+
+
+def _eval_inputs(cfg: TrialConfig, images: torch.Tensor, split) -> list[torch.Tensor]:
+    """The batches the model is fed by train.evaluate (validation) and predict_proba (TTA's and
+    analysis.predict's path), captured at the model's input."""
+    model = build_model(cfg, 3)
+    seen: list[torch.Tensor] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    try:
+        evaluate(model, split, "cpu", cfg=cfg, classes=["NORMAL", "BACTERIA", "VIRAL"])
+        validation = torch.cat(seen)
+        seen.clear()
+        predict_proba(model, images, "cpu", cfg=cfg)
+        return [validation, torch.cat(seen)]
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
+def test_training_inputs_without_augmentation_are_the_evaluation_inputs(name, phantom64):
+    cfg = TrialConfig(image_size=64, augment=name, data="phantom:small")
+    v = phantom64.val
+    split = replace(v, images=v.images[:24], labels=v.labels[:24], paths=v.paths[:24])
+    train_inputs = prepare_train_batch(split.images, name, _gen(0), p_augment=0.0)
+    # Bit for bit: validation and prediction apply the set's preprocessing, and nothing else.
+    for inputs in _eval_inputs(cfg, split.images, split):
+        assert torch.equal(inputs, train_inputs)
+
+
+def _centre_quantiles(x: torch.Tensor) -> torch.Tensor:
+    """Pixel-value quantiles 10/50/90 % of the central half of each image (away from the zero
+    padding a rotation or shift brings in), in the network's normalized units."""
+    h, w = x.shape[-2:]
+    centre = x[..., h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].flatten()
+    return torch.quantile(centre[::3], torch.tensor([0.1, 0.5, 0.9]))
+
+
+# Normalized units ([-1, 1]); the geometric sets move these quantiles by at most 0.03 on the
+# phantom, equalizing training images only moved them by 0.5 (the bug this guards against).
+INTENSITY_TOLERANCE = 0.05
+
+
+@pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
+def test_augmented_training_batches_keep_the_evaluation_intensities(name, phantom64):
+    images = phantom64.train.images
+    trained = prepare_train_batch(images, name, _gen(1))
+    evaluated = prepare_batch(images, AUGMENTATIONS[name].preprocess)
+    # Random augmentations move pixels about; none may change what intensities mean.
+    gap = (_centre_quantiles(trained) - _centre_quantiles(evaluated)).abs().max()
+    assert gap < INTENSITY_TOLERANCE, (name, float(gap))
+
+
+def test_equalizing_training_images_only_fails_the_intensity_check(phantom64):
+    # The pre-fix treatment of `seed`: equalize on every training image, never at evaluation.
+    images = phantom64.train.images
+    old = AugmentSet((), (("equalize", 1.0), ("rotate", 1.0), ("hflip", 1.0), ("shift", 1.0)))
+    trained = normalize(apply_ops(to_float(images), old.ops, _gen(1)))
+    gap = (_centre_quantiles(trained) - _centre_quantiles(prepare_batch(images, ()))).abs().max()
+    assert gap > 5 * INTENSITY_TOLERANCE  # so the check above can fail
+
+
+def test_every_named_set_keeps_deterministic_ops_out_of_its_random_chain():
+    for name, spec in AUGMENTATIONS.items():
+        # A deterministic op drawn only at training time is the train/eval gap itself.
+        assert not {op for op, _ in spec.random} & DETERMINISTIC_OPS, name
+        assert set(spec.preprocess) <= DETERMINISTIC_OPS, name
+
+
+def test_sets_refuse_random_preprocessing_and_bad_probabilities():
+    with pytest.raises(ValueError, match=r"deterministic; \['rotate'\]"):
+        AugmentSet(("rotate",))
+    with pytest.raises(ValueError, match=r"probabilities must be in \[0, 1\]"):
+        AugmentSet((), (("hflip", 1.5),))
+    with pytest.raises(ValueError, match="p_augment"):
+        augment_batch(_batch(), "seed", _gen(0), p_augment=2.0)
+
+
+def test_p_augment_is_the_share_of_images_augmented():
+    x = _batch(n=400, size=16)
+    out = augment_batch(x, "flip_rotate", _gen(0), p_augment=0.25)
+    changed = (out != x).flatten(1).any(dim=1).float().mean()
+    # rotate changes every image it touches, so about a quarter of the batch differs.
+    assert 0.18 < changed < 0.32, float(changed)

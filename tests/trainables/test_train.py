@@ -15,6 +15,7 @@ from trainables.config import TrialConfig
 from trainables.data import load_for_config
 from trainables.train import (
     CHECKPOINT_FILE,
+    evaluate,
     load_checkpoint,
     model_from_checkpoint,
     predict_proba,
@@ -36,7 +37,9 @@ BASE = TrialConfig(
 
 @pytest.fixture(scope="module")
 def dataset():
-    return load_for_config(BASE)
+    # With the test split, so the bounds on what the phantom allows can be checked on it;
+    # train() never touches it.
+    return load_for_config(BASE, include_test=True)
 
 
 class Recorder:
@@ -55,8 +58,8 @@ class Recorder:
 
 
 @pytest.mark.slow
-def test_short_training_beats_the_majority_class_rate(dataset):
-    rec = Recorder()
+def test_short_training_beats_the_majority_class_rate(dataset, tmp_path):
+    rec = Recorder(keep=tmp_path)
     train(BASE, rec, dataset=dataset, device="cpu")
     majority = torch.bincount(dataset.val.labels).max().item() / len(dataset.val.labels)
     best = max(m["val_acc"] for m in rec.metrics)
@@ -76,6 +79,35 @@ def test_short_training_beats_the_majority_class_rate(dataset):
         "epoch_time",
     ):
         assert key in rec.metrics[-1]
+    # The phantom must stay learnable but not trivial: on the test split the 5-epoch model is
+    # well above chance per class (balanced accuracy; chance is 1/3) and far from solving it.
+    # Plain accuracy against the majority rate (0.60 on test, BACTERIA) is not used as the floor:
+    # an oversampled model trades it for the small classes.
+    model, _, _ = model_from_checkpoint(tmp_path / "epoch5")
+    test = evaluate(model, dataset.test, "cpu", cfg=BASE, classes=dataset.classes, prefix="test")
+    assert test["test_balanced_acc"] > 0.5, test
+    assert test["test_acc"] < 0.95 and test["test_balanced_acc"] < 0.95, test
+
+
+# Validation accuracy points (76 images: one image is 1.3 points) allowed between a set with
+# equalization and the same set without. Measured at this size (seed 0): seed 0.592 against
+# geometric 0.605; with equalize applied to training images only (before the parity fix) the
+# seed set fell to 0.33-0.50 at 10 epochs (bench/RESULTS.md).
+EQUALIZE_GAP = 0.08
+
+
+@pytest.mark.slow
+def test_a_set_with_equalization_validates_within_a_few_points_of_the_set_without(dataset):
+    best = {}
+    for augment in ("seed", "geometric"):  # seed = equalize (preprocessing) + geometric
+        rec = Recorder()
+        train(
+            replace(BASE, augment=augment, checkpoint_every=5), rec, dataset=dataset, device="cpu"
+        )
+        best[augment] = max(m["val_acc"] for m in rec.metrics)
+    # Equalization is applied to validation images as it was to training ones, so it costs no
+    # more than noise; validating on pixels never trained on cost 20 to 40 points.
+    assert abs(best["seed"] - best["geometric"]) <= EQUALIZE_GAP, best
 
 
 @pytest.mark.slow

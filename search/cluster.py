@@ -13,10 +13,15 @@ from collections.abc import Iterator
 
 
 def quiet_ray(verbose: bool) -> None:
-    """Keep Ray's own output off the terminal unless --verbose: its "Configuration for
-    experiment" box and TensorBoard hint (the new output engine prints them even at verbose=0;
-    the legacy one prints nothing at 0), its C++ error chatter about actors it killed itself (the
-    W&B loggers), and (`ray_logging_level`) its INFO lines. Set before Ray starts."""
+    """Keep Ray's own output off the terminal unless --verbose; set before Ray starts.
+
+    - Its "Configuration for experiment" box and a TensorBoard hint at a staging folder: the new
+      output engine prints both even at verbose=0, the legacy one prints nothing at 0.
+    - Its C++ log lines, such as the error-level core_worker.cc warning about the W&B logging
+      actors' constructor arguments (Ray creates them with max_restarts=-1). Ray then prints one
+      info line saying it read RAY_BACKEND_LOG_LEVEL; that one cannot be turned off.
+    - Its Python INFO lines: `ray_logging_level`.
+    """
     if verbose:
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

@@ -155,6 +155,9 @@ def log_bundle(
     error: the bundle on disk is what matters)."""
     if record.wandb_mode == "disabled":
         return None
+    if quiet:
+        # Also W&B's own progress lines ("Adding directory to artifact..."), read at init.
+        os.environ.setdefault("WANDB_SILENT", "true")
     try:
         import wandb
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -33,11 +32,11 @@ def _cxr_tune(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_console_script_is_declared_and_points_at_the_dispatcher() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert project["project"]["scripts"] == {"cxr-tune": "cxr_tune.cli:main"}
     assert "cxr_tune" in project["tool"]["setuptools"]["packages"]
-    # Every command names a module whose main(argv) exists (checked without importing torch
-    # here: the names are resolved in a subprocess below only for --help).
+    # The seven commands of the issue, and the entry point resolves to the dispatcher.
     assert set(COMMANDS) == {"sweep", "report", "predict", "export", "train", "phantom", "models"}
     assert callable(_resolve("cxr_tune.cli:main"))
 

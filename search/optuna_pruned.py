@@ -25,7 +25,8 @@ name = experiment name), so `optuna.load_study` and `optuna-dashboard` open it. 
 searcher by pickling it, storage included; the journal may be ahead of that pickle when a
 driver stopped, so `restore` re-reads the journal and reconciles: trials the journal finished
 after the save stay finished (a second report or tell is skipped), and trials asked after the
-save, which Ray never saw and will not run, are told FAIL so none is left RUNNING.
+save, which Ray never saw and will not run, are told FAIL so none is left RUNNING (an enqueued
+point among them is enqueued again, as the pickled study would still hold it).
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ class PrunedOptunaSearch(OptunaSearch):
                         frozen._trial_id, "abandoned", "asked by a driver that stopped first"
                     )
                     storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+                    if "fixed_params" in frozen.system_attrs:  # an enqueued point: keep it
+                        self._ot_study.enqueue_trial(frozen.system_attrs["fixed_params"])
                 continue
             # The pickled trial's cache predates the journal's newer epochs.
             self._ot_trials[ray_id]._cached_frozen_trial = storage.get_trial(frozen._trial_id)

@@ -17,9 +17,10 @@ def define(trial) -> dict:
     return {"batch_size": 8}
 
 
-def searcher(path) -> PrunedOptunaSearch:
+def searcher(path, points: list | None = None) -> PrunedOptunaSearch:
     return PrunedOptunaSearch(
         space=define,
+        points_to_evaluate=points,
         metric="val_loss",
         mode="min",
         sampler=optuna.samplers.RandomSampler(seed=0),
@@ -101,3 +102,16 @@ def test_restore_reconciles_the_journal_instead_of_forking_it(journal, tmp_path)
     # The next suggestion is a new trial, numbered after every trial the journal holds.
     restored.suggest("e")
     assert [t.number for t in load(journal)] == [0, 1, 2, 3]
+
+
+def test_a_seed_point_asked_after_the_last_save_is_enqueued_again(journal, tmp_path) -> None:
+    s = searcher(journal, points=[{"lr": 0.001}])
+    state = tmp_path / "searcher-state.pkl"
+    s.save(str(state))
+    assert s.suggest("a")["lr"] == 0.001  # popped from the queue after the save
+    restored = searcher(journal)  # as unpickled from tuner.pkl: no second enqueue
+    restored.restore(str(state))
+    # The pickled study still had the point waiting; the journal gets it back the same way.
+    assert restored.suggest("a")["lr"] == 0.001
+    states = [t.state for t in load(journal)]
+    assert states == [TrialState.FAIL, TrialState.RUNNING]

@@ -25,8 +25,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check search trainables analysis spaces tests bench
-	$(BIN)/ruff format --check search trainables analysis spaces tests bench
+	$(BIN)/ruff check cxr_tune search trainables analysis spaces tests bench
+	$(BIN)/ruff format --check cxr_tune search trainables analysis spaces tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -15,20 +15,17 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch and the model code load when a prediction runs (fast --help)
+    import torch
 
-from analysis.tta import TTA_POLICIES, evaluate_tta, get_policy
-from trainables.augment import DETERMINISTIC_OPS, preprocessing_ops
-from trainables.bundle import BUNDLE_META_FILE, Bundle, load_bundle
-from trainables.device import EVAL_BATCH
-from trainables.preprocess import decode_file
+    from trainables.bundle import Bundle
 
 
 def _preprocessing(bundle: Bundle) -> tuple[int, str]:
-    """Image size and resize mode of the bundle, checked against its config."""
+    from trainables.bundle import BUNDLE_META_FILE
+
     prep = bundle.preprocessing
     try:
         size, mode = int(prep["image_size"]), str(prep["resize_mode"])
@@ -48,7 +45,10 @@ def _preprocessing(bundle: Bundle) -> tuple[int, str]:
 def preprocessing_ops_of(bundle: Bundle) -> tuple[str, ...]:
     """The deterministic ops (e.g. equalize) the bundle's model was trained and validated on,
     as bundle.json records them; checked against config.json's augment set."""
-    meta = bundle.path / "bundle.json"
+    from trainables.augment import DETERMINISTIC_OPS, preprocessing_ops
+    from trainables.bundle import BUNDLE_META_FILE
+
+    meta = bundle.path / BUNDLE_META_FILE
     # Bundles exported before the field existed were validated on unprocessed pixels.
     ops = bundle.preprocessing.get("ops", [])
     if not isinstance(ops, list) or not all(isinstance(op, str) for op in ops):
@@ -75,6 +75,13 @@ def predict_files(
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
     """One dict per image: `image`, `class`, `probabilities` {class: p} (merged under `policy`)."""
+    import numpy as np
+    import torch
+
+    from analysis.tta import evaluate_tta, get_policy
+    from trainables.device import EVAL_BATCH
+    from trainables.preprocess import decode_file
+
     policy_obj = get_policy(policy)
     if not images:
         raise ValueError("no image files given")
@@ -122,11 +129,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tta",
         default="none",
-        help=f"test-time augmentation policy, one of {sorted(TTA_POLICIES)}",
+        help="test-time augmentation policy of analysis.tta (none, tta1, tta2, mirror, ...); "
+        "an unknown name is refused with the list",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     args = parser.parse_args(argv)
+    import torch
+
+    from analysis.tta import get_policy
+    from trainables.bundle import load_bundle
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         get_policy(args.tta)  # a typo fails before the model loads

@@ -15,29 +15,35 @@ sections' words `analysis.prose`; this module puts them together and holds the C
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import torch
+from trainables.experiment import DEFAULT_WANDB_PROJECT, WANDB_MODES
+from trainables.experiment import wandb_mode as resolve_wandb_mode
 
-from analysis import prose, tables
-from analysis.document import Document, write_report
-from analysis.evaluate import Evaluator
-from analysis.load import Experiment, load_experiment
-from analysis.tta import TTA_POLICIES
-from trainables.balance import BALANCES
-from trainables.experiment import DEFAULT_WANDB_PROJECT
-from trainables.models import MODELS
+if TYPE_CHECKING:  # the evaluation stack (torch, pandas, matplotlib) loads when a report runs
+    import pandas as pd
+
+    from analysis.document import Document
+    from analysis.load import Experiment
 
 
 def build_report(
     exp: Experiment, out: Path, top_k: int = 3, device: str | None = None
 ) -> tuple[Document, dict[str, pd.DataFrame]]:
     """Evaluate, tabulate and plot; returns the document (not yet written) and the tables."""
+    import torch
+
+    from analysis import prose, tables
+    from analysis.document import Document
+    from analysis.evaluate import Evaluator
+    from analysis.tta import TTA_POLICIES
+    from trainables.balance import BALANCES
+    from trainables.models import MODELS
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     best = exp.best_trial()
     if best is None:
@@ -75,19 +81,24 @@ def build_report(
     return doc, t
 
 
-def log_to_wandb(exp: Experiment, doc: Document, t: dict[str, pd.DataFrame]) -> str:
-    """Log every table and figure to the sweep's W&B project (offline unless WANDB_MODE says
-    otherwise); returns the run's local directory."""
+def log_to_wandb(
+    exp: Experiment, doc: Document, t: dict[str, pd.DataFrame], mode: str | None = None
+) -> str:
+    """Log every table and figure as a `report` run in the sweep's W&B group, next to the
+    trials' runs (EXPERIMENT/wandb/, so one `wandb sync` uploads all); the mode is W&B's own
+    rule (`trainables.experiment.wandb_mode`). Returns the run's local directory."""
     import wandb
 
-    project = exp.record.wandb_project if exp.record else DEFAULT_WANDB_PROJECT
+    record = exp.record
     run = wandb.init(
-        project=project,
+        project=record.wandb_project if record else DEFAULT_WANDB_PROJECT,
         name=f"report-{exp.name}",
         group=exp.name,
-        job_type="analysis",
-        dir=str(doc.out),
-        mode=os.environ.get("WANDB_MODE", "offline"),
+        job_type="report",
+        tags=["report"],
+        dir=str(exp.path),
+        mode=resolve_wandb_mode(mode),
+        config={"experiment": record.wandb_config()} if record else {},
     )
     try:
         for name, table in t.items():
@@ -108,11 +119,17 @@ def run_report(
     top_k: int = 3,
     device: str | None = None,
     wandb: bool = False,
+    wandb_mode: str | None = None,
 ) -> tuple[Experiment, Document, dict[str, pd.DataFrame]]:
     """Everything `python -m analysis.report` does; returns the loaded experiment, the written
     document and its tables."""
+    from analysis.document import write_report
+    from analysis.load import load_experiment
+
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    if wandb:
+        resolve_wandb_mode(wandb_mode)  # a bad WANDB_MODE fails before the evaluation runs
     exp = load_experiment(experiment)
     out = Path(out) if out else exp.path / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +143,7 @@ def run_report(
     md, page = write_report(doc, f"cxr-tune results: {exp.name}")
     print(f"wrote {md}, {page}, {len(doc.csvs)} tables (CSV) and {len(doc.figures)} figures")
     if wandb:
-        print(f"logged to W&B: {log_to_wandb(exp, doc, t)}")
+        print(f"logged to W&B: {log_to_wandb(exp, doc, t, wandb_mode)}")
     return exp, doc, t
 
 
@@ -140,10 +157,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="output directory (default EXPERIMENT/report)")
     parser.add_argument("--top-k", type=int, default=3, help="trials in the curves figure")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--wandb", action="store_true", help="also log to the sweep's W&B project")
+    parser.add_argument(
+        "--wandb", action="store_true", help="also log to the sweep's W&B group, as a report run"
+    )
+    parser.add_argument(
+        "--wandb-mode",
+        choices=WANDB_MODES,
+        help="implies --wandb; default: WANDB_MODE, else online when a W&B key is configured "
+        "(WANDB_API_KEY or `wandb login`), else offline",
+    )
     args = parser.parse_args(argv)
     try:
-        run_report(args.experiment, args.out, args.top_k, args.device, args.wandb)
+        run_report(
+            args.experiment,
+            args.out,
+            args.top_k,
+            args.device,
+            args.wandb or bool(args.wandb_mode),
+            args.wandb_mode,
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

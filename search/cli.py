@@ -195,7 +195,8 @@ def _where_and_how(p: argparse.ArgumentParser) -> None:
         "--wandb-mode",
         choices=WANDB_MODES,
         default=None,
-        help="default: online when WANDB_API_KEY is set, else offline",
+        help="default: WANDB_MODE, else online when a W&B key is configured "
+        "(WANDB_API_KEY or `wandb login`), else offline",
     )
     p.add_argument(
         "--export",
@@ -204,6 +205,11 @@ def _where_and_how(p: argparse.ArgumentParser) -> None:
         help="bundle directory for the best checkpoint (default: STORAGE/NAME/export)",
     )
     p.add_argument("--no-export", action="store_true", help="skip the export at the end")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's own output (its config box, INFO lines, the trials' prints)",
+    )
 
 
 def choose_profile(requested: str, gpus: int) -> tuple[Profile, str]:

@@ -23,12 +23,9 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from search.storage import is_uri
-from trainables.bundle import read_bundle_meta, save_bundle
 from trainables.experiment import (
     EXPERIMENT_FILE,
     EXPORT_DIR,
@@ -37,7 +34,10 @@ from trainables.experiment import (
     best_checkpoint,
     read_record,
 )
-from trainables.train import load_checkpoint, model_from_checkpoint
+
+if TYPE_CHECKING:  # torch, numpy and the model code load only when an export runs (fast --help)
+    import numpy as np
+    import torch
 
 ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4  # max abs difference of class probabilities, ONNX vs PyTorch
@@ -47,6 +47,9 @@ CHECK_BATCH = 8  # images in the ONNX check (batch > 1 exercises the dynamic bat
 
 def export_onnx(model: torch.nn.Module, image_size: int, path: Path) -> dict[str, float]:
     """Write `model` as ONNX with a dynamic batch axis; return its agreement with PyTorch."""
+    import numpy as np
+    import torch
+
     model = model.eval()
     generator = torch.Generator().manual_seed(0)
     # Normalised inputs, as the model sees them: (x / 255 - 0.5) / 0.5 lies in [-1, 1].
@@ -87,6 +90,9 @@ def export_best(
     mode: str | None = None,
 ) -> Path:
     """Export the best checkpoint of `experiment_dir` to the bundle directory `out`."""
+    from trainables.bundle import save_bundle
+    from trainables.train import load_checkpoint, model_from_checkpoint
+
     experiment_dir = Path(experiment_dir).resolve()
     if not experiment_dir.is_dir():
         raise ValueError(f"experiment directory {experiment_dir} does not exist")
@@ -158,6 +164,8 @@ def _replace_dir(new: Path, out: Path) -> None:
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -181,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = export_best(args.experiment_dir, args.out, args.metric, args.mode)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
+    from trainables.bundle import read_bundle_meta
+
     meta = read_bundle_meta(out)
     src, check = meta["source"], meta["onnx"]
     value = src["value"]

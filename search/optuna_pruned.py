@@ -14,17 +14,34 @@ survives a restore from checkpoint) rather than per Ray iteration, including the
 Ray's controller does not call `on_trial_result` for the result on which a trial stops (ASHA's
 STOP or the last epoch), only `on_trial_complete`, so without this a trial ASHA stopped at epoch
 1 would reach the study with no intermediate values at all.
+
+A COMPLETE trial's value is its best epoch (`trainables.experiment.best_epoch_row`: the rule
+export and report rank by), not its last; every finished trial carries `best_epoch`,
+`best_value`, `epochs` and `ray_trial_id` as user attributes (a PRUNED trial's value stays
+Optuna's own: its last intermediate value).
+
+The study lives on disk (`journal_storage`: Optuna's `JournalStorage` with a file backend, study
+name = experiment name), so `optuna.load_study` and `optuna-dashboard` open it. Ray saves this
+searcher by pickling it, storage included; the journal may be ahead of that pickle when a
+driver stopped, so `restore` re-reads the journal and reconciles: trials the journal finished
+after the save stay finished (a second report or tell is skipped), and trials asked after the
+save, which Ray never saw and will not run, are told FAIL so none is left RUNNING (an enqueued
+point among them is enqueued again, as the pickled study would still hold it).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
+
+from trainables.experiment import best_epoch_row
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +67,8 @@ class PrunedOptunaSearch(OptunaSearch):
         step = self._epoch(result)
         if step in ot_trial._cached_frozen_trial.intermediate_values:
             return  # an epoch reported again after a restore from checkpoint
+        if self._finished_in_storage(ot_trial):
+            return  # finished in the journal after Ray's last save of this searcher
         ot_trial.report(float(value), step=step)
 
     def on_trial_complete(
@@ -68,14 +87,68 @@ class PrunedOptunaSearch(OptunaSearch):
             # Ray skips on_trial_result for the result that ends a trial (ASHA's STOP or the
             # last epoch), so that epoch reaches Optuna here.
             self.on_trial_result(trial_id, result)
+        if self._finished_in_storage(ot_trial):
+            self._completed_trials.add(trial_id)
+            return
+        best = self._best_epoch(ot_trial)
         if error:
             state, values = TrialState.FAIL, None
         elif value is not None and self._epoch(result) >= self.max_epochs:
-            state, values = TrialState.COMPLETE, float(value)
+            # The sweep ranks a trial by its best epoch (export and report do too).
+            state, values = TrialState.COMPLETE, best[1] if best else float(value)
         else:
             # Stopped before max_epochs without an error: ASHA (or a time budget) cut it short.
             state, values = TrialState.PRUNED, None
         if state == TrialState.COMPLETE and not math.isfinite(values):
             state, values = TrialState.FAIL, None
+        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        ot_trial.set_user_attr("epochs", self._epoch(result) if result else 0)
+        if best:
+            ot_trial.set_user_attr("best_epoch", best[0])
+            ot_trial.set_user_attr("best_value", best[1])
         self._ot_study.tell(ot_trial, values, state=state)
         self._completed_trials.add(trial_id)
+
+    def _best_epoch(self, ot_trial: Any) -> tuple[int, float] | None:
+        """(epoch, value) of the trial's best intermediate value by the sweep's rule."""
+        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        rows = [{"epoch": e, self.metric: v} for e, v in frozen.intermediate_values.items()]
+        best = best_epoch_row(rows, self.metric, self.mode)
+        return None if best is None else (best[0], float(best[1][self.metric]))
+
+    def _finished_in_storage(self, ot_trial: Any) -> bool:
+        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if isinstance(self._ot_study._storage, optuna.storages.JournalStorage):
+            self._reconcile_with_journal()
+
+    def _reconcile_with_journal(self) -> None:
+        """Bring the restored trials in line with the journal (module docstring)."""
+        storage = self._ot_study._storage
+        known = {t._trial_id: ray_id for ray_id, t in self._ot_trials.items()}
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            ray_id = known.get(frozen._trial_id)
+            if ray_id is None:
+                if frozen.state == TrialState.RUNNING:
+                    storage.set_trial_user_attr(
+                        frozen._trial_id, "abandoned", "asked by a driver that stopped first"
+                    )
+                    storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+                    if "fixed_params" in frozen.system_attrs:  # an enqueued point: keep it
+                        self._ot_study.enqueue_trial(frozen.system_attrs["fixed_params"])
+                continue
+            # The pickled trial's cache predates the journal's newer epochs.
+            self._ot_trials[ray_id]._cached_frozen_trial = storage.get_trial(frozen._trial_id)
+            if frozen.state.is_finished():
+                self._completed_trials.add(ray_id)
+
+
+def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
+    """Optuna's JournalStorage on a file (created with its folder when missing)."""
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))

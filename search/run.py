@@ -26,16 +26,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cxr_tune import code_version
 from search import storage
 from search.checkpoints import asha_milestones
 from search.cli import Profile, build_parser, choose_profile, resume_command
-from search.cluster import detect_gpus, local_ray
+from search.cluster import detect_gpus, local_ray, quiet_ray
 from search.gpu_memory import measure_before_packing, oom_retry_callback
 from search.space import Space, load_space
-from search.summary import print_summary, summarize, sweep_state
+from search.summary import print_next_steps, print_summary, summarize, sweep_state
 from search.tracking import resolve_mode, scrub
 from search.tuner import build_tuner, make_trainable, settings_for
-from trainables.bundle import read_bundle_meta
 from trainables.experiment import EXPERIMENT_FILE, ExperimentRecord, write_summary
 
 
@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    gpus, card_bytes = detect_gpus(args.address)
+    quiet_ray(args.verbose)
+    gpus, card_bytes = detect_gpus(args.address, args.verbose)
     root = args.storage if storage.is_uri(args.storage) else str(Path(args.storage).resolve())
     name = args.name
     if args.resume and not name:
@@ -166,6 +167,7 @@ def make_record(
         # wandb adds wandb/ below this: runs land in STORAGE/NAME/wandb/offline-run-*
         wandb_dir=path if not storage.is_uri(root) else str(Path("runs").resolve() / name),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        code_version=code_version(),
         args=scrub({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}),
     )
 
@@ -239,7 +241,11 @@ def execute(
 ) -> int:
     from ray import tune
 
-    with local_ray():
+    with local_ray(args.verbose):
+        if not args.verbose:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created..."
         trainable = make_trainable(record.cpus_per_trial, record.gpus_per_trial, card_bytes)
         started = time.monotonic()
         if restore:
@@ -291,13 +297,14 @@ def finish(
             flush=True,
         )
         return 130
-    if args.no_export:
-        return 0
-    return export_at_end(args, record)
+    code = 0 if args.no_export else export_at_end(args, record)
+    print_next_steps(record, exported=not args.no_export and code == 0)
+    return code
 
 
 def export_at_end(args: argparse.Namespace, record: ExperimentRecord) -> int:
     from search.export import export_record
+    from trainables.bundle import read_bundle_meta
 
     try:
         bundle = export_record(record, args.export)
@@ -311,6 +318,11 @@ def export_at_end(args: argparse.Namespace, record: ExperimentRecord) -> int:
         f"{meta['onnx']['max_abs_diff_probabilities']:.1e})",
         flush=True,
     )
+    from search.tracking import log_bundle
+
+    logged = log_bundle(record, bundle, meta, quiet=not args.verbose)
+    if logged:
+        print(f"W&B: the bundle is the model artifact {record.name}-model (run {logged})")
     return 0
 
 

@@ -11,7 +11,14 @@ from typing import Any
 
 from search.progress import describe
 from search.storage import is_uri
-from trainables.experiment import TERMINAL_STATUSES, ExperimentRecord, read_ray_states
+from trainables.experiment import (
+    EXPORT_DIR,
+    TERMINAL_STATUSES,
+    ExperimentRecord,
+    journal_path,
+    read_ray_states,
+    wandb_sync_command,
+)
 
 
 def saved_statuses(record: ExperimentRecord) -> dict[str, str]:
@@ -146,3 +153,22 @@ def print_summary(summary: dict[str, Any], state: str, record: ExperimentRecord)
         f"errors: {len(summary['errors'])}"
         + (": " + ", ".join(summary["errors"]) if summary["errors"] else "")
     )
+
+
+def print_next_steps(record: ExperimentRecord, exported: bool) -> None:
+    """What to do with the finished sweep: each tool pointed at this experiment's files."""
+    where = record.local_dir
+    steps = [("report", f"cxr-tune report {where}")]
+    if exported:
+        steps.append(("predict", f"cxr-tune predict {Path(where) / EXPORT_DIR} IMAGE..."))
+    if record.wandb_mode == "offline":
+        steps.append(("W&B", f"{wandb_sync_command(record.wandb_dir or where)}  (upload)"))
+    elif record.wandb_mode == "online":
+        steps.append(("W&B", f"project {record.wandb_project}, group {record.name}"))
+    journal = journal_path(where)
+    if journal.is_file():
+        steps.append(("Optuna", f"optuna-dashboard {journal}  (pip install 'cxr-tune[dashboard]')"))
+    steps.append(("TensorBoard", f"tensorboard --logdir {record.path}"))
+    print("next steps:")
+    for what, command in steps:
+        print(f"  {what:<12} {command}")

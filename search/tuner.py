@@ -7,17 +7,19 @@ the checkpoint ranking (Ray misbehaves when they are set in two places).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from search.space import Space
+from search.tracking import experiment_config
 from trainables.experiment import (
     DEFAULT_WANDB_PROJECT,
     TRIAL_DIR_PREFIX,
     ExperimentRecord,
     check_mode,
+    journal_path,
 )
 
 MAX_FAILURES = 2  # retries of a trial whose worker died, from its last checkpoint
@@ -54,6 +56,11 @@ class TunerSettings:
     wandb_dir: str = ""
     progress: bool = True
     """Print one line per trial event (`search.progress`)."""
+    # Optuna on disk and what W&B records about the experiment (issue 13).
+    optuna_journal: str = ""
+    """Optuna JournalStorage file, study name = `name`; "" keeps the study in memory."""
+    experiment: Mapping[str, Any] = field(default_factory=dict)
+    """The experiment's part of every W&B run's config (`search.tracking.experiment_config`)."""
 
     def __post_init__(self) -> None:
         check_mode(self.mode, "TunerSettings.mode")
@@ -79,6 +86,8 @@ def settings_for(record: ExperimentRecord, space: Space) -> TunerSettings:
         wandb_project=record.wandb_project,
         wandb_mode=record.wandb_mode,
         wandb_dir=record.wandb_dir,
+        optuna_journal=str(journal_path(record.local_dir)),
+        experiment=experiment_config(record),
     )
 
 
@@ -105,10 +114,20 @@ def build_searcher(settings: TunerSettings, define: Callable) -> Any | None:
         sampler=sampler,
         points_to_evaluate=list(settings.points_to_evaluate) or None,
         max_epochs=settings.max_epochs,
+        **optuna_storage(settings),
     )
     if settings.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
     return searcher
+
+
+def optuna_storage(settings: TunerSettings) -> dict[str, Any]:
+    """The study's name and on-disk storage (`OptunaSearch` kwargs); {} for an in-memory one."""
+    if not settings.optuna_journal:
+        return {}
+    from search.optuna_pruned import journal_storage
+
+    return {"study_name": settings.name, "storage": journal_storage(settings.optuna_journal)}
 
 
 def build_scheduler(settings: TunerSettings) -> Any:
@@ -157,7 +176,16 @@ def _callbacks(settings: TunerSettings, extra: Sequence[Any]) -> list[Any]:
             )
         )
     wandb_dir = Path(settings.wandb_dir or Path(settings.storage) / settings.name)
-    wandb = wandb_callback(settings.wandb_project, settings.name, settings.wandb_mode, wandb_dir)
+    wandb = wandb_callback(
+        settings.wandb_project,
+        settings.name,
+        settings.wandb_mode,
+        wandb_dir,
+        metric=settings.metric,
+        metric_mode=settings.mode,
+        max_epochs=settings.max_epochs,
+        experiment=settings.experiment,
+    )
     if wandb is not None:
         callbacks.append(wandb)
     return callbacks

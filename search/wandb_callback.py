@@ -1,20 +1,118 @@
-"""Ray's `WandbLoggerCallback`, ending every trial's W&B run when the sweep ends.
+"""Ray's `WandbLoggerCallback` with runs W&B users can sort, filter and trust.
 
-Imported only when W&B is enabled (importing it imports wandb). Ray sends a trial's logging
-actor its end marker only from `log_trial_end`; trials still running when a sweep is
-interrupted never get one, so Ray's `on_experiment_end` waits its whole upload timeout for
-them and then kills them mid-write. Sending the marker to every actor first lets each run
-flush its history and finish; the timeout then only bounds slow uploads.
+Imported only when W&B is enabled (importing it imports wandb).
+
+- Each trial's run gets the whole `TrialConfig` plus the experiment (`search.tracking`) as its
+  config, job_type `trial` and tags; its logging actor defines the sweep's metric with
+  `summary=MODE` and, when the trial ends, writes its best epoch and how it ended (`completed`,
+  `stopped_early` with the stop epoch, `error`) into the summary and tags.
+- Ray sends a trial's logging actor its end marker only from `log_trial_end`; trials still
+  running when a sweep is interrupted never get one, so Ray's `on_experiment_end` waits its
+  whole upload timeout for them and then kills them mid-write. Sending the marker to every
+  actor first lets each run flush its history and finish; the timeout then only bounds slow
+  uploads.
 """
 
 from __future__ import annotations
 
+import os
+import urllib.error
 from typing import Any
 
-from ray.air.integrations.wandb import WandbLoggerCallback
+from ray.air.constants import TRAINING_ITERATION
+from ray.air.integrations.wandb import (
+    WandbLoggerCallback,
+    _QueueItem,
+    _run_wandb_process_run_info_hook,
+    _WandbLoggingActor,
+)
+
+from search.tracking import outcome, run_summary, trial_tags
+from trainables.config import TrialConfig
+
+OUTCOME = "cxr-tune outcome"  # queue item kind: how the trial ended, just before Ray's END
+
+
+class TrialRunActor(_WandbLoggingActor):
+    """Ray's logging actor, plus the metric's summary, the best epoch and the trial's outcome."""
+
+    def __init__(self, logdir: str, queue: Any, exclude: list, to_config: list, *args, **kwargs):
+        self._metric = kwargs.pop("cxr_metric")
+        self._metric_mode = kwargs.pop("cxr_mode")
+        super().__init__(logdir, queue, exclude, to_config, *args, **kwargs)
+
+    def run(self) -> None:
+        os.environ["WANDB_START_METHOD"] = "thread"
+        run = self._wandb.init(*self.args, **self.kwargs)
+        run.config.trial_log_path = self._logdir
+        _run_wandb_process_run_info_hook(run)
+        run.define_metric("epoch")
+        run.define_metric(self._metric, summary=self._metric_mode)  # runs table sorts by it
+        rows: list[dict[str, Any]] = []
+        ended = None
+        while True:
+            kind, content = self.queue.get()
+            if kind == _QueueItem.END:
+                break
+            if kind == OUTCOME:
+                ended = content
+                continue
+            if kind != _QueueItem.RESULT:
+                continue  # checkpoints are not uploaded (the exported bundle is)
+            log, config_update = self._handle_result(content)
+            try:
+                self._wandb.config.update(config_update, allow_val_change=True)
+                self._wandb.log(log, step=log.get(TRAINING_ITERATION))
+            except (urllib.error.HTTPError, FileNotFoundError) as err:
+                print(f"W&B: did not log a result: {err}")
+            rows.append(log)
+        run.summary.update(run_summary(rows, self._metric, self._metric_mode, ended))
+        if ended:
+            run.tags = (*run.tags, ended["tag"])
+        self._wandb.finish()
 
 
 class EndingWandbLoggerCallback(WandbLoggerCallback):
+    _logger_actor_cls = TrialRunActor
+
+    def __init__(
+        self,
+        *args: Any,
+        metric: str,
+        metric_mode: str,
+        max_epochs: int,
+        experiment: dict[str, Any],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_kwargs = dict(self.kwargs)
+        self.metric, self.metric_mode, self.max_epochs = metric, metric_mode, max_epochs
+        self.experiment = experiment
+
+    def log_trial_start(self, trial: Any) -> None:
+        try:
+            config = TrialConfig.from_dict(trial.config).to_dict()  # every field, defaults too
+        except (TypeError, ValueError):
+            config = dict(trial.config)
+        config = {k: v for k, v in config.items() if k not in self.excludes}
+        # Ray's log_trial_start lets these kwargs override what it passes to wandb.init.
+        self.kwargs = {
+            **self._init_kwargs,
+            "config": {**config, "experiment": self.experiment, "ray_trial_id": trial.trial_id},
+            "job_type": "trial",
+            "tags": trial_tags(config, self.experiment),
+            "cxr_metric": self.metric,
+            "cxr_mode": self.metric_mode,
+        }
+        super().log_trial_start(trial)
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        last = trial.last_result or {}
+        epoch = int(last.get("epoch", last.get(TRAINING_ITERATION, 0)) or 0)
+        if trial in self._trial_queues:
+            self._trial_queues[trial].put((OUTCOME, outcome(epoch, self.max_epochs, failed)))
+        super().log_trial_end(trial, failed)
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in list(self._trial_queues):
             # A second end marker for a trial that already ended is never read: harmless.

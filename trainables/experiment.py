@@ -10,6 +10,8 @@ An experiment is Ray Tune's layout under `STORAGE/NAME/` plus the sweep's own fi
     NAME/<trial dir>/checkpoint_NNNNNN/checkpoint.pt
     NAME/<trial dir>/error.txt          only for a trial that raised
     NAME/export/                        the exported bundle (trainables.bundle owns its files)
+    NAME/optuna_journal.log             the Optuna study (JournalStorage file; study = NAME)
+    NAME/wandb/offline-run-*/           W&B runs: one per trial, the export, the report
 
 Plain JSON and files only (no Ray, Optuna or W&B), so `search/` writes and `analysis/` reads the
 same files through the same rules:
@@ -19,7 +21,9 @@ same files through the same rules:
 - A repeated epoch (a trial restored from a checkpoint reports it again): the last report wins.
 - The best checkpoint (`rank_key`): the better metric value, then the earlier epoch, then the
   smaller trial id (string order). NaN never wins. `search.export` and `analysis.load` both rank
-  with it, so the exported model is the report's best trial.
+  with it, so the exported model is the report's best trial; a trial's best epoch
+  (`best_epoch_row`, the W&B summary and the Optuna value) follows the same rule.
+- The W&B mode (`wandb_mode`) is W&B's own rule, for the sweep and the report alike.
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import netrc
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from trainables.cache import atomic_write_text
 
@@ -46,6 +53,8 @@ CHECKPOINT_GLOB = "checkpoint_*"
 RAY_STATE_PREFIX = "experiment_state-"  # + a sortable time + .json, one per save
 RAY_STATE_GLOB = f"{RAY_STATE_PREFIX}*.json"
 EXPORT_DIR = "export"
+OPTUNA_JOURNAL = "optuna_journal.log"  # Optuna JournalStorage file (file backend)
+WANDB_SUBDIR = "wandb"  # wandb.init(dir=D) writes its runs to D/wandb/
 TRIAL_DIR_PREFIX = "trial_"  # search.run names trial directories trial_<trial id>
 
 METRIC_MODES = ("max", "min")
@@ -66,6 +75,57 @@ def is_better(a: float, b: float, mode: str) -> bool:
     if math.isnan(b):
         return True
     return a > b if mode == "max" else a < b
+
+
+# --- W&B: the mode rule and where the runs are ------------------------------------------------
+
+WANDB_MODES = ("online", "offline", "disabled")
+_WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # W&B's older spellings
+WANDB_DEFAULT_HOST = "https://api.wandb.ai"
+
+
+def wandb_key_configured() -> bool:
+    """Whether W&B has a key here, where W&B looks for one: WANDB_API_KEY, else `wandb login`'s
+    netrc entry for the W&B host ($NETRC or ~/.netrc). The key itself is never returned."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or WANDB_DEFAULT_HOST).hostname
+    path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
+    try:
+        entry = netrc.netrc(path).authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def wandb_mode(requested: str | None = None) -> str:
+    """W&B's own rule: the flag, else WANDB_MODE (WANDB_DISABLED=true: disabled), else online
+    when a key is configured, else offline."""
+    mode = requested or os.environ.get("WANDB_MODE") or ""
+    if not mode and os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
+        mode = "disabled"
+    if not mode:
+        return "online" if wandb_key_configured() else "offline"
+    mode = _WANDB_MODE_ALIASES.get(mode, mode)
+    if mode not in WANDB_MODES:
+        where = "--wandb-mode" if requested else "WANDB_MODE"
+        raise ValueError(f"{where}: unknown W&B mode {mode!r}; expected one of {list(WANDB_MODES)}")
+    return mode
+
+
+def wandb_runs_dir(wandb_dir: str | Path) -> Path:
+    """Where wandb.init(dir=wandb_dir) puts its runs: every run of an experiment (trials, the
+    export, the report) goes there, so one `wandb sync` finds them all."""
+    return Path(wandb_dir) / WANDB_SUBDIR
+
+
+def wandb_sync_command(wandb_dir: str | Path) -> str:
+    return f"wandb sync {wandb_runs_dir(wandb_dir)}/offline-run-*"
+
+
+def journal_path(local_dir: str | Path) -> Path:
+    """The Optuna journal of an experiment whose local folder is `local_dir`."""
+    return Path(local_dir) / OPTUNA_JOURNAL
 
 
 # --- the experiment record (cxr_tune.json) ------------------------------------------------------
@@ -112,6 +172,8 @@ class ExperimentRecord:
     gpu_memory: dict[str, Any] = field(default_factory=dict)
     """How trials' GPU shares were sized: measured on the card or estimated
     (`search.gpu_memory.memory_record`); empty without GPU packing."""
+    code_version: str = ""
+    """cxr-tune's version and git commit when the sweep started (`cxr_tune.code_version`)."""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -130,6 +192,34 @@ class ExperimentRecord:
     @property
     def wandb_project(self) -> str:
         return str(self.args.get("wandb_project") or DEFAULT_WANDB_PROJECT)
+
+    @property
+    def local_dir(self) -> str:
+        """The experiment's folder on this machine: its path, or for a URI the local folder
+        that holds its W&B runs and Optuna journal."""
+        return self.wandb_dir if "://" in self.path else self.path
+
+    def wandb_config(self) -> dict[str, Any]:
+        """The experiment's part of every W&B run's config (trials, export, report)."""
+        return {
+            "name": self.name,
+            "space": self.space,
+            "metric": self.metric,
+            "mode": self.mode,
+            "max_epochs": self.max_epochs,
+            "asha": {
+                "grace_period": self.grace_period,
+                "reduction_factor": self.reduction_factor,
+                "max_t": self.max_epochs,
+            },
+            "num_samples": self.num_samples,
+            "max_concurrent": self.max_concurrent,
+            "profile": self.profile,
+            "seed": self.seed,
+            "data": self.overrides.get("data"),
+            "code_version": self.code_version,
+            "created": self.created,
+        }
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, default=str) + "\n"
@@ -382,6 +472,24 @@ def rank_key(candidate: ScoredCheckpoint, mode: str) -> tuple[float, int, str]:
     check_mode(mode)
     value = -candidate.value if mode == "max" else candidate.value
     return (value, candidate.epoch, candidate.trial_id)
+
+
+def best_epoch_row(
+    rows: Iterable[Mapping[str, Any]], metric: str, mode: str
+) -> tuple[int, dict[str, Any]] | None:
+    """A trial's best epoch and its row by `rank_key`'s rule (the better value, then the earlier
+    epoch; NaN never wins); None when no epoch reported `metric` as a number."""
+    check_mode(mode)
+    scored = []
+    for epoch, row in epoch_rows(rows).items():
+        value = row.get(metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isnan(float(value)):
+                scored.append(((-float(value) if mode == "max" else float(value)), epoch, row))
+    if not scored:
+        return None
+    _, epoch, row = min(scored, key=lambda s: (s[0], s[1]))
+    return epoch, row
 
 
 def scored_checkpoints(

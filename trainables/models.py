@@ -344,8 +344,11 @@ def densenet121(cfg: TrialConfig, num_classes: int = 3) -> nn.Module:
     return _torchvision_model(cfg, num_classes)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Print the registry with parameter counts at 256 px (built on the meta device: no memory)."""
+    from trainables.cli import models_parser
+
+    models_parser().parse_args(argv)
     print(f"{'model':<16}{'parameters':>14}{'trainable (seed frozen)':>26}")
     for name in MODELS:
         with torch.device("meta"):
@@ -359,7 +362,8 @@ def main() -> None:
         "seed frozen = frozen_depth=5, unfrozen_blocks=1 (ResNet50: only layer4[2] and the head "
         "train); 1 input channel, 3 classes"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

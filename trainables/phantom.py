@@ -26,7 +26,6 @@ numpy Generator seeded by (seed, split, index), so output is byte-identical for 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -625,37 +624,9 @@ def _is_current(path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainables.phantom",
-        description=(
-            "Generate the synthetic chest X-ray phantom (NORMAL / BACTERIA / VIRAL) as an image "
-            "folder OUT/{train,test}/<CLASS>/*.png|jpg plus OUT/metadata.csv. Deterministic for "
-            "(preset, seed, confounder)."
-        ),
-    )
-    parser.add_argument("--out", required=True, type=Path, help="new or empty output folder")
-    choices = "; ".join(
-        f"{k}: train {sum(p.counts['train'])} / test {sum(p.counts['test'])} images, "
-        f"{p.short_side[0]}-{p.long_side_max} px"
-        for k, p in PRESETS.items()
-    )
-    parser.add_argument(
-        "--preset", default="small", metavar="{small,full}", help=f"dataset size ({choices})"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    parser.add_argument(
-        "--confounder",
-        action="store_true",
-        help="plant a bright square tag on 80%% of VIRAL train images (5%% of the others, "
-        "and class-independent in test) for shortcut audits",
-    )
-    parser.add_argument(
-        "--processes",
-        type=int,
-        default=None,
-        help="worker processes (default: 1 for small, the CPU count up to 8 for full); "
-        "the files are identical whatever the count",
-    )
+    from trainables.cli import phantom_parser
+
+    parser = phantom_parser()
     args = parser.parse_args(argv)
     if args.preset not in PRESETS:
         parser.error(f"--preset {args.preset!r} is not one of {', '.join(sorted(PRESETS))}")

@@ -9,7 +9,6 @@ directory handed over is only valid during that call: a reporter that wants to k
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -313,19 +312,9 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, TrialConfig, lis
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainables.train",
-        description="Train one TrialConfig without Ray and print a line per epoch.",
-    )
-    parser.add_argument(
-        "--config", required=True, type=Path, help="a JSON file of TrialConfig fields"
-    )
-    parser.add_argument(
-        "--data", help="override cfg.data: an image folder, chest_xray, phantom:small|full"
-    )
-    parser.add_argument("--epochs", type=int, help="override cfg.epochs")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument("--out", type=Path, help="keep the last checkpoint and history.json here")
+    from trainables.cli import train_parser
+
+    parser = train_parser()
     args = parser.parse_args(argv)
     try:
         cfg = TrialConfig.from_json(args.config)

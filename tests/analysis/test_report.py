@@ -130,15 +130,16 @@ def test_predict_gives_the_reports_class_and_probabilities(smoke_experiment, smo
         np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
 
 
-def test_report_logs_tables_and_figures_to_wandb_offline(smoke_report, tmp_path, monkeypatch):
+def test_report_logs_tables_and_figures_to_wandb_offline(smoke_report, monkeypatch):
     exp, doc, tables, _ = smoke_report
     monkeypatch.setenv("WANDB_MODE", "offline")
-    doc.out = tmp_path  # the run lands under tmp_path/wandb
+    runs = exp.path / "wandb"  # next to the trials' runs: one `wandb sync` finds all
+    before = set(runs.glob("offline-run-*/run-*.wandb"))
     run_dir = report.log_to_wandb(exp, doc, tables)
-    offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    offline = sorted(set(runs.glob("offline-run-*/run-*.wandb")) - before)
     # W&B's own offline run file holds what `wandb sync` would upload, complete on return.
     assert len(offline) == 1 and offline[0].stat().st_size > 10_000
-    assert str(tmp_path) in run_dir
+    assert str(runs) in run_dir
     media = offline[0].parent / "files" / "media"
     # Every figure as an image and every table as a W&B table.
     assert len(list((media / "images").glob("*.png"))) == len(doc.figures)

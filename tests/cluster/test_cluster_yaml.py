@@ -64,7 +64,7 @@ def pin_mismatches(config: dict) -> list[str]:
     on_head = installed_requirements(config.get("head_setup_commands", []))
     problems = []
     for name, req in expected.items():
-        dev_only = name in {"pytest", "pytest-timeout", "ruff", "moto", "boto3"}
+        dev_only = name in {"pytest", "pytest-timeout", "ruff", "moto", "boto3", "optuna-dashboard"}
         got = on_every_node.get(name) or on_head.get(name)
         if got is None:
             if not dev_only:

@@ -12,9 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from wandb_log import history_rows
+from wandb_log import final_run, final_summary, history_rows, records_of
 
-from trainables.experiment import read_record, read_results, trial_dirs
+from trainables.experiment import (
+    best_epoch_row,
+    journal_path,
+    read_record,
+    read_results,
+    trial_dirs,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # a fake W&B API key
@@ -99,7 +105,8 @@ def test_asha_stopped_trials_are_pruned_in_the_optuna_study(sweep) -> None:
             assert frozen.state.name == "PRUNED"
         else:
             assert frozen.state.name == "COMPLETE"
-            assert frozen.value == pytest.approx(per_epoch[3])
+            # Its value is its best epoch (what export and report rank by), not its last.
+            assert frozen.value == pytest.approx(min(per_epoch.values()))
 
 
 def test_checkpoints_keep_the_best_two_and_the_latest(sweep) -> None:
@@ -119,9 +126,10 @@ def test_result_rows_record_each_trials_node(sweep) -> None:
 
 
 def test_wandb_offline_runs_hold_the_per_epoch_metrics(sweep) -> None:
-    runs = sorted((sweep["exp"] / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(runs) == NUM_SAMPLES
-    for run_file in runs:
+    runs = {k: v for k, v in _run_files(sweep["exp"]).items() if k.startswith("trial/")}
+    # One run per trial, plus the export's own run (its artifact test below).
+    assert len(runs) == NUM_SAMPLES and set(_run_files(sweep["exp"])) - set(runs) == {"export"}
+    for run_file in runs.values():
         trial_id = run_file.stem.removeprefix("run-")
         logged = {
             int(json.loads(h["epoch"])): json.loads(h["val_loss"])
@@ -176,3 +184,140 @@ def test_export_bundle_reloads_with_checkpoint_predictions_and_onnx_agrees(sweep
     # ONNX on real validation images (dynamic batch) agrees with PyTorch.
     assert np.abs(probs - from_checkpoint.numpy()).max() < 1e-4
     assert meta["onnx"]["max_abs_diff_probabilities"] < 1e-4
+
+
+def _run_files(exp: Path) -> dict[str, Path]:
+    """job_type/trial id -> the offline run file, e.g. {"trial/3f2a_00001": ..., "export": ...}."""
+    out = {}
+    for run_file in sorted((exp / "wandb").glob("offline-run-*/run-*.wandb")):
+        run = final_run(run_file)
+        out[run.job_type if run.job_type != "trial" else f"trial/{run.run_id}"] = run_file
+    return out
+
+
+def test_wandb_runs_sort_like_the_sweep_and_tag_asha_stops(sweep) -> None:
+    runs = _run_files(sweep["exp"])
+    stopped = {s["trial_id"]: s["epoch"] for s in sweep["summary"]["stopped_early"]}
+    for trial_id, rows in sweep["rows"].items():
+        run_file = runs[f"trial/{trial_id}"]
+        summary = {k: json.loads(v) for k, v in final_summary(run_file).items()}
+        epoch, best = best_epoch_row(rows, "val_loss", "min")
+        # define_metric(METRIC, summary=MODE): the runs table's val_loss.min is the best epoch's.
+        assert summary["val_loss"] == {"min": pytest.approx(best["val_loss"])}
+        assert summary["best_epoch"] == epoch
+        assert summary["best"]["val_acc"] == pytest.approx(best["val_acc"])
+        run = final_run(run_file)
+        if trial_id in stopped:
+            assert "stopped_early" in run.tags and summary["stopped_early"] is True
+            assert summary["stop_epoch"] == stopped[trial_id]
+        else:
+            assert "completed" in run.tags and summary["stopped_early"] is False
+
+
+def test_wandb_config_holds_the_whole_trial_config_and_the_experiment(sweep) -> None:
+    from dataclasses import fields
+
+    from trainables.config import TrialConfig
+
+    record = read_record(sweep["exp"])
+    for key, run_file in _run_files(sweep["exp"]).items():
+        run = final_run(run_file)
+        config = {u.key: json.loads(u.value_json) for u in run.config.update}
+        assert run.run_group == "smoke"
+        experiment = config["experiment"]
+        # Space, metric, ASHA settings, profile and code version, as the record has them.
+        assert experiment["space"] == record.space and experiment["metric"] == "val_loss"
+        assert experiment["asha"]["grace_period"] == record.grace_period
+        assert experiment["profile"] == "cpu" and experiment["code_version"]
+        if key.startswith("trial/"):
+            # Every TrialConfig field (21), not only the space's suggestions.
+            assert {f.name for f in fields(TrialConfig)} <= set(config)
+            assert run.job_type == "trial" and "profile:cpu" in run.tags
+
+
+def test_the_exported_bundle_is_a_model_artifact_of_the_experiment(sweep) -> None:
+    runs = _run_files(sweep["exp"])
+    artifacts = records_of(runs["export"], "artifact")
+    assert len(artifacts) == 1
+    artifact = artifacts[0]
+    assert artifact.type == "model" and artifact.name == "smoke-model"
+    files = {e.path: e for e in artifact.manifest.contents}
+    exported = {p.name for p in (sweep["exp"] / "export").iterdir() if p.is_file()}
+    # Every file of the bundle, referenced where it lies in the experiment folder.
+    assert set(files) == exported and "model.onnx" in files
+    assert all(e.local_path.startswith(str(sweep["exp"] / "export")) for e in files.values())
+    meta = json.loads(artifact.metadata)
+    assert meta["source"]["value"] == sweep["summary"]["best"]["value"]
+
+
+def test_optuna_journal_opens_with_load_study(sweep) -> None:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = journal_path(sweep["exp"])
+    study = optuna.load_study(
+        study_name="smoke", storage=JournalStorage(JournalFileBackend(str(journal)))
+    )
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    stopped = {s["trial_id"] for s in sweep["summary"]["stopped_early"]}
+    # One Optuna trial per Ray trial, no leftover RUNNING trial.
+    assert set(by_ray_id) == set(sweep["rows"]) and len(study.trials) == NUM_SAMPLES
+    for ray_id, trial in by_ray_id.items():
+        per_epoch = {int(r["epoch"]): r["val_loss"] for r in sweep["rows"][ray_id]}
+        assert trial.intermediate_values == pytest.approx(per_epoch)
+        assert trial.state.name == ("PRUNED" if ray_id in stopped else "COMPLETE")
+        assert trial.user_attrs["best_value"] == pytest.approx(min(per_epoch.values()))
+    assert study.best_value == pytest.approx(sweep["summary"]["best"]["value"])
+
+
+def test_optuna_dashboard_lists_the_study(sweep) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    pytest.importorskip("optuna_dashboard")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    proc = subprocess.Popen(
+        [str(dashboard), str(journal_path(sweep["exp"])), "--host", "127.0.0.1"]
+        + ["--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        listing, deadline = None, time.monotonic() + 60
+        while listing is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    listing = json.loads(r.read())
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.5)
+        assert listing is not None, "optuna-dashboard did not answer within 60 s"
+        studies = listing["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["smoke"]
+        assert studies[0]["directions"] == ["minimize"]
+    finally:
+        proc.terminate()  # by its pid, the process this test started
+        proc.wait(timeout=30)
+
+
+def test_the_output_is_quiet_and_ends_with_next_steps(sweep) -> None:
+    out = sweep["proc"].stdout + sweep["proc"].stderr
+    # Ray's config box, its TensorBoard hint at a temp folder and its INFO lines are hidden.
+    assert "Configuration for experiment" not in out and "SearchGenerator" not in out
+    assert "To visualize your results with TensorBoard" not in out
+    assert not [line for line in out.splitlines() if " INFO " in line], out[-3000:]
+    exp = sweep["exp"]
+    steps = sweep["proc"].stdout.split("next steps:")[-1]
+    # Each next step names this experiment's files.
+    assert f"cxr-tune report {exp}" in steps
+    assert f"cxr-tune predict {exp / 'export'} IMAGE..." in steps
+    assert f"wandb sync {exp / 'wandb'}/offline-run-*" in steps
+    assert f"optuna-dashboard {journal_path(exp)}" in steps
+    assert f"tensorboard --logdir {exp}" in steps
+    # TensorBoard has something to show there: Ray's event files in the trial folders.
+    assert list(exp.glob("trial_*/events.out.tfevents.*"))

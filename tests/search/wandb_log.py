@@ -76,3 +76,23 @@ def history_rows(path: Path) -> list[dict[str, str]]:
                 }
             )
     return rows
+
+
+def records_of(path: Path, kind: str) -> list:
+    """The `kind` sub-messages (`run`, `summary`, `artifact`, ...) in file order."""
+    return [getattr(r, kind) for r in read_records(path) if r.WhichOneof("record_type") == kind]
+
+
+def final_summary(path: Path) -> dict[str, str]:
+    """The run's summary as `wandb sync` would upload it: every summary update applied in file
+    order, {key (nested keys joined by '.'): JSON-encoded value}."""
+    summary: dict[str, str] = {}
+    for record in records_of(path, "summary"):
+        for item in record.update:
+            summary[item.key or ".".join(item.nested_key)] = item.value_json
+    return summary
+
+
+def final_run(path: Path):
+    """The last `run` record (W&B rewrites it when tags or config change)."""
+    return records_of(path, "run")[-1]

@@ -1,0 +1,117 @@
+"""The Optuna study on disk (search.optuna_pruned): JournalStorage states and values, and a
+restore of Ray's pickled searcher that neither duplicates nor forks the journal."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.optuna_pruned import PrunedOptunaSearch, journal_storage
+
+MAX_EPOCHS = 3
+
+
+def define(trial) -> dict:
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    return {"batch_size": 8}
+
+
+def searcher(path, points: list | None = None) -> PrunedOptunaSearch:
+    return PrunedOptunaSearch(
+        space=define,
+        points_to_evaluate=points,
+        metric="val_loss",
+        mode="min",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        max_epochs=MAX_EPOCHS,
+        study_name="exp",
+        storage=journal_storage(path),
+    )
+
+
+def report(s: PrunedOptunaSearch, trial_id: str, epoch: int, value: float) -> dict:
+    result = {"epoch": epoch, "training_iteration": epoch, "val_loss": value}
+    s.on_trial_result(trial_id, result)
+    return result
+
+
+def load(path) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="exp", storage=journal_storage(path))
+    return sorted(study.trials, key=lambda t: t.number)
+
+
+@pytest.fixture
+def journal(tmp_path):
+    return tmp_path / "optuna_journal.log"
+
+
+def test_states_values_and_intermediate_values_reach_the_journal(journal) -> None:
+    s = searcher(journal)
+    for trial_id in ("a", "b", "c"):
+        s.suggest(trial_id)
+    for epoch, value in ((1, 0.9), (2, 0.4)):
+        report(s, "a", epoch, value)
+    s.on_trial_complete("a", report(s, "a", 3, 0.6))  # the last epoch is worse than epoch 2
+    s.on_trial_complete("b", report(s, "b", 1, 1.2))  # ASHA stopped it after epoch 1
+    s.on_trial_complete("c", {"epoch": 1, "val_loss": 0.8}, error=True)
+    a, b, c = load(journal)
+    # COMPLETE holds the best epoch's value, the one export and report rank by (not 0.6).
+    assert a.state == TrialState.COMPLETE and a.value == pytest.approx(0.4)
+    assert a.intermediate_values == {1: 0.9, 2: 0.4, 3: 0.6}
+    assert a.user_attrs == {"ray_trial_id": "a", "epochs": 3, "best_epoch": 2, "best_value": 0.4}
+    assert b.state == TrialState.PRUNED and b.intermediate_values == {1: 1.2}
+    assert c.state == TrialState.FAIL and c.value is None
+
+
+def test_restore_reconciles_the_journal_instead_of_forking_it(journal, tmp_path) -> None:
+    s = searcher(journal)
+    for trial_id in ("a", "b"):
+        s.suggest(trial_id)
+    report(s, "a", 1, 0.9)
+    report(s, "a", 2, 0.5)
+    state = tmp_path / "searcher-state.pkl"
+    s.save(str(state))  # Ray saves the searcher with its experiment state
+    # After the save, before the driver dies: a finishes, b reports, d is asked but never saved.
+    s.on_trial_complete("a", report(s, "a", 3, 0.7))
+    report(s, "b", 1, 1.1)
+    s.suggest("d")
+
+    restored = searcher(journal)  # what Tuner.restore unpickles, then restore_from_dir
+    restored.restore(str(state))
+    frozen = {t.user_attrs.get("ray_trial_id"): t for t in load(journal)}
+    assert len(load(journal)) == 3  # a, b, d: the restore created no trial and no study
+    # d was asked after the save: Ray never saw it and will not run it, so it is not left RUNNING.
+    orphan = [t for t in load(journal) if t.number == 2][0]
+    assert orphan.state == TrialState.FAIL and "abandoned" in orphan.user_attrs
+
+    # Ray resumes a and b from their checkpoints and reports their epochs again.
+    restored.on_trial_result("a", {"epoch": 3, "val_loss": 0.7})
+    restored.on_trial_complete("a", {"epoch": 3, "val_loss": 0.7})
+    report(restored, "b", 1, 1.1)
+    report(restored, "b", 2, 0.3)
+    restored.on_trial_complete("b", report(restored, "b", 3, 0.35))
+    after = {t.number: t for t in load(journal)}
+    # a stays as it was told once, with its best epoch's value.
+    assert after[0].state == TrialState.COMPLETE and after[0].value == pytest.approx(0.5)
+    assert after[0].intermediate_values == {1: 0.9, 2: 0.5, 3: 0.7}
+    # b continues in the same Optuna trial, each epoch once, and completes with its best.
+    assert after[1].intermediate_values == {1: 1.1, 2: 0.3, 3: 0.35}
+    assert after[1].state == TrialState.COMPLETE and after[1].value == pytest.approx(0.3)
+    assert frozen["a"].number == 0
+    # The next suggestion is a new trial, numbered after every trial the journal holds.
+    restored.suggest("e")
+    assert [t.number for t in load(journal)] == [0, 1, 2, 3]
+
+
+def test_a_seed_point_asked_after_the_last_save_is_enqueued_again(journal, tmp_path) -> None:
+    s = searcher(journal, points=[{"lr": 0.001}])
+    state = tmp_path / "searcher-state.pkl"
+    s.save(str(state))
+    assert s.suggest("a")["lr"] == 0.001  # popped from the queue after the save
+    restored = searcher(journal)  # as unpickled from tuner.pkl: no second enqueue
+    restored.restore(str(state))
+    # The pickled study still had the point waiting; the journal gets it back the same way.
+    assert restored.suggest("a")["lr"] == 0.001
+    states = [t.state for t in load(journal)]
+    assert states == [TrialState.FAIL, TrialState.RUNNING]

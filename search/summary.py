@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from search.progress import describe
-from search.storage import is_uri
-from trainables.experiment import TERMINAL_STATUSES, ExperimentRecord, read_ray_states
+from search.storage import is_uri, join_storage, read_text
+from trainables.experiment import (
+    DATA_REPORT_FILE,
+    TERMINAL_STATUSES,
+    ExperimentRecord,
+    parse_data_report,
+    read_ray_states,
+)
 
 
 def saved_statuses(record: ExperimentRecord) -> dict[str, str]:
@@ -142,7 +148,28 @@ def print_summary(summary: dict[str, Any], state: str, record: ExperimentRecord)
         )
     )
     print(f"finished all {record.max_epochs} epochs: {summary['finished']}")
+    data = summary.get("data")
+    if data:
+        print(
+            f"data: {len(data['classes'])} classes {data['classes']}, "
+            f"{len(data['skipped'])} skipped file(s) (listed in summary.json)"
+        )
     print(
         f"errors: {len(summary['errors'])}"
         + (": " + ", ".join(summary["errors"]) if summary["errors"] else "")
     )
+
+
+def all_failed(summary: dict[str, Any]) -> bool:
+    """Every trial of the sweep ended in an error (and there was at least one)."""
+    rows = summary["trial_rows"]
+    return bool(rows) and all(r["error"] for r in rows)
+
+
+def data_summary(record: ExperimentRecord) -> dict[str, Any] | None:
+    """The run's data report as saved by the pre-flight (classes, counts, every skipped file
+    with its reason), for summary.json; None for an experiment without one."""
+    where = join_storage(record.path, DATA_REPORT_FILE)
+    text = read_text(where)
+    reports = parse_data_report(text, where) if text else []
+    return reports[0] if reports else None

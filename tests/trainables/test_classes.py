@@ -25,7 +25,8 @@ def test_any_names_keep_their_spelling_in_imagefolder_order():
 def test_seed_names_come_first_with_their_canonical_spelling():
     naming = name_classes(["zebra", "healthy", "Bacterial Pneumonia", "Aardvark"])
     assert naming.classes == ["NORMAL", "BACTERIA", "Aardvark", "zebra"]
-    assert naming.of["healthy"] == "NORMAL" and naming.sources["BACTERIA"] == ["Bacterial Pneumonia"]
+    assert naming.of["healthy"] == "NORMAL"
+    assert naming.sources["BACTERIA"] == ["Bacterial Pneumonia"]
 
 
 def test_two_labels_aliasing_one_class_stay_apart_until_merged():

@@ -65,10 +65,11 @@ def data_section(doc: Document, exp: Experiment) -> None:
         return
     report = DataReport.from_dict(reports[0])
     doc.heading("Data", 3)
-    sources = "; ".join(f"{c} ← {', '.join(s)}" for c, s in report.sources.items())
+    renamed = "; ".join(f"{c} ← {', '.join(s)}" for c, s in report.sources.items() if s != [c])
     doc.text(
         f"`{report.root}` ({report.layout}: {report.why}), {len(report.classes)} classes "
-        f"({sources or ', '.join(report.classes)}), {report.image_size} px {report.resize_mode}. "
+        f"({', '.join(report.classes)}{'; ' + renamed if renamed else ''}), "
+        f"{report.image_size} px {report.resize_mode}. "
         f"{len(report.skipped)} file(s) skipped, {report.ignored_hidden} hidden file(s) ignored."
         + "".join(f"\n- {n}" for n in report.notes)
     )

@@ -75,7 +75,7 @@ def _data(text: str) -> str:
         return str(path.resolve())
     if not path.is_dir():
         raise argparse.ArgumentTypeError(
-            f"data {text!r} is neither an existing folder nor a .csv manifest"
+            f"data {text!r} does not exist as a folder or a .csv manifest"
         )
     return str(path.resolve())
 

@@ -156,6 +156,17 @@ def _no_train_message(root: Path) -> str:
         return (
             f"{root} has no train folder but {nested[0]} has: pass --data {nested[0]} ({expected})"
         )
+    classes = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not _is_hidden(p.name) and p.name.lower() not in SPLIT_NAMES
+    )
+    if classes:
+        return (
+            f"missing split folder {root / 'train'}: {root} holds {classes[:5]} but no "
+            f"train/test folders; arrange them as ROOT/{{train,test}}/<CLASS>/ or list the "
+            f"files in a CSV manifest (path,label[,patient_id,split])"
+        )
     return f"missing split folder {root / 'train'}: {expected}"
 
 

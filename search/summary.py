@@ -86,6 +86,8 @@ def best_epoch(grid: Any, metric: str, mode: str) -> dict[str, Any] | None:
         return None
     if best is None or best.metrics_dataframe is None:
         return None
+    if metric not in best.metrics_dataframe.columns:  # every trial failed before reporting
+        return None
     # `best.metrics` is the trial's last epoch; the best epoch is a row of its history.
     frame = best.metrics_dataframe.dropna(subset=[metric])
     if not len(frame):

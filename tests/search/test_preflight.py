@@ -182,3 +182,18 @@ def test_the_cli_process_refuses_bad_data_with_exit_2_and_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and words in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
+
+
+def test_the_class_map_flag_reaches_the_data_the_trials_load(tmp_path, capsys):
+    counts = {"Normal": 20, "COVID": 20, "Viral Pneumonia": 20}
+    root = make_folder(tmp_path / "d", counts=counts, images_per_patient=1)
+    argv = ["--data", str(root), "--storage", str(tmp_path / "runs")]
+    # Without the class map COVID and Viral Pneumonia are two classes, so no VIRAL ...
+    with pytest.raises(SystemExit):
+        run(["--space", str(space_file(tmp_path, "val_acc_viral")), *argv])
+    assert "['NORMAL', 'COVID', 'Viral Pneumonia']" in capsys.readouterr().err
+    # ... and with --class-map seed they are VIRAL (the seed's merge), so no COVID.
+    with pytest.raises(SystemExit):
+        run(["--space", str(space_file(tmp_path, "val_acc_covid")), *argv, "--class-map", "seed"])
+    assert "whose classes are ['NORMAL', 'VIRAL']" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -110,11 +110,17 @@ def predict_files(
 
 def format_table(rows: list[dict[str, Any]], classes: Sequence[str]) -> str:
     width = max(len("image"), *(len(r["image"]) for r in rows))
-    head = f"{'image':<{width}}  {'class':<10}" + "".join(f"  {c:>9}" for c in classes)
+    name_w = max(10, *(len(c) for c in classes))  # the data's class names, any length
+    cols = [max(9, len(c)) for c in classes]
+    head = f"{'image':<{width}}  {'class':<{name_w}}" + "".join(
+        f"  {c:>{w}}" for c, w in zip(classes, cols, strict=True)
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        probs = "".join(f"  {r['probabilities'][c]:>9.4f}" for c in classes)
-        lines.append(f"{r['image']:<{width}}  {r['class']:<10}{probs}")
+        probs = "".join(
+            f"  {r['probabilities'][c]:>{w}.4f}" for c, w in zip(classes, cols, strict=True)
+        )
+        lines.append(f"{r['image']:<{width}}  {r['class']:<{name_w}}{probs}")
     return "\n".join(lines)
 
 

@@ -15,6 +15,8 @@ from analysis.evaluate import Evaluator
 from analysis.load import Experiment, TrialRecord
 from analysis.tables import TrialEval
 from analysis.tta import SEED_POLICIES
+from trainables.data import DataReport
+from trainables.experiment import read_data_report
 from trainables.train import model_from_checkpoint
 
 
@@ -46,12 +48,39 @@ def intro_section(doc: Document, exp: Experiment, best: TrialEval, device: str) 
     )
     doc.text(
         "Every accuracy is shown as `value [low, high]`: the 95 % percentile-bootstrap interval "
-        "over test images (2,000 seeded resamples). Precision is macro-averaged over the three "
-        "classes, as the seed reports it; per-class accuracy is the recall of that class."
+        "over test images (2,000 seeded resamples). Precision is macro-averaged over the "
+        f"{len(best.classes)} classes ({', '.join(best.classes)}), as the seed reports it; "
+        "per-class accuracy is the recall of that class."
     )
     if exp.missing:
         doc.heading("What this report cannot cover", 3)
         doc.text("\n".join(f"- {m}" for m in exp.missing))
+
+
+def data_section(doc: Document, exp: Experiment) -> None:
+    """The sweep's data as its pre-flight found it: classes and their folders, images per
+    class and split, every skipped file with its reason (`data_report.json`)."""
+    reports = read_data_report(exp.path)
+    if not reports:
+        return
+    report = DataReport.from_dict(reports[0])
+    doc.heading("Data", 3)
+    renamed = "; ".join(f"{c} ← {', '.join(s)}" for c, s in report.sources.items() if s != [c])
+    doc.text(
+        f"`{report.root}` ({report.layout}: {report.why}), {len(report.classes)} classes "
+        f"({', '.join(report.classes)}{'; ' + renamed if renamed else ''}), "
+        f"{report.image_size} px {report.resize_mode}. "
+        f"{len(report.skipped)} file(s) skipped, {report.ignored_hidden} hidden file(s) ignored."
+        + "".join(f"\n- {n}" for n in report.notes)
+    )
+    counts = pd.DataFrame(
+        [{"split": s, **c, "total": sum(c.values())} for s, c in report.counts.items()]
+    )
+    doc.table(
+        "data_counts", "Images per class and split (validation split made by the sweep)", counts
+    )
+    if report.skipped:
+        doc.table("data_skipped", "Files skipped, and why", pd.DataFrame(report.skipped))
 
 
 def _best_row(table: pd.DataFrame, key: str) -> pd.Series | None:

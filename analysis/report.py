@@ -72,6 +72,7 @@ def build_report(
 
     doc = Document(out)
     prose.intro_section(doc, exp, best_eval, device)
+    prose.data_section(doc, exp)
     prose.balance_section(doc, t)
     prose.architecture_section(doc, t)
     prose.tta_section(doc, t, best_eval, chosen)

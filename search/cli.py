@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from search.tracking import WANDB_MODES
+from trainables.classes import parse_class_map
 from trainables.experiment import DEFAULT_WANDB_PROJECT, ExperimentRecord
 from trainables.vocab import parse_phantom
 
@@ -70,9 +71,21 @@ def _data(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     path = Path(text).expanduser()
+    if path.is_file() and path.suffix.lower() == ".csv":  # a CSV manifest (README, Data)
+        return str(path.resolve())
     if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"data folder {text!r} does not exist")
+        raise argparse.ArgumentTypeError(
+            f"data {text!r} does not exist as a folder or a .csv manifest"
+        )
     return str(path.resolve())
+
+
+def _class_map(text: str) -> str:
+    try:
+        parse_class_map(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -87,7 +100,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m search.run",
-        description="Hyperparameter sweep for 3-class chest X-ray classification: Optuna TPE "
+        description="Hyperparameter sweep for chest X-ray classification: Optuna TPE "
         "proposes trials from a space file, ASHA stops weak ones early, Ray Tune runs them "
         "(fractional GPUs when a GPU is visible), W&B logs them, and the best checkpoint is "
         "exported as a bundle plus ONNX.",
@@ -110,8 +123,16 @@ def _what_to_run(p: argparse.ArgumentParser) -> None:
         "--data",
         type=_data,
         default=None,
-        help="image-folder root or phantom:small|phantom:full "
-        "(default: the profile's embedded phantom)",
+        help="image-folder root, CSV manifest (path,label[,patient_id,split]) or "
+        "phantom:small|phantom:full (default: the profile's embedded phantom)",
+    )
+    p.add_argument(
+        "--class-map",
+        type=_class_map,
+        default=None,
+        help="rename or merge the data's labels: 'seed' (every label that aliases a seed "
+        "class merges into it: COVID and Viral Pneumonia -> VIRAL, as the seed's study did) "
+        "or 'LABEL=CLASS,LABEL=CLASS'",
     )
     p.add_argument(
         "--profile",

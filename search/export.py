@@ -32,6 +32,7 @@ from trainables.experiment import (
     METRIC_MODES,
     ExperimentRecord,
     best_checkpoint,
+    read_data_report,
     read_record,
 )
 
@@ -129,11 +130,17 @@ def export_best(
             classes,
             metrics,
             history,
-            extra={"source": source, "onnx": onnx_check},
+            extra={"source": source, "onnx": onnx_check, **_data_extra(experiment_dir)},
         )
         shutil.move(str(onnx_path), staged / ONNX_FILE)
         _replace_dir(staged, out)
     return out
+
+
+def _data_extra(experiment_dir: Path) -> dict:
+    """The sweep's data report (classes, counts, skipped files) for bundle.json, if saved."""
+    reports = read_data_report(experiment_dir)
+    return {"data": reports[0]} if reports else {}
 
 
 def export_record(record: ExperimentRecord, out: Path | None = None) -> Path:

@@ -32,11 +32,26 @@ from search.checkpoints import asha_milestones
 from search.cli import Profile, build_parser, choose_profile, resume_command
 from search.cluster import detect_gpus, local_ray, quiet_ray
 from search.gpu_memory import measure_before_packing, oom_retry_callback
+from search.preflight import Preflight, preflight
 from search.space import Space, load_space
-from search.summary import print_next_steps, print_summary, summarize, sweep_state
+from search.summary import (
+    all_failed,
+    data_summary,
+    print_next_steps,
+    print_summary,
+    summarize,
+    sweep_state,
+)
 from search.tracking import resolve_mode, scrub
 from search.tuner import build_tuner, make_trainable, settings_for
-from trainables.experiment import EXPERIMENT_FILE, ExperimentRecord, write_summary
+from trainables.data import DataReport
+from trainables.experiment import (
+    DATA_REPORT_FILE,
+    EXPERIMENT_FILE,
+    ExperimentRecord,
+    data_report_json,
+    write_summary,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,7 +86,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"profile: {recorded.profile} ({where}); resuming {recorded.path}", flush=True)
         return resume(parser, args, recorded, card_bytes)
     record, space = new_experiment(parser, args, root, name, gpus, card_bytes)
+    checked = run_preflight(parser, space)  # exits 2 before any trial or folder exists
     storage.write_record(record)
+    save_data_report(record, checked.reports)
     return execute(args, record, space, card_bytes, restore=False)
 
 
@@ -98,6 +115,8 @@ def new_experiment(
     if profile.max_train_batches:
         defaults["max_train_batches"] = profile.max_train_batches
     overrides = {"data": args.data or profile.data, "seed": args.seed}
+    if args.class_map:
+        overrides["class_map"] = args.class_map
     try:
         space = load_space(
             args.space,
@@ -131,6 +150,28 @@ def new_experiment(
     record = dataclasses.replace(record, gpu_memory=gpu_memory)
     announce(record)
     return record, space
+
+
+# --- pre-flight and data report (issue 10) --------------------------------------------------
+
+
+def run_preflight(parser: argparse.ArgumentParser, space: Space) -> Preflight:
+    """The data, the METRIC and every branch of the space checked before Ray starts; a problem
+    ends the command with one line and exit status 2."""
+    try:
+        checked = preflight(space)
+    except ValueError as err:
+        parser.exit(2, f"error: {' '.join(str(err).split())}\n")
+    print(checked.format(), flush=True)
+    return checked
+
+
+def save_data_report(record: ExperimentRecord, reports: list[DataReport]) -> None:
+    text = data_report_json(r.to_dict() for r in reports)
+    storage.write_text(storage.join_storage(record.path, DATA_REPORT_FILE), text)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def make_record(
@@ -288,6 +329,7 @@ def finish(
     summary = summarize(grid, record, wall, gpus_of)
     state = sweep_state(summary, budget_hit)
     summary["state"] = state
+    summary["data"] = data_summary(record)
     print_summary(summary, state, record)
     if not storage.is_uri(record.storage):
         write_summary(Path(record.path), summary)
@@ -297,6 +339,12 @@ def finish(
             flush=True,
         )
         return 130
+    if all_failed(summary):  # whatever --export says: nothing trained
+        print(
+            f"every trial failed ({len(summary['errors'])} errors): see the trials' error.txt",
+            file=sys.stderr,
+        )
+        return 1
     code = 0 if args.no_export else export_at_end(args, record)
     print_next_steps(record, exported=not args.no_export and code == 0)
     return code

@@ -28,14 +28,15 @@ from typing import Any
 
 from trainables.config import TrialConfig, field_names
 from trainables.experiment import METRIC_MODES
-from trainables.vocab import CLASSES, class_key
+from trainables.vocab import class_key
 
 DEFAULT_GRACE_PERIOD = 1  # epochs
 DEFAULT_REDUCTION_FACTOR = 3
 DEFAULT_NUM_SAMPLES = 20
 VALIDATION_SAMPLES = 5  # define() calls made by the throw-away study
 
-# Per-epoch keys `trainables.train.train` reports (docs/ARCHITECTURE.md); METRIC must be one.
+# Per-epoch keys `trainables.train.train` reports (docs/ARCHITECTURE.md); METRIC must be one,
+# or a per-class `val_acc_<class_key(class)>` of the data's classes (`check_metric`, pre-flight).
 METRIC_KEYS = frozenset(
     [
         "train_loss",
@@ -47,8 +48,25 @@ METRIC_KEYS = frozenset(
         "val_f1",
         "val_balanced_acc",
     ]
-    + [f"val_acc_{class_key(c)}" for c in CLASSES]
 )
+PER_CLASS_PREFIX = "val_acc_"
+
+
+def metric_keys(classes: Sequence[str]) -> list[str]:
+    """Every metric a trial on data with these classes reports."""
+    return sorted(METRIC_KEYS) + [f"{PER_CLASS_PREFIX}{class_key(c)}" for c in classes]
+
+
+def check_metric(metric: str, classes: Sequence[str], where: str) -> None:
+    """Refuse a METRIC that data with `classes` does not report (a per-class key of a class the
+    data lacks), naming the data's classes."""
+    if metric not in metric_keys(classes):
+        raise ValueError(
+            f"{where}: METRIC {metric!r} is not reported for this data, whose classes are "
+            f"{list(classes)}; expected one of {metric_keys(classes)}"
+        )
+
+
 # Set by the driver for every trial, so a space may not suggest them.
 RUN_KEYS = ("epochs",)
 
@@ -175,9 +193,10 @@ def load_space(
     if not callable(define):
         raise ValueError(f"{where} has no define(trial) function")
     metric = _constant(module, where, "METRIC", str, None)
-    if metric not in METRIC_KEYS:
+    if metric not in METRIC_KEYS and not metric.startswith(PER_CLASS_PREFIX):
         raise ValueError(
-            f"{where}: METRIC {metric!r} is not reported; expected one of {sorted(METRIC_KEYS)}"
+            f"{where}: METRIC {metric!r} is not reported; expected one of {sorted(METRIC_KEYS)} "
+            f"or {PER_CLASS_PREFIX}<class> (checked against the data's classes before the sweep)"
         )
     mode = _constant(module, where, "MODE", str, None)
     if mode not in METRIC_MODES:

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from search.progress import describe
-from search.storage import is_uri
+from search.storage import is_uri, join_storage, read_text
 from trainables.experiment import (
+    DATA_REPORT_FILE,
     EXPORT_DIR,
     TERMINAL_STATUSES,
     ExperimentRecord,
     journal_path,
+    parse_data_report,
     read_ray_states,
     wandb_sync_command,
 )
@@ -87,6 +89,8 @@ def best_epoch(grid: Any, metric: str, mode: str) -> dict[str, Any] | None:
         return None
     if best is None or best.metrics_dataframe is None:
         return None
+    if metric not in best.metrics_dataframe.columns:  # every trial failed before reporting
+        return None
     # `best.metrics` is the trial's last epoch; the best epoch is a row of its history.
     frame = best.metrics_dataframe.dropna(subset=[metric])
     if not len(frame):
@@ -149,6 +153,12 @@ def print_summary(summary: dict[str, Any], state: str, record: ExperimentRecord)
         )
     )
     print(f"finished all {record.max_epochs} epochs: {summary['finished']}")
+    data = summary.get("data")
+    if data:
+        print(
+            f"data: {len(data['classes'])} classes {data['classes']}, "
+            f"{len(data['skipped'])} skipped file(s) (listed in summary.json)"
+        )
     print(
         f"errors: {len(summary['errors'])}"
         + (": " + ", ".join(summary["errors"]) if summary["errors"] else "")
@@ -172,3 +182,18 @@ def print_next_steps(record: ExperimentRecord, exported: bool) -> None:
     print("next steps:")
     for what, command in steps:
         print(f"  {what:<12} {command}")
+
+
+def all_failed(summary: dict[str, Any]) -> bool:
+    """Every trial of the sweep ended in an error (and there was at least one)."""
+    rows = summary["trial_rows"]
+    return bool(rows) and all(r["error"] for r in rows)
+
+
+def data_summary(record: ExperimentRecord) -> dict[str, Any] | None:
+    """The run's data report as saved by the pre-flight (classes, counts, every skipped file
+    with its reason), for summary.json; None for an experiment without one."""
+    where = join_storage(record.path, DATA_REPORT_FILE)
+    text = read_text(where)
+    reports = parse_data_report(text, where) if text else []
+    return reports[0] if reports else None

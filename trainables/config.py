@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from trainables.classes import parse_class_map
 from trainables.vocab import (
     AMP_MODES,
     AUGMENTATIONS,
@@ -63,7 +64,12 @@ class TrialConfig:
     val_fraction: float = 0.2
     """Share of train held out for validation, stratified (and grouped by patient)."""
     data: str = "phantom:small"
-    """An image-folder root, a pediatric `chest_xray` root, or `phantom:small` / `phantom:full`."""
+    """An image-folder root, a pediatric `chest_xray` root, a CSV manifest (`.csv`), or
+    `phantom:small` / `phantom:full` (README, Data)."""
+    class_map: str = ""
+    """Renames or merges the data's labels before they become classes: `seed` (every label that
+    aliases a seed class merges into it, e.g. COVID and Viral Pneumonia -> VIRAL) or
+    `LABEL=CLASS,LABEL=CLASS`; empty keeps every label (`trainables.classes`)."""
     amp: str = "auto"
     """Numerics: 'auto' is bf16 autocast + channels_last on CUDA and fp32 on CPU."""
     compile: bool = False
@@ -104,6 +110,7 @@ class TrialConfig:
                 f"image_size must be a multiple of 32 and at least 32, got {self.image_size!r}"
             )
         parse_phantom(self.data)
+        parse_class_map(self.class_map)
         # The registries' names come from `vocab`, so this module never imports models (which
         # imports this one): there is no import cycle, and no torch import either.
         _check_choice("model", self.model, MODEL_NAMES)

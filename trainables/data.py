@@ -2,8 +2,10 @@
 
 `load_dataset` (or `load_for_config`) is the one entry point. It hands each step to its module:
 
-- `trainables.layouts`: which files belong to which split, class and patient (image folder or
-  the pediatric ``chest_xray`` set, detected automatically; see that module for the rules);
+- `trainables.layouts`: which files belong to which split, label and patient (image folder or
+  the pediatric ``chest_xray`` set, detected automatically), or `trainables.manifest` for a
+  CSV manifest;
+- `trainables.classes`: labels become classes (any names; seed aliases and the class map);
 - `trainables.preprocess`: every image becomes an 8-bit grayscale square;
 - `trainables.decode_cache`: each file is decoded once per preprocessing setting, so the second
   load (and every epoch) never calls PIL;
@@ -16,6 +18,7 @@ The names other code imports from here (`CLASSES`, `CLASS_ALIASES`, `ImageError`
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +27,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainables.classes import CLASS_ALIASES, ClassNaming, class_of_folder, name_classes
 from trainables.decode_cache import decode_cached
 from trainables.layouts import (
-    CLASS_ALIASES,
     PEDIATRIC_CLASS_DIRS,
     Entry,
+    Layout,
     Listing,
-    class_of_folder,
     detect_layout,
     list_split,
     resolve_root,
 )
+from trainables.manifest import manifest_layout
 from trainables.preprocess import (
     PREPROCESS_VERSION,
     ImageError,
@@ -47,6 +51,7 @@ from trainables.vocab import CLASSES
 
 __all__ = [
     "CLASSES",
+    "list_dataset",
     "CLASS_ALIASES",
     "DATASET_FIELDS",
     "PEDIATRIC_CLASS_DIRS",
@@ -63,7 +68,7 @@ __all__ = [
     "preprocess",
 ]
 
-DATASET_FIELDS = ("data", "image_size", "resize_mode", "split_seed", "val_fraction")
+DATASET_FIELDS = ("data", "image_size", "resize_mode", "split_seed", "val_fraction", "class_map")
 """The `TrialConfig` fields that decide a `Dataset` (the decoded arrays and the split); they are
 also `load_dataset`'s parameter names."""
 
@@ -101,9 +106,14 @@ class Split:
 
 @dataclass
 class DataReport:
+    """What a load found: classes and where they came from, images per class and split, and
+    every skipped file with its reason. Printed by the driver, saved in the experiment folder
+    (`trainables.experiment.write_data_report`), summarised in summary.json, the report and
+    the bundle."""
+
     root: str
     layout: str
-    """'image-folder' or 'pediatric'."""
+    """'image-folder', 'pediatric' or 'manifest'."""
     classes: list[str]
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     """split -> class -> images."""
@@ -116,26 +126,33 @@ class DataReport:
     resize_mode: str = ""
     decoded: int = 0
     """Files decoded by PIL in this load (0 on a warm cache)."""
+    why: str = ""
+    """How the layout was recognised."""
+    sources: dict[str, list[str]] = field(default_factory=dict)
+    """Class -> the folders (or manifest labels) it came from."""
+    class_map: str = ""
+    columns: list[str] = field(default_factory=list)
+    """A manifest's columns (extra ones are kept here, unused)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "root": self.root,
-            "layout": self.layout,
-            "classes": list(self.classes),
-            "counts": {s: dict(c) for s, c in self.counts.items()},
-            "skipped": [dict(s) for s in self.skipped],
-            "ignored_hidden": self.ignored_hidden,
-            "notes": list(self.notes),
-            "image_size": self.image_size,
-            "resize_mode": self.resize_mode,
-            "decoded": self.decoded,
-        }
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataReport:
+        """Read back `to_dict`; keys this version does not know are ignored (a newer writer)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
     def format(self) -> str:
         lines = [
-            f"data {self.root} ({self.layout}, {self.image_size} px, {self.resize_mode}; "
-            f"{self.decoded} files decoded, the rest from the cache)"
+            f"data {self.root} ({self.layout}: {self.why}; {self.image_size} px, "
+            f"{self.resize_mode}; {self.decoded} files decoded, the rest from the cache)"
         ]
+        renamed = {c: s for c, s in self.sources.items() if s != [c]}
+        if renamed:
+            lines.append(
+                "classes: " + "; ".join(f"{c} <- {', '.join(s)}" for c, s in renamed.items())
+            )
         header = ["split", *self.classes, "total"]
         rows = [header]
         for split, counts in self.counts.items():
@@ -191,69 +208,109 @@ def load_dataset(
     resize_mode: str = "pad",
     split_seed: int = 0,
     val_fraction: float = 0.2,
+    class_map: str = "",
     include_test: bool = False,
 ) -> Dataset:
     """Read, decode (once, through the cache), split and report a dataset.
 
-    `data` is an image-folder root, a pediatric ``chest_xray`` root (or its parent), or
-    ``phantom:small`` / ``phantom:full``. Only analysis passes ``include_test=True``; otherwise
-    the test folder is not read at all.
+    `data` is an image-folder root, a pediatric ``chest_xray`` root (or its parent), a CSV
+    manifest, or ``phantom:small`` / ``phantom:full``; `class_map` renames or merges labels
+    (`trainables.classes`). Only analysis passes ``include_test=True``; otherwise the test
+    images are not opened at all.
     """
     check_preprocessing(image_size, resize_mode)
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    layout = detect_layout(resolve_root(str(data)))
-    report = DataReport(
-        str(layout.root), layout.kind, [], image_size=image_size, resize_mode=resize_mode
-    )
-    if len(layout.split_dirs["train"]) > 1:
-        report.notes.append("the given val folder is merged into train before our split")
-    listing = Listing()
-    train_entries = list_split(layout, "train", listing)
-    test_entries = list_split(layout, "test", listing) if include_test else []
-    _add_listing(report, listing)
-    classes = _classes_of(train_entries, test_entries, layout.root)
-    report.classes = classes
+    layout, listing, entries, naming = list_dataset(data, class_map, include_test)
+    report = _new_report(layout, listing, naming, image_size, resize_mode, class_map)
+    classes = naming.classes
 
-    train_all = _load_part(train_entries, layout.root, image_size, resize_mode, report)
-    test = None
-    if include_test:
-        test = _load_part(test_entries, layout.root, image_size, resize_mode, report)
-        _check_readable(test, classes, "test", report)
-    _check_readable(train_all, classes, "train", report)
-    labels = np.array([classes.index(x) for x in train_all.labels], dtype=np.int64)
-    train_idx, val_idx, how = split_train_val(labels, train_all.patients, split_seed, val_fraction)
-    report.notes.append(f"validation split: {how}, split_seed={split_seed}")
+    parts = {
+        split: _load_part(split_entries, layout.root, image_size, resize_mode, report)
+        for split, split_entries in entries.items()
+    }
+    for split, part in parts.items():
+        _check_readable(part, classes, split, report)
+    train_all = parts["train"]
+    if "val" in parts:  # given by a manifest
+        train_idx, val_idx = np.arange(len(train_all.paths)), None
+        report.notes.append("validation split: given by the manifest")
+    else:
+        labels = np.array([classes.index(x) for x in train_all.labels], dtype=np.int64)
+        train_idx, val_idx, how = split_train_val(
+            labels, train_all.patients, split_seed, val_fraction
+        )
+        report.notes.append(f"validation split: {how}, split_seed={split_seed}")
     train = _make_split(train_all, classes, train_idx)
-    val = _make_split(train_all, classes, val_idx)
-    test_split = (
-        _make_split(test, classes, np.arange(len(test.paths))) if test is not None else None
+    val = (
+        _make_split(train_all, classes, val_idx)
+        if val_idx is not None
+        else _whole(parts["val"], classes)
     )
-    _count(report, classes, {"train": train, "val": val, "test": test_split})
+    test = _whole(parts["test"], classes) if "test" in parts else None
+    _count(report, classes, {"train": train, "val": val, "test": test})
     record = {
         "hash": split_hash(train.paths, val.paths),
         "train": sorted(train.paths),
         "val": sorted(val.paths),
-        "test": sorted(test_split.paths) if test_split is not None else [],
+        "test": sorted(test.paths) if test is not None else [],
     }
-    return Dataset(layout.root, classes, train, val, test_split, report, record, report.decoded)
+    return Dataset(layout.root, classes, train, val, test, report, record, report.decoded)
 
 
-def _add_listing(report: DataReport, listing: Listing) -> None:
-    report.skipped += listing.skipped
-    report.ignored_hidden += listing.ignored_hidden
-    report.notes += listing.notes
+def list_dataset(
+    data: str, class_map: str = "", include_test: bool = False
+) -> tuple[Layout, Listing, dict[str, list[Entry]], ClassNaming]:
+    """List the dataset and name its classes without opening an image: the layout, what was
+    skipped, the entries per split ('train', a manifest's 'val', 'test' with `include_test`)
+    relabelled with their class, and the class naming. Refuses what no trial could train."""
+    root = resolve_root(str(data))
+    layout = manifest_layout(root) if root.is_file() else detect_layout(root)
+    listing = Listing()
+    entries = {"train": list_split(layout, "train", listing)}
+    if layout.entries is not None and "val" in layout.entries:
+        entries["val"] = list_split(layout, "val", listing)
+    if include_test:
+        entries["test"] = list_split(layout, "test", listing)
+    train_labels = [e.label for split in ("train", "val") for e in entries.get(split, [])]
+    naming = name_classes(train_labels, [e.label for e in entries.get("test", [])], class_map)
+    if len(naming.classes) < 2:
+        where = layout.root / "train" if layout.kind != "manifest" else root
+        raise ValueError(
+            f"train split {where} has classes {naming.classes}; need two"
+            + (f" ({'; '.join(listing.notes)})" if listing.notes else "")
+        )
+    for split_entries in entries.values():
+        for e in split_entries:
+            e.label = naming.of[e.label]
+    return layout, listing, entries, naming
 
 
-def _classes_of(train: list[Entry], test: list[Entry], root: Path) -> list[str]:
-    """The classes train holds, in `CLASSES` order; test may hold no class train lacks."""
-    classes = [c for c in CLASSES if any(e.label == c for e in train)]
-    if len(classes) < 2:
-        raise ValueError(f"train split {root / 'train'} has classes {classes}; need two")
-    stray = sorted({e.label for e in test} - set(classes))
-    if stray:
-        raise ValueError(f"test split has classes {stray} that train does not have ({classes})")
-    return classes
+def _new_report(
+    layout: Layout,
+    listing: Listing,
+    naming: ClassNaming,
+    image_size: int,
+    resize_mode: str,
+    class_map: str,
+) -> DataReport:
+    notes = list(layout.notes) + list(listing.notes) + list(naming.notes)
+    if len(layout.split_dirs.get("train", [])) > 1:
+        notes.insert(0, "the given val folder is merged into train before our split")
+    return DataReport(
+        root=str(layout.root),
+        layout=layout.kind,
+        classes=list(naming.classes),
+        skipped=list(listing.skipped),
+        ignored_hidden=listing.ignored_hidden,
+        notes=notes,
+        image_size=image_size,
+        resize_mode=resize_mode,
+        why=layout.why,
+        sources=dict(naming.sources),
+        class_map=class_map,
+        columns=list(layout.columns),
+    )
 
 
 def _load_part(
@@ -296,6 +353,10 @@ def _count(report: DataReport, classes: list[str], splits: dict[str, Split | Non
                     f"(train holds {report.counts['train'][c] + report.counts['val'][c]} {c} "
                     f"images); add images or patients, or change val_fraction"
                 )
+
+
+def _whole(part: _Part, classes: list[str]) -> Split:
+    return _make_split(part, classes, np.arange(len(part.paths)))
 
 
 def _make_split(part: _Part, classes: list[str], idx: np.ndarray) -> Split:

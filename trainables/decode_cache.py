@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,30 +33,54 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _digest_files(entries: list[Entry], root: Path) -> list[str]:
-    """Content hashes (blake2b-128), reusing a (size, mtime) index so warm loads read no pixels."""
+def _digest_files(entries: list[Entry], root: Path) -> tuple[list[str | None], dict[int, str]]:
+    """Content hashes (blake2b-128), reusing a (size, mtime) index so warm loads read no pixels.
+
+    A file that cannot be read now (vanished since listing, permission denied, a FIFO) gets no
+    hash and a reason instead: it is skipped, never a crash."""
     index_path = cache_root() / "decoded" / "index" / f"{sha256_hex(str(root.resolve()))[:32]}.json"
     try:
         index = json.loads(index_path.read_text())
     except (OSError, ValueError):
         index = {}
-    digests, changed = [], False
-    for e in entries:
-        st = e.path.stat()
-        known = index.get(e.rel)
-        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
-            digests.append(known[2])
+    digests: list[str | None] = []
+    failures: dict[int, str] = {}
+    changed = False
+    for i, e in enumerate(entries):
+        try:
+            digest, record = _digest_one(e, index.get(e.rel))
+        except OSError as err:
+            digests.append(None)
+            failures[i] = _unreadable(e.path, err)
             continue
-        h = hashlib.blake2b(digest_size=16)
-        with open(e.path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        digests.append(h.hexdigest())
-        index[e.rel] = [st.st_size, st.st_mtime_ns, digests[-1]]
-        changed = True
+        digests.append(digest)
+        if record is not None:
+            index[e.rel], changed = record, True
     if changed:
         atomic_write_text(index_path, json.dumps(index))
-    return digests
+    return digests, failures
+
+
+def _digest_one(e: Entry, known: list | None) -> tuple[str, list | None]:
+    """(hash, new index record or None when the index already knew it)."""
+    st = e.path.stat()
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block open() forever
+        raise OSError(f"{e.path} is not a regular file")
+    if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+        return known[2], None
+    h = hashlib.blake2b(digest_size=16)
+    with open(e.path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest(), [st.st_size, st.st_mtime_ns, h.hexdigest()]
+
+
+def _unreadable(path: Path, err: OSError) -> str:
+    if isinstance(err, FileNotFoundError):
+        return f"{path}: vanished after listing (or a dangling symlink)"
+    if isinstance(err, PermissionError):
+        return f"{path}: permission denied: not readable by this user"
+    return f"{path}: cannot be read ({err})"
 
 
 def decode_cached(
@@ -66,7 +91,10 @@ def decode_cached(
     One consolidated .npy per (content hashes, preprocessing); built under a lock, written
     atomically, so concurrent loads decode once and never see a partial file.
     """
-    digests = _digest_files(entries, root)
+    all_digests, unreadable = _digest_files(entries, root)
+    readable = [i for i, d in enumerate(all_digests) if d is not None]
+    entries = [entries[i] for i in readable]
+    digests = [all_digests[i] for i in readable]
     prep_dir = cache_root() / "decoded" / f"v{PREPROCESS_VERSION}-{image_size}px-{resize_mode}"
     key = sha256_hex("\n".join(digests))[:32]
     array_path, meta_path = prep_dir / f"{key}.npy", prep_dir / f"{key}.json"
@@ -79,14 +107,14 @@ def decode_cached(
         meta = json.loads(meta_path.read_text())
         images = np.load(array_path)
     rows = {d: i for i, d in enumerate(meta["ok"])}
-    kept, failures = [], {}
-    for i, d in enumerate(digests):
+    kept, failures, index = [], dict(unreadable), []
+    for j, d in enumerate(digests):  # j indexes the readable entries, readable[j] the caller's
         if d in rows:
-            kept.append(i)
+            kept.append(readable[j])
+            index.append(rows[d])
         else:
-            failures[i] = meta["failed"][d].replace("{path}", str(entries[i].path))
-    index = np.array([rows[digests[i]] for i in kept], dtype=np.int64)
-    return images[index], kept, failures, decoded
+            failures[readable[j]] = meta["failed"][d].replace("{path}", str(entries[j].path))
+    return images[np.array(index, dtype=np.int64)], kept, failures, decoded
 
 
 def _build_cache(

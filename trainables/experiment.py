@@ -4,6 +4,7 @@ An experiment is Ray Tune's layout under `STORAGE/NAME/` plus the sweep's own fi
 
     NAME/cxr_tune.json                  the `ExperimentRecord` (written by search.run)
     NAME/summary.json                   the end-of-sweep summary (search.summary writes it)
+    NAME/data_report.json               the driver's pre-flight data report(s) (`DataReport`s)
     NAME/experiment_state-*.json        Ray's trial table (statuses), read by `read_ray_states`
     NAME/<trial dir>/params.json        the trial's config (a `TrialConfig` dict)
     NAME/<trial dir>/result.json        one JSON object per reported epoch, `read_results`
@@ -44,6 +45,8 @@ from trainables.cache import atomic_write_text
 SCHEMA_VERSION = 1  # of cxr_tune.json; files written before the field existed are version 1
 EXPERIMENT_FILE = "cxr_tune.json"
 SUMMARY_FILE = "summary.json"
+DATA_REPORT_FILE = "data_report.json"
+DATA_REPORT_VERSION = 1
 RESULT_FILE = "result.json"
 PARAMS_FILE = "params.json"
 ERROR_FILE = "error.txt"
@@ -293,6 +296,43 @@ def read_summary_rows(experiment_dir: Path) -> dict[str, dict[str, Any]]:
         return {str(r["trial_id"]): r for r in summary.get("trial_rows", []) if "trial_id" in r}
     except (OSError, json.JSONDecodeError, TypeError, AttributeError, KeyError):
         return {}
+
+
+# --- data_report.json --------------------------------------------------------------------------
+# One `trainables.data.DataReport.to_dict()` per dataset the sweep's space can load (one per
+# preprocessing setting), the first being the run's own; plain dicts here so this module stays
+# free of torch (`DataReport.from_dict` types them).
+
+
+def data_report_json(reports: Iterable[Mapping[str, Any]]) -> str:
+    body = {"schema_version": DATA_REPORT_VERSION, "datasets": [dict(r) for r in reports]}
+    return json.dumps(body, indent=2, default=str) + "\n"
+
+
+def parse_data_report(text: str, where: str = DATA_REPORT_FILE) -> list[dict[str, Any]]:
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not valid JSON: {err}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("datasets"), list):
+        raise ValueError(f"{where} must hold an object with a 'datasets' list")
+    if body.get("schema_version", 1) > DATA_REPORT_VERSION:
+        raise ValueError(f"{where}: schema_version {body['schema_version']!r} is newer than this")
+    return [d for d in body["datasets"] if isinstance(d, dict)]
+
+
+def write_data_report(experiment_dir: Path, reports: Iterable[Mapping[str, Any]]) -> Path:
+    path = Path(experiment_dir) / DATA_REPORT_FILE
+    atomic_write_text(path, data_report_json(reports))
+    return path
+
+
+def read_data_report(experiment_dir: Path) -> list[dict[str, Any]]:
+    """The saved data reports; [] when the experiment has none (written before it existed)."""
+    path = Path(experiment_dir) / DATA_REPORT_FILE
+    if not path.is_file():
+        return []
+    return parse_data_report(path.read_text(), str(path))
 
 
 # --- trials: result.json, params.json, error.txt, checkpoints ------------------------------------

@@ -1,32 +1,26 @@
-"""Layout listing: which files of a data root belong to which split, class and patient.
+"""Layout listing: which files of a data root belong to which split, label and patient.
 
-A layout turns a data root into `Entry` rows (relative path, file, class name, patient id) per
-split, without opening an image. Two layouts are read, detected by `detect_layout`:
+A layout turns a data root into `Entry` rows (relative path, file, label, patient id) per split,
+without opening an image. Three layouts are read, detected by `detect_layout`:
 
-- image folder: ``ROOT/{train,test}/<CLASS>/*`` (a ``ROOT/val`` folder, if any, is merged
-  into train before our own split). Class names come from the folder names and are ordered as
-  in `trainables.vocab.CLASSES`. Folder names are matched case-insensitively, with spaces,
-  underscores and hyphens treated alike, through `CLASS_ALIASES`:
-
-  ===========  ==================================================================
-  class        folder names accepted
-  ===========  ==================================================================
-  NORMAL       normal, healthy
-  BACTERIA     bacteria, bacterial, pneumonia-bacterial, bacterial-pneumonia
-  VIRAL        viral, virus, covid, covid-19, covid19, pneumonia-viral,
-               viral-pneumonia, pneumonia-viral-covid-19
-  ===========  ==================================================================
-
+- image folder: ``ROOT/{train,test}/<CLASS>/*`` with any class folder names (a ``ROOT/val``
+  folder, if any, is merged into train before our own split). The folder names are the labels;
+  `trainables.classes` turns labels into classes (seed aliases, the class map, the order).
   Patient ids come from a ``ROOT/metadata.csv`` with ``path`` (relative to ROOT) and
   ``patient_id`` columns, else from ``person<ID>_`` file names, else a file is its own patient.
 - the public pediatric set: ``chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/`` (the path of
-  ``chest_xray`` or of its parent). The class and patient come from the file name:
-  ``person12_bacteria_45.jpeg`` is BACTERIA of patient ``12``, ``person3_virus_7.jpeg`` is
-  VIRAL, ``IM-0115-0001.jpeg`` is NORMAL of patient ``IM-0115``. Its official ``val`` folder
-  (16 images) is merged into train before our own split.
+  ``chest_xray`` or of its parent), recognised when most train PNEUMONIA files carry its file
+  names: ``person12_bacteria_45.jpeg`` is BACTERIA of patient ``12``, ``person3_virus_7.jpeg``
+  is VIRAL, ``IM-0115-0001.jpeg`` is NORMAL of patient ``IM-0115``. Other PNEUMONIA files are
+  skipped and counted. A NORMAL/PNEUMONIA folder without those names is an image folder with
+  two classes. Its official ``val`` folder (16 images) is merged into train before our split.
+- a CSV manifest (``--data FILE.csv``): `trainables.manifest`.
 
-`LAYOUTS` maps each layout's name to the function that lists one of its class folders; a new
-layout (a CSV manifest, say) adds a detector to `detect_layout` and an entry to `LAYOUTS`.
+Hostile files never crash a listing: dangling symlinks, FIFOs and other non-regular files,
+unreadable files and directories named like images are skipped with their reason
+(`file_problem`); a file that vanishes later is caught when it is hashed or decoded.
+
+`LAYOUTS` maps each folder layout's name to the function that lists one of its class folders.
 """
 
 from __future__ import annotations
@@ -34,29 +28,21 @@ from __future__ import annotations
 import csv
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from trainables.vocab import CLASSES, parse_phantom
+from trainables.classes import CLASS_ALIASES, class_of_folder
+from trainables.vocab import parse_phantom
 
-CLASS_ALIASES: dict[str, str] = {
-    "normal": "NORMAL",
-    "healthy": "NORMAL",
-    "bacteria": "BACTERIA",
-    "bacterial": "BACTERIA",
-    "pneumonia-bacterial": "BACTERIA",
-    "bacterial-pneumonia": "BACTERIA",
-    "viral": "VIRAL",
-    "virus": "VIRAL",
-    "covid": "VIRAL",
-    "covid-19": "VIRAL",
-    "covid19": "VIRAL",
-    "pneumonia-viral": "VIRAL",
-    "viral-pneumonia": "VIRAL",
-    "pneumonia-viral-covid-19": "VIRAL",
-}
+__all__ = ["CLASS_ALIASES", "Entry", "Layout", "Listing", "class_of_folder", "detect_layout"]
+
 PEDIATRIC_CLASS_DIRS = ("NORMAL", "PNEUMONIA")
+SPLIT_NAMES = ("train", "val", "test")
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".pgm", ".ppm"}
+)
 _PERSON_RE = re.compile(r"^person(\d+)_", re.IGNORECASE)
 _PEDIATRIC_PNEUMONIA_RE = re.compile(r"^person(\d+)_(bacteria|virus)_", re.IGNORECASE)
 _PEDIATRIC_NORMAL_RE = re.compile(r"^((?:[A-Za-z0-9]+-)?IM-\d+)-", re.IGNORECASE)
@@ -70,17 +56,24 @@ class Entry:
     """Path relative to the data root, POSIX separators."""
     path: Path
     label: str
-    """A name from `CLASSES`."""
+    """The label as found (folder name, manifest value); `trainables.classes` names classes."""
     patient: str | None
 
 
 @dataclass
 class Layout:
     kind: str
-    """A key of `LAYOUTS`."""
+    """'image-folder', 'pediatric' or 'manifest'."""
     root: Path
     split_dirs: dict[str, list[Path]]
-    """Our split name -> folders read into it."""
+    """Our split name -> folders read into it (folder layouts)."""
+    why: str = ""
+    """How the layout was recognised, in words."""
+    entries: dict[str, list[Entry]] | None = None
+    """A manifest's rows per split ('train', 'test', and 'val' when the manifest gives one)."""
+    columns: list[str] = field(default_factory=list)
+    """A manifest's columns."""
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -92,14 +85,8 @@ class Listing:
     ignored_hidden: int = 0
     notes: list[str] = field(default_factory=list)
 
-
-def _alias_key(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "-", name.strip().lower())
-
-
-def class_of_folder(name: str) -> str | None:
-    """The class a folder name stands for (through `CLASS_ALIASES`), or None."""
-    return CLASS_ALIASES.get(_alias_key(name))
+    def skip(self, rel: str, reason: str) -> None:
+        self.skipped.append({"path": rel, "reason": reason})
 
 
 def _is_hidden(name: str) -> bool:
@@ -107,7 +94,7 @@ def _is_hidden(name: str) -> bool:
 
 
 def resolve_root(data: str) -> Path:
-    """The folder `data` names: a phantom preset (generated on first use) or an existing folder."""
+    """What `data` names: a phantom preset (generated on first use), a folder or a CSV file."""
     preset = parse_phantom(data)
     if preset is not None:
         from trainables.phantom import ensure_phantom  # generating is heavy: only on demand
@@ -116,60 +103,147 @@ def resolve_root(data: str) -> Path:
     root = Path(data).expanduser()
     if not root.exists():
         raise ValueError(f"data path {root} does not exist")
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return root
     if not root.is_dir():
-        raise ValueError(f"data path {root} is not a folder")
+        raise ValueError(f"data path {root} is neither a folder nor a .csv manifest")
     return root
 
 
 def detect_layout(root: Path) -> Layout:
+    """The folder layout of `root` (a manifest's is `trainables.manifest.manifest_layout`)."""
     for base in (root, root / "chest_xray"):
         train = base / "train"
         if not train.is_dir():
             continue
-        names = {p.name.upper() for p in train.iterdir() if p.is_dir()}
-        kind = "pediatric" if "PNEUMONIA" in names else "image-folder"
+        kind, why = _folder_kind(train)
         # A given val folder (the pediatric set's has 16 images) joins train before our split.
         dirs = [train] + ([base / "val"] if (base / "val").is_dir() else [])
-        return Layout(kind, base, {"train": dirs, "test": [base / "test"]})
-    raise ValueError(
-        f"missing split folder {root / 'train'}: expected an image folder ROOT/{{train,test}}/"
-        f"<CLASS>/ or the pediatric chest_xray/{{train,val,test}}/{{NORMAL,PNEUMONIA}}/"
+        return Layout(kind, base, {"train": dirs, "test": [base / "test"]}, why)
+    raise ValueError(_no_train_message(root))
+
+
+def _folder_kind(train: Path) -> tuple[str, str]:
+    """'pediatric' when most train PNEUMONIA files carry the pediatric set's names."""
+    folders = {p.name.upper(): p for p in train.iterdir() if p.is_dir()}
+    if set(folders) != set(PEDIATRIC_CLASS_DIRS):
+        return "image-folder", "train/<CLASS>/ folders"
+    names = [n for _, _, files in os.walk(folders["PNEUMONIA"]) for n in files if not _is_hidden(n)]
+    named = sum(bool(_PEDIATRIC_PNEUMONIA_RE.match(n)) for n in names)
+    if names and 2 * named >= len(names):
+        return (
+            "pediatric",
+            f"{named} of {len(names)} train PNEUMONIA files are person<ID>_(bacteria|virus)_<N>",
+        )
+    return "image-folder", (
+        f"NORMAL/PNEUMONIA folders, two classes: {named} of {len(names)} PNEUMONIA file names "
+        "say bacteria or virus (the pediatric layout needs most of them to)"
     )
 
 
+def _no_train_message(root: Path) -> str:
+    """Why `root` is no data root, with the path the user probably meant."""
+    expected = (
+        "expected an image folder ROOT/{train,test}/<CLASS>/, the pediatric "
+        "chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/ or a .csv manifest"
+    )
+    if root.name.lower() in SPLIT_NAMES and (root.parent / "train").is_dir():
+        return (
+            f"{root} is a split folder, one level too deep: pass --data {root.parent} ({expected})"
+        )
+    nested = sorted(p for p in root.iterdir() if p.is_dir() and (p / "train").is_dir())
+    if nested:
+        return (
+            f"{root} has no train folder but {nested[0]} has: pass --data {nested[0]} ({expected})"
+        )
+    classes = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not _is_hidden(p.name) and p.name.lower() not in SPLIT_NAMES
+    )
+    if classes:
+        return (
+            f"missing split folder {root / 'train'}: {root} holds {classes[:5]} but no "
+            f"train/test folders; arrange them as ROOT/{{train,test}}/<CLASS>/ or list the "
+            f"files in a CSV manifest (path,label[,patient_id,split])"
+        )
+    return f"missing split folder {root / 'train'}: {expected}"
+
+
 def list_split(layout: Layout, split: str, listing: Listing) -> list[Entry]:
-    """Every file of `split`, in a stable order; what is not used is recorded in `listing`."""
+    """Every usable file of `split`, in a stable order; what is not used is recorded in
+    `listing`."""
+    if layout.entries is not None:
+        return _usable(layout.entries.get(split, []), listing)
     entries: list[Entry] = []
     metadata = _read_metadata(layout.root, listing) if layout.kind == "image-folder" else {}
     list_class_dir = LAYOUTS[layout.kind]
     for split_dir in layout.split_dirs[split]:
         if not split_dir.is_dir():
-            raise ValueError(f"missing split folder {split_dir}")
+            raise ValueError(f"missing split folder {split_dir} (expected {split_dir}/<CLASS>/)")
         for child in sorted(split_dir.iterdir()):
             if _is_hidden(child.name):
                 listing.ignored_hidden += 1
                 continue
             if not child.is_dir():
-                listing.skipped.append(
-                    {"path": _rel(child, layout.root), "reason": "not inside a class folder"}
-                )
+                listing.skip(_rel(child, layout.root), "not inside a class folder")
                 continue
-            files = _files_under(child, listing)
-            if not files:
+            files = _files_under(child, layout.root, listing)
+            if not files and not any(
+                s["path"].startswith(_rel(child, layout.root) + "/") for s in listing.skipped
+            ):
                 raise ValueError(f"empty class folder {child}: it holds no files")
             entries += list_class_dir(child, files, layout.root, listing, metadata)
     return entries
 
 
-def _files_under(folder: Path, listing: Listing) -> list[Path]:
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as an image file (without opening it), or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "dangling symlink" if os.path.islink(path) else "missing file"
+    except OSError as err:
+        return f"cannot stat the file ({err.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory, not an image file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a FIFO, socket or device)"
+    if not os.access(path, os.R_OK):
+        return "permission denied: not readable by this user"
+    return None
+
+
+def _usable(entries: list[Entry], listing: Listing) -> list[Entry]:
+    kept = []
+    for e in entries:
+        problem = file_problem(e.path)
+        if problem:
+            listing.skip(e.rel, problem)
+        else:
+            kept.append(e)
+    return kept
+
+
+def _files_under(folder: Path, root: Path, listing: Listing) -> list[Path]:
     files = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for d in sorted(dirnames):
+            if not _is_hidden(d) and Path(d).suffix.lower() in IMAGE_SUFFIXES:
+                listing.skip(_rel(Path(dirpath) / d, root), "a directory named like an image file")
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not _is_hidden(d) and Path(d).suffix.lower() not in IMAGE_SUFFIXES
+        )
         for name in sorted(filenames):
+            path = Path(dirpath) / name
             if _is_hidden(name):
                 listing.ignored_hidden += 1
+            elif problem := file_problem(path):
+                listing.skip(_rel(path, root), problem)
             else:
-                files.append(Path(dirpath) / name)
+                files.append(path)
     return files
 
 
@@ -179,16 +253,10 @@ ClassDirLister = Callable[[Path, list[Path], Path, Listing, dict[str, str]], lis
 def _image_folder_entries(
     folder: Path, files: list[Path], root: Path, listing: Listing, metadata: dict[str, str]
 ) -> list[Entry]:
-    label = class_of_folder(folder.name)
-    if label is None:
-        raise ValueError(
-            f"unknown class folder {folder}; known class folders are {list(CLASSES)} "
-            f"and the aliases {sorted(CLASS_ALIASES)} (case-insensitive)"
-        )
     entries = []
     for f in files:
         rel = _rel(f, root)
-        entries.append(Entry(rel, f, label, metadata.get(rel) or _person_id(f.name)))
+        entries.append(Entry(rel, f, folder.name, metadata.get(rel) or _person_id(f.name)))
     return entries
 
 
@@ -201,7 +269,7 @@ def _pediatric_entries(
             f"unknown class folder {folder} in the pediatric layout; expected "
             f"{list(PEDIATRIC_CLASS_DIRS)}"
         )
-    entries = []
+    entries, unnamed = [], 0
     for f in files:
         rel = _rel(f, root)
         if kind == "NORMAL":
@@ -210,16 +278,20 @@ def _pediatric_entries(
             continue
         m = _PEDIATRIC_PNEUMONIA_RE.match(f.name)
         if m is None:
-            listing.skipped.append(
-                {
-                    "path": rel,
-                    "reason": "PNEUMONIA file name does not say bacteria or virus "
-                    "(expected person<ID>_bacteria_<N> or person<ID>_virus_<N>)",
-                }
+            unnamed += 1
+            listing.skip(
+                rel,
+                "PNEUMONIA file name does not say bacteria or virus "
+                "(expected person<ID>_bacteria_<N> or person<ID>_virus_<N>)",
             )
             continue
         label = "BACTERIA" if m.group(2).lower() == "bacteria" else "VIRAL"
         entries.append(Entry(rel, f, label, m.group(1)))
+    if unnamed:
+        listing.notes.append(
+            f"{unnamed} of {len(files)} files in {_rel(folder, root)} could not be classified: "
+            "their names do not say bacteria or virus"
+        )
     return entries
 
 

@@ -98,6 +98,10 @@ def decode_image(path: Path, image_size: int, resize_mode: str) -> np.ndarray:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"{path}: over Pillow's decompression-bomb limit ({err})") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: vanished after listing") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied: not readable by this user") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file Pillow can identify") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:

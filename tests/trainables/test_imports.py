@@ -122,8 +122,10 @@ def test_config_imports_neither_models_nor_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     loaded = json.loads(out.stdout)
-    # TrialConfig validates against trainables.vocab's names, so it needs no registry module.
+    # TrialConfig validates against trainables.vocab's names (and the class map's plain-Python
+    # rules), so it needs no registry module.
     assert [m for m in loaded if m.startswith("trainables.")] == [
+        "trainables.classes",
         "trainables.config",
         "trainables.vocab",
     ]

@@ -43,14 +43,14 @@ def test_missing_test_split_is_refused_only_when_test_is_read(tmp_path):
     assert str(root / "test") in str(err.value)
 
 
-def test_unknown_class_folder_names_folder_and_known_names(tmp_path):
+def test_any_class_folder_name_is_a_class_after_the_seed_classes(tmp_path):
     root = make_folder(tmp_path / "d")
-    noise(root / "train" / "Tuberculosis" / "a.png", 99)
-    with pytest.raises(ValueError, match="unknown class folder") as err:
-        load_dataset(str(root), image_size=S)
-    message = str(err.value)
-    assert "Tuberculosis" in message  # names the folder
-    assert "NORMAL" in message and "covid-19" in message  # lists classes and aliases
+    for i in range(20):
+        noise(root / "train" / "Tuberculosis" / f"person{500 + i}_tb_{i}.png", 900 + i)
+    ds = load_dataset(str(root), image_size=S)
+    # Seed classes first in their order, then the others sorted (as ImageFolder does).
+    assert ds.classes == ["NORMAL", "BACTERIA", "VIRAL", "Tuberculosis"]
+    assert ds.report.counts["train"]["Tuberculosis"] + ds.report.counts["val"]["Tuberculosis"] == 20
 
 
 def test_empty_class_folder_is_refused(tmp_path):
@@ -80,17 +80,31 @@ def test_alias_table_maps_seed_and_common_folder_names():
     assert set(CLASS_ALIASES.values()) == set(CLASSES)
 
 
-def test_alias_folders_load_as_the_three_classes(tmp_path):
+def test_alias_folders_stay_apart_unless_the_class_map_merges_them(tmp_path):
     root = make_folder(
         tmp_path / "d",
-        counts={"normal": 10, "Pneumonia-Bacterial": 10, "COVID-19": 6, "Pneumonia-Viral": 6},
-        test_counts={"Normal": 2, "BACTERIAL": 2, "Viral Pneumonia": 2},
+        counts={"normal": 10, "Pneumonia-Bacterial": 10, "COVID-19": 10, "Pneumonia-Viral": 10},
+        test_counts={"Normal": 2, "BACTERIAL": 2, "COVID-19": 1, "Pneumonia_Viral": 1},
+        images_per_patient=1,
     )
     ds = load_dataset(str(root), image_size=S, include_test=True)
-    assert ds.classes == list(CLASSES)  # default order, whatever the folder names
-    # COVID-19 and Pneumonia-Viral merge into VIRAL, as in the seed's labels.
-    assert ds.report.counts["train"]["VIRAL"] + ds.report.counts["val"]["VIRAL"] == 12
-    assert ds.report.counts["test"] == {"NORMAL": 2, "BACTERIA": 2, "VIRAL": 2}
+    # Two folders that both mean VIRAL stay two classes, spelled as in the data; the report
+    # says which folder became which class and how to merge them.
+    assert ds.classes == ["NORMAL", "BACTERIA", "COVID-19", "Pneumonia-Viral"]
+    assert ds.report.sources["BACTERIA"] == ["Pneumonia-Bacterial", "BACTERIAL"]
+    assert any("class_map 'seed'" in n for n in ds.report.notes)
+    assert ds.report.counts["test"]["Pneumonia-Viral"] == 1  # Pneumonia_Viral in test
+    merged = load_dataset(str(root), image_size=S, include_test=True, class_map="seed")
+    # The seed's own merge, one option: COVID-19 and Pneumonia-Viral are VIRAL.
+    assert merged.classes == list(CLASSES)
+    assert merged.report.counts["train"]["VIRAL"] + merged.report.counts["val"]["VIRAL"] == 20
+    assert merged.report.counts["test"] == {"NORMAL": 2, "BACTERIA": 2, "VIRAL": 2}
+    explicit = load_dataset(
+        str(root), image_size=S, class_map="COVID-19=VIRAL,pneumonia viral=VIRAL"
+    )
+    assert explicit.split_record["hash"] == merged.split_record["hash"]
+    with pytest.raises(ValueError, match=r"class_map names labels \['tb'\]"):
+        load_dataset(str(root), image_size=S, class_map="TB=VIRAL")
 
 
 def test_pediatric_layout_merges_val_and_parses_classes_and_patients(tmp_path):

@@ -1,0 +1,172 @@
+"""The driver's pre-flight: everything a trial would trip over, checked once before Ray starts.
+
+`preflight(space)` runs in the driver after the space file loaded and before the experiment
+folder is written:
+
+1. Every branch of the space: `define` is walked through every combination of its categorical
+   choices (numeric suggestions at their low and at their high end), not just a few random
+   samples, so each categorical value is checked against its registry (`REGISTRIES`) and every
+   branch builds a `TrialConfig`.
+2. Every dataset those configs can load (one per data / preprocessing / split setting) is
+   listed, validated and decoded with the code the trials run (`trainables.data.load_for_config`),
+   which fills the decode cache, so the trials start warm.
+3. The space's METRIC against the data's classes (`search.space.check_metric`).
+
+A problem is a `ValueError` naming the file, folder or value and what was expected; `search.run`
+turns it into exit status 2 before any trial or experiment folder exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from search.space import RUN_KEYS, Space, SpaceDefine, check_metric
+from trainables.config import TrialConfig, field_names
+from trainables.data import DataReport, dataset_key, list_dataset, load_for_config
+from trainables.vocab import AMP_MODES, AUGMENTATIONS, BALANCES, MODEL_NAMES, RESIZE_MODES
+
+REGISTRIES: dict[str, Sequence[str]] = {
+    "model": MODEL_NAMES,
+    "balance": list(BALANCES),
+    "augment": list(AUGMENTATIONS),
+    "resize_mode": RESIZE_MODES,
+    "amp": AMP_MODES,
+}
+"""TrialConfig fields whose values come from a registry: a categorical choice must be a name."""
+EXPLORE_LIMIT = 4096  # define() calls; a space with more branches is checked on the first ones
+
+
+@dataclass
+class Preflight:
+    """What the pre-flight checked: the data reports (the run's own dataset first)."""
+
+    reports: list[DataReport]
+    branches: int
+    """define() paths walked."""
+    notes: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        first, *others = self.reports
+        lines = [
+            f"pre-flight: {self.branches} branches of the space checked; "
+            f"{len(self.reports)} dataset setting(s) listed and decoded",
+            first.format(),
+        ]
+        lines += [
+            f"  also decoded: {r.image_size} px {r.resize_mode} ({r.decoded} files decoded)"
+            for r in others
+        ]
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def preflight(space: Space) -> Preflight:
+    where = f"space file {space.path}"
+    configs, branches = explore(space.define, where)
+    # The run's own configs (as sampled by load_space) first, so its dataset is reported first.
+    by_key: dict[tuple, TrialConfig] = {}
+    for cfg in [*space.samples, *configs]:
+        by_key.setdefault(dataset_key(cfg), cfg)
+    reports, notes = [], []
+    for cfg in by_key.values():
+        dataset = load_for_config(cfg)
+        check_metric(space.metric, dataset.classes, where)
+        reports.append(dataset.report)
+    for data, class_map in dict.fromkeys((c.data, c.class_map) for c in by_key.values()):
+        try:
+            list_dataset(data, class_map, include_test=True)  # lists test; opens no image
+        except ValueError as err:
+            notes.append(f"the test split cannot be read, so analysis.report will refuse: {err}")
+    return Preflight(reports, branches, notes)
+
+
+class _Probe:
+    """A stand-in Optuna trial that follows one path through the categorical choices and puts
+    every numeric suggestion at its low or its high end."""
+
+    def __init__(self, path: list[int], end: str) -> None:
+        self.path, self.end = path, end
+        self.taken: list[int] = []
+        self.counts: list[int] = []
+        self.params: dict[str, Any] = {}
+        self.categorical: dict[str, list[Any]] = {}
+        self.number = 0
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        choices = list(choices)
+        if not choices:
+            raise ValueError(f"suggest_categorical({name!r}) has no choices")
+        i = len(self.taken)
+        pick = self.path[i] if i < len(self.path) else 0
+        self.taken.append(pick)
+        self.counts.append(len(choices))
+        self.categorical.setdefault(name, []).extend(choices)
+        self.params[name] = choices[pick]
+        return choices[pick]
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        value = low if self.end == "low" else high - (high - low) % step
+        self.params[name] = value
+        return value
+
+    def suggest_float(self, name: str, low: float, high: float, *, step=None, log=False) -> float:
+        value = float(low if self.end == "low" else high)
+        self.params[name] = value
+        return value
+
+    def set_user_attr(self, key: str, value: Any) -> None:  # harmless in a probe
+        pass
+
+
+def explore(define: SpaceDefine, where: str) -> tuple[list[TrialConfig], int]:
+    """Every categorical branch of `define` (both numeric ends), each as a TrialConfig; every
+    categorical value checked against its registry. Returns (configs, define() paths walked)."""
+    unrestricted = SpaceDefine(define.path, define.defaults, define.overrides)
+    configs: list[TrialConfig] = []
+    stack, pushed, calls = [[]], {()}, 0
+    while stack and calls < EXPLORE_LIMIT:
+        path = stack.pop()
+        for end in ("low", "high"):
+            probe = _Probe(path, end)
+            configs.append(_leaf(unrestricted, probe, where))
+            calls += 1
+            for j in range(len(path), len(probe.counts)):
+                for alt in range(1, probe.counts[j]):
+                    child = tuple(probe.taken[:j]) + (alt,)
+                    if child not in pushed:
+                        pushed.add(child)
+                        stack.append(list(child))
+    return configs, calls
+
+
+def _leaf(define: SpaceDefine, probe: _Probe, where: str) -> TrialConfig:
+    try:
+        constants = define(probe)
+    except Exception as err:  # user code failing on one branch
+        if str(err).startswith("space file"):
+            raise
+        raise ValueError(
+            f"{where}: define() fails on the branch {probe.params}: {type(err).__name__}: {err}"
+        ) from err
+    for name, choices in probe.categorical.items():
+        bad = [c for c in choices if name in REGISTRIES and c not in REGISTRIES[name]]
+        if bad:
+            raise ValueError(
+                f"{where}: suggest_categorical({name!r}) offers {bad[0]!r}, which is not a "
+                f"{name}; expected one of {sorted(REGISTRIES[name])}"
+            )
+    unknown = sorted(set(probe.params) - set(field_names()))
+    if unknown:
+        raise ValueError(
+            f"{where}: define() suggests {unknown} on the branch {probe.params}, which "
+            f"TrialConfig does not know; valid names are {sorted(field_names())}"
+        )
+    if set(probe.params) & set(RUN_KEYS):
+        raise ValueError(f"{where}: define() suggests {sorted(RUN_KEYS)}, which the run sets")
+    try:
+        return TrialConfig.from_dict({**constants, **probe.params})
+    except ValueError as err:
+        raise ValueError(
+            f"{where}: the branch {probe.params} is not a valid TrialConfig: {err}"
+        ) from None

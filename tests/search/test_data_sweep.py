@@ -1,0 +1,165 @@
+"""Real sweeps on data the project did not make: a 4-class folder with non-X-ray class names
+and hostile files (train, per-class metrics, W&B, summary, export, report, predict), a 2-class
+CSV manifest, and a sweep whose every trial fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from wandb_log import history_rows
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "trainables"))
+from image_folders import make_folder, noise, write_bad  # noqa: E402
+
+from trainables.experiment import read_results, trial_dirs  # noqa: E402
+
+pytestmark = pytest.mark.slow
+FOUR = ("Lung_Opacity", "No Finding", "Pleural Effusion", "tuber culosis")
+KEYS = ("lung_opacity", "no_finding", "pleural_effusion", "tuber_culosis")
+
+
+def sweep(storage: Path, data: Path, *extra: str, space: Path | str = "spaces/smoke.py"):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    args = ["--space", str(space), "--data", str(data), "--storage", str(storage)]
+    return subprocess.run(
+        [sys.executable, "-m", "search.run", *args, "--name", "s", "--max-concurrent", "2", *extra],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def hostile_four_class_folder(root: Path) -> dict[str, str]:
+    """Four classes of non-X-ray names plus hostile files; returns path -> expected reason."""
+    make_folder(
+        root,
+        counts=dict.fromkeys(FOUR, 12),
+        test_counts=dict.fromkeys(FOUR, 2),
+        images_per_patient=1,
+    )
+    opacity, finding = root / "train" / "Lung_Opacity", root / "train" / "No Finding"
+    os.symlink(root / "nowhere.png", opacity / "dangling.png")
+    os.mkfifo(opacity / "pipe.png")
+    (finding / "folder.png").mkdir()
+    write_bad("zero_byte", finding / "empty.png")
+    write_bad("corrupt", root / "train" / "tuber culosis" / "broken.png")
+    (root / "train" / "Pleural Effusion" / "notes.txt").write_text("not an image")
+    return {
+        "train/Lung_Opacity/dangling.png": "dangling symlink",
+        "train/Lung_Opacity/pipe.png": "not a regular file",
+        "train/No Finding/folder.png": "a directory named like an image file",
+        "train/No Finding/empty.png": "zero-byte",
+        "train/tuber culosis/broken.png": "corrupt or truncated",
+        "train/Pleural Effusion/notes.txt": "not an image file",
+    }
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("four")
+    hostile = hostile_four_class_folder(base / "data")
+    proc = sweep(base / "runs", base / "data", "--num-samples", "2", "--wandb-mode", "offline")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = base / "runs" / "s"
+    summary = json.loads((exp / "summary.json").read_text())
+    return {"proc": proc, "exp": exp, "summary": summary, "hostile": hostile, "data": base / "data"}
+
+
+def test_the_data_report_comes_before_the_sweep_and_is_kept_in_the_summary(four):
+    out = four["proc"].stdout
+    assert out.index("pre-flight:") < out.index(" start ")  # before the first trial starts
+    data = four["summary"]["data"]
+    assert data["classes"] == list(FOUR)
+    reasons = {s["path"]: s["reason"] for s in data["skipped"]}
+    assert set(reasons) == set(four["hostile"])  # every skipped file, with its reason
+    for path, reason in four["hostile"].items():
+        assert reason in reasons[path], (path, reasons[path])
+    assert (four["exp"] / "data_report.json").is_file()
+
+
+def test_every_epoch_reports_all_four_classes_to_ray_and_wandb(four):
+    for trial in trial_dirs(four["exp"]):
+        for row in read_results(trial).rows:
+            assert all(f"val_acc_{k}" in row for k in KEYS), sorted(row)
+    runs = sorted((four["exp"] / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 2
+    for run_file in runs:
+        logged = set().union(*(h.keys() for h in history_rows(run_file)))
+        assert {f"val_acc_{k}" for k in KEYS} <= logged
+
+
+def test_the_bundle_records_the_classes_and_the_data_and_predicts_with_the_four_names(four, capsys):
+    from analysis.predict import main as predict
+
+    meta = json.loads((four["exp"] / "export" / "bundle.json").read_text())
+    assert meta["classes"] == list(FOUR)
+    assert {s["path"] for s in meta["data"]["skipped"]} == set(four["hostile"])
+    image = next((four["data"] / "test" / "Pleural Effusion").iterdir())
+    assert predict([str(four["exp"] / "export"), str(image), "--json", "--device", "cpu"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["predictions"]
+    assert list(row["probabilities"]) == list(FOUR) and row["class"] in FOUR
+    assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_report_tables_and_data_section_follow_the_four_classes(four, tmp_path):
+    from analysis.report import run_report
+
+    _, _, tables = run_report(four["exp"], tmp_path / "report", top_k=1, device="cpu")
+    per_class = tables["table2_balance_per_class"]
+    assert {f"test_acc_{k}" for k in KEYS} <= set(per_class.columns)
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "### Data" in page and "train/Lung_Opacity/pipe.png" in page
+
+
+def test_a_two_class_csv_manifest_sweeps_to_a_bundle(tmp_path):
+    base = tmp_path / "cxr"
+    rows = ["path,label,patient_id,split,site"]
+    for i in range(40):
+        label = ("NORMAL", "PNEUMONIA")[i % 2]
+        noise(base / "png" / f"{i:03d}.png", 7000 + i)
+        rows.append(f"png/{i:03d}.png,{label},P{i},{'test' if i >= 32 else 'train'},north")
+    rows.append("png/missing.png,NORMAL,P99,train,south")
+    (base / "labels.csv").write_text("\n".join(rows) + "\n")
+    proc = sweep(
+        tmp_path / "runs", base / "labels.csv", "--num-samples", "1", "--wandb-mode", "disabled"
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "runs" / "s"
+    meta = json.loads((exp / "export" / "bundle.json").read_text())
+    assert meta["classes"] == ["NORMAL", "PNEUMONIA"]
+    data = json.loads((exp / "summary.json").read_text())["data"]
+    assert data["layout"] == "manifest" and "site" in data["columns"]
+    assert data["skipped"] == [{"path": "png/missing.png", "reason": "missing file"}]
+
+
+def test_a_sweep_in_which_every_trial_fails_exits_non_zero_even_without_export(tmp_path):
+    space = tmp_path / "broken.py"
+    # Passes every pre-flight check, then fails in each trial: the weights file does not exist.
+    space.write_text(
+        'METRIC = "val_loss"\nMODE = "min"\nMAX_EPOCHS = 1\n\ndef define(trial):\n'
+        "    return {'model': 'resnet18', 'pretrained': True, 'frozen_depth': 5,\n"
+        "            'weights_path': '/nonexistent/resnet18.pth', 'image_size': 32}\n"
+    )
+    data = make_folder(tmp_path / "d", counts={"NORMAL": 10, "VIRAL": 10}, images_per_patient=1)
+    proc = sweep(
+        tmp_path / "runs",
+        data,
+        "--num-samples",
+        "1",
+        "--no-export",
+        "--wandb-mode",
+        "disabled",
+        space=space,
+    )
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "every trial failed" in proc.stderr
+    summary = json.loads((tmp_path / "runs" / "s" / "summary.json").read_text())
+    assert len(summary["errors"]) == 1

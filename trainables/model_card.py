@@ -47,6 +47,9 @@ def _git(root: Path, *args: str) -> str:
     return proc.stdout.strip()
 
 
+_METRIC_NAMES = {"acc": "accuracy", "precision": "macro precision"}
+
+
 def _pct(value: Any) -> str:
     return "—" if not isinstance(value, (int, float)) else f"{100 * float(value):.1f} %"
 
@@ -77,8 +80,9 @@ def _metrics_lines(meta: dict[str, Any]) -> list[str]:
         lines.append("")
         lines.append("| test metric | TTA | value [95 % CI] |\n|---|---|---|")
         for row in test.get("metrics", []):
+            name = _METRIC_NAMES.get(row["metric"], row["metric"])
             lines.append(
-                f"| {row['metric']} | `{row['tta']}` | {_pct(row['value'])} "
+                f"| {name} | `{row['tta']}` | {_pct(row['value'])} "
                 f"[{_pct(row['low'])}, {_pct(row['high'])}] |"
             )
     else:

@@ -78,6 +78,8 @@ class Document:
             elif kind == "table":
                 caption, frame, csv, css = value
                 table = frame.to_html(index=False, border=0, classes=css, escape=True)
+                # An interval may wrap after its value, never inside its brackets.
+                table = _INTERVAL.sub(lambda m: m[0].replace(" ", "&nbsp;"), table)
                 body.append(
                     f"<figure>{table}<figcaption>{_inline_html(caption)} "
                     f"(<a href='{csv}'>{csv}</a>)</figcaption></figure>"
@@ -118,6 +120,7 @@ code {{ background: #f3f3f3; padding: 0 0.2rem; }}
 """
 
 
+_INTERVAL = re.compile(r"\[-?[\d.]+, -?[\d.]+\]")
 _LINK = re.compile(r"\[([^\]\n]+)\]\(([^)\s]+)\)")
 
 

@@ -111,7 +111,9 @@ def record_in_bundle(exp: Experiment, t: dict[str, pd.DataFrame], report_dir: Pa
             },
             "evaluation": {
                 "split": "test",
-                "data": str(exp.trials[0].params.get("data", "")) or None,
+                "data": next(
+                    (r.config.data for r in exp.trials if r.trial_id == trial and r.config), None
+                ),
                 "images": int(head["test images"].iloc[0]),
                 "interval": "95 % percentile bootstrap over test images",
                 "report": str(report_dir / "report.html"),

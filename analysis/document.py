@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.tables import display, to_markdown
+from analysis.tables import compact, display, to_markdown
 from trainables.cache import atomic_write_text
 
 
@@ -29,11 +30,15 @@ class Document:
     def text(self, text: str) -> None:
         self.blocks.append(("text", text))
 
-    def table(self, name: str, caption: str, table: pd.DataFrame) -> None:
+    def table(self, name: str, caption: str, table: pd.DataFrame, css: str = "t") -> None:
+        """A table as CSV (every column) and on the page in its compact display form (rows
+        without numbers and constant columns move to the caption, see `tables.compact`)."""
         path = self.out / f"{name}.csv"
         atomic_write_text(path, table.to_csv(index=False))
         self.csvs.append(path)
-        self.blocks.append(("table", (caption, display(table), path.name)))
+        shown, notes = compact(display(table))
+        caption = " ".join([caption.rstrip(".") + ".", *notes]) if notes else caption
+        self.blocks.append(("table", (caption, shown, path.name, css)))
 
     def csv(self, name: str, table: pd.DataFrame) -> Path:
         """A table written as CSV only (too long for the page)."""
@@ -55,7 +60,7 @@ class Document:
             elif kind == "text":
                 parts.append(str(value))
             elif kind == "table":
-                caption, frame, csv = value
+                caption, frame, csv, _ = value
                 parts.append(f"{to_markdown(frame)}\n\n*{caption}* ([{csv}]({csv}))")
             else:
                 caption, path = value
@@ -71,10 +76,12 @@ class Document:
             elif kind == "text":
                 body.append(f"<p>{_inline_html(str(value))}</p>")
             elif kind == "table":
-                caption, frame, csv = value
-                table = frame.to_html(index=False, border=0, classes="t", escape=True)
+                caption, frame, csv, css = value
+                table = frame.to_html(index=False, border=0, classes=css, escape=True)
+                # An interval may wrap after its value, never inside its brackets.
+                table = _INTERVAL.sub(lambda m: m[0].replace(" ", "&nbsp;"), table)
                 body.append(
-                    f"<figure>{table}<figcaption>{html.escape(caption)} "
+                    f"<figure>{table}<figcaption>{_inline_html(caption)} "
                     f"(<a href='{csv}'>{csv}</a>)</figcaption></figure>"
                 )
             else:
@@ -83,7 +90,7 @@ class Document:
                 body.append(
                     f"<figure><img alt='{html.escape(caption)}' "
                     f"src='data:image/png;base64,{data}'>"
-                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                    f"<figcaption>{_inline_html(caption)}</figcaption></figure>"
                 )
         return _HTML.format(title=html.escape(title), body="\n".join(body))
 
@@ -91,12 +98,17 @@ class Document:
 _HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem;
-       line-height: 1.45; color: #222; }}
-table.t {{ border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }}
-table.t th, table.t td {{ border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem;
-                          text-align: right; white-space: nowrap; }}
+body {{ font-family: system-ui, sans-serif; max-width: 76rem; margin: 1.2rem auto; padding: 0 1rem;
+       line-height: 1.4; color: #222; }}
+h1 {{ font-size: 1.6rem; margin: 0.4rem 0 0.6rem; }}
+table.t {{ border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; max-width: 100%; }}
+table.t th, table.t td {{ border-bottom: 1px solid #ddd; padding: 0.25rem 0.5rem;
+                          text-align: right; white-space: normal; overflow-wrap: break-word;
+                          vertical-align: top; }}
 table.t th {{ background: #f3f3f3; }}
+table.t td:first-child, table.t th:first-child {{ text-align: left; }}
+table.headline {{ font-size: 1.05rem; }}
+table.headline td {{ font-variant-numeric: tabular-nums; }}
 figure {{ margin: 1rem 0 1.5rem; overflow-x: auto; }}
 figcaption {{ font-style: italic; font-size: 0.9rem; color: #555; }}
 img {{ max-width: 100%; }}
@@ -108,13 +120,20 @@ code {{ background: #f3f3f3; padding: 0 0.2rem; }}
 """
 
 
+_INTERVAL = re.compile(r"\[-?[\d.]+, -?[\d.]+\]")
+_LINK = re.compile(r"\[([^\]\n]+)\]\(([^)\s]+)\)")
+
+
 def _inline_html(text: str) -> str:
-    """Escape, then render the only Markdown the report's prose uses: `code`, **bold**, lists."""
+    """Escape, then render the only Markdown the report's prose uses: `code`, **bold**, links,
+    lists."""
     escaped = html.escape(text)
     parts = escaped.split("`")
     escaped = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
     parts = escaped.split("**")
     escaped = "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+    # [text](target): a link; the target is escaped already and must not hold spaces.
+    escaped = _LINK.sub(lambda m: f"<a href='{m[2]}'>{m[1]}</a>", escaped)
     lines = escaped.split("\n")
     if all(line.startswith("- ") for line in lines):
         return "<ul>" + "".join(f"<li>{line[2:]}</li>" for line in lines) + "</ul>"

@@ -56,14 +56,19 @@ def confusion_figure(
             colorbar=False,
             cmap="Blues",
         )
-        ax.set_title(title)
+        ax.set(title=f"test split, {title}", xlabel="predicted class", ylabel="true class")
     return _save(fig, path)
 
 
-def curves_figure(trials: Sequence[TrialRecord], path: Path) -> Path:
+def curves_figure(
+    trials: Sequence[TrialRecord], path: Path, metric: str | None = None, mode: str = "max"
+) -> Path:
     """Loss and accuracy per epoch of the given trials, train solid and validation dashed
-    (seed Figures 3, 9 and 12)."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    (seed Figures 3, 9 and 12), and the metric the sweep ranks by with each trial's best epoch
+    starred."""
+    panels = 3 if metric else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.9))
+    loss_ax, acc_ax = axes[0], axes[1]
     for i, trial in enumerate(trials):
         h, color = trial.history, f"C{i % 10}"
         label = f"{trial.trial_id} ({trial.params.get('model')}, {trial.params.get('balance')})"
@@ -72,11 +77,19 @@ def curves_figure(trials: Sequence[TrialRecord], path: Path) -> Path:
                 ax.plot(h["epoch"], h[f"train_{key}"], color=color, marker=".", label=label)
             if f"val_{key}" in h:
                 ax.plot(h["epoch"], h[f"val_{key}"], color=color, marker=".", linestyle="--")
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (train solid, validation dashed)")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy (train solid, validation dashed)")
-    for ax in (loss_ax, acc_ax):
+        if metric and metric in h and len(h):
+            axes[2].plot(h["epoch"], h[metric], color=color, marker=".")
+            best = h[metric].idxmin() if mode == "min" else h[metric].idxmax()
+            axes[2].scatter(h.loc[best, "epoch"], h.loc[best, metric], color=color, marker="*",
+                            s=120, zorder=3)  # fmt: skip
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss (train —, validation --)")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy (train —, validation --)")
+    if metric:
+        axes[2].set(xlabel="epoch", ylabel=metric,
+                    title=f"{metric}, the sweep's metric ({mode}; ★ best epoch)")  # fmt: skip
+    for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
-    loss_ax.legend(fontsize=7)
+    loss_ax.legend(fontsize=7, title="trial (model, balance)", title_fontsize=7)
     return _save(fig, path)
 
 
@@ -169,14 +182,23 @@ def asha_figure(exp: Experiment, path: Path) -> Path:
     values = pd.concat([t.history[exp.metric] for t in exp.trials if exp.metric in t.history])
     if len(values) and values.min() > 0 and values.max() / values.min() > 10:
         curve_ax.set_yscale("log")  # one diverged trial's loss would flatten all the others
-    curve_ax.set(xlabel="epoch", ylabel=exp.metric, title="trials per epoch (dotted: ASHA rungs)")
+    curve_ax.set(
+        xlabel="epoch",
+        ylabel=exp.metric,
+        title=f"validation {exp.metric} per epoch, one line per trial (dotted: ASHA rungs)",
+    )
     curve_ax.xaxis.get_major_locator().set_params(integer=True)
-    handles = [plt.Line2D([], [], color=c, marker="o", label=s) for s, c in _STATUS_COLORS.items()]
-    curve_ax.legend(handles=handles, fontsize=8)
+    present = pd.Series([t.status for t in exp.trials]).value_counts()
+    handles = [
+        plt.Line2D([], [], color=c, marker="o", label=f"{s} ({present[s]})")
+        for s, c in _STATUS_COLORS.items()
+        if s in present  # only the statuses this sweep has
+    ]
+    curve_ax.legend(handles=handles, fontsize=8, title="trial ended: status (trials)")
     epochs = pd.Series([t.epochs for t in exp.trials])
     counts = epochs.value_counts().sort_index()
     bar_ax.bar(counts.index.astype(str), counts.values, color="tab:blue")
-    bar_ax.set(xlabel="epochs trained", ylabel="trials", title="where trials ended")
+    bar_ax.set(xlabel="epochs trained", ylabel="number of trials", title="epochs each trial ran")
     return _save(fig, path)
 
 
@@ -241,5 +263,9 @@ def importance_figure(table: pd.DataFrame, metric: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(table)))
     ordered = table.iloc[::-1]
     ax.barh(ordered["parameter"], ordered["importance"], color="tab:purple")
-    ax.set(xlabel=f"fANOVA importance for {metric}", xlim=(0, 1))
+    ax.set(
+        xlabel=f"fANOVA importance for {metric} (share of variance, sums to 1)",
+        xlim=(0, 1),
+        title=f"Which searched parameters explain {metric}",
+    )
     return _save(fig, path)

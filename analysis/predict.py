@@ -1,11 +1,16 @@
 """Classify chest X-ray image files with an exported bundle (no Ray, no sweep needed).
 
-    python -m analysis.predict BUNDLE IMAGE... [--tta POLICY] [--json] [--device D]
+    python -m analysis.predict BUNDLE IMAGE... [--tta [POLICY]] [--json] [--device D]
 
 The bundle's own preprocessing (`bundle.json`: image size, pad or crop, grayscale, and the
 deterministic ops such as histogram equalization its model was trained on) is applied to each
 file, so images of any size and mode work. Prints the predicted class and every class's
-probability per image, as a table or as JSON.
+probability per image, as a table or as JSON. Probabilities are softmax(logits / temperature)
+with the bundle's `temperature` (1.0 until a calibration is fitted), under every TTA view.
+
+--tta POLICY takes a registered policy (none, tta1, tta2, mirror) or a variant NAME:vKxD as the
+report prints it (the first K views of NAME, D draws each); a bare --tta uses the policy recorded
+in the bundle (`tta.policy`, which `analysis.report` sets to the one it chose on validation).
 """
 
 from __future__ import annotations
@@ -68,13 +73,59 @@ def preprocessing_ops_of(bundle: Bundle) -> tuple[str, ...]:
     return tuple(ops)
 
 
+BUNDLE_POLICY = "bundle"  # what a bare --tta means: the policy bundle.json records
+
+
+def temperature_scaled(model: Any, temperature: float) -> Any:
+    """The model with its logits divided by a temperature, so every TTA view is calibrated."""
+    from torch import nn
+
+    class TemperatureScaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.temperature = model, temperature
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x) / self.temperature
+
+    return TemperatureScaled()
+
+
+def temperature_of(bundle: Bundle) -> float:
+    """bundle.json's `temperature` (1.0 when absent: bundles exported before the field)."""
+    from trainables.bundle import BUNDLE_META_FILE
+
+    value = bundle.extra.get("temperature", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+        raise ValueError(
+            f"{bundle.path / BUNDLE_META_FILE}: temperature must be a positive number, "
+            f"got {value!r}"
+        )
+    return float(value)
+
+
+def bundle_policy(bundle: Bundle) -> str:
+    """The TTA policy name bundle.json records (`tta.policy`; 'none' when absent), checked."""
+    from analysis.tta import get_policy
+    from trainables.bundle import BUNDLE_META_FILE
+
+    tta = bundle.extra.get("tta", {})
+    name = tta.get("policy", "none") if isinstance(tta, dict) else tta
+    try:
+        get_policy(str(name))
+    except ValueError as err:
+        raise ValueError(f"{bundle.path / BUNDLE_META_FILE}: tta.policy: {err}") from None
+    return str(name)
+
+
 def predict_files(
     bundle: Bundle,
     images: Sequence[str | Path],
     policy: str = "none",
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
-    """One dict per image: `image`, `class`, `probabilities` {class: p} (merged under `policy`)."""
+    """One dict per image: `image`, `class`, `probabilities` {class: p} (merged under `policy`;
+    'bundle' is the policy the bundle records)."""
     import numpy as np
     import torch
 
@@ -82,7 +133,7 @@ def predict_files(
     from trainables.device import EVAL_BATCH
     from trainables.preprocess import decode_file
 
-    policy_obj = get_policy(policy)
+    policy_obj = get_policy(bundle_policy(bundle) if policy == BUNDLE_POLICY else policy)
     if not images:
         raise ValueError("no image files given")
     size, mode = _preprocessing(bundle)
@@ -92,7 +143,7 @@ def predict_files(
         raise ValueError(f"image files not found: {missing}")
     pixels = np.stack([decode_file(p, size, mode) for p in images])
     batch = torch.from_numpy(pixels).unsqueeze(1)  # (N, 1, S, S) uint8
-    model = bundle.model.to(device)
+    model = temperature_scaled(bundle.model, temperature_of(bundle)).eval().to(device)
     result = evaluate_tta(
         model, batch, None, policy_obj, device, EVAL_BATCH, cfg=bundle.cfg, preprocess=ops
     )
@@ -131,37 +182,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("bundle", help="an exported bundle directory (STORAGE/NAME/export)")
-    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, any size or mode)")
+    parser.add_argument("images", nargs="*", help="image files (PNG, JPEG, any size or mode)")
     parser.add_argument(
         "--tta",
+        nargs="?",
         default="none",
-        help="test-time augmentation policy of analysis.tta (none, tta1, tta2, mirror, ...); "
-        "an unknown name is refused with the list",
+        const=BUNDLE_POLICY,
+        metavar="POLICY",
+        help="test-time augmentation: a policy of analysis.tta (none, tta1, tta2, mirror) or "
+        "NAME:vKxD (first K views, D draws, as the report names them); bare --tta: the policy "
+        "in bundle.json (default: none)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     args = parser.parse_args(argv)
     import torch
 
-    from analysis.tta import get_policy
+    from analysis.tta import TTA_POLICIES, get_policy
     from trainables.bundle import load_bundle
 
+    if args.tta not in TTA_POLICIES and Path(args.tta).is_file():
+        # `--tta IMAGE ...`: a bare --tta followed by the images, not a policy named IMAGE.
+        args.images, args.tta = [args.tta, *args.images], BUNDLE_POLICY
+    if not args.images:
+        parser.error("the following arguments are required: images")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        get_policy(args.tta)  # a typo fails before the model loads
+        if args.tta != BUNDLE_POLICY:
+            get_policy(args.tta)  # a typo fails before the model loads
         bundle = load_bundle(args.bundle)
-        rows = predict_files(bundle, args.images, args.tta, device)
+        tta = bundle_policy(bundle) if args.tta == BUNDLE_POLICY else args.tta
+        rows = predict_files(bundle, args.images, tta, device)
     except ValueError as err:  # trainables.preprocess.ImageError is a ValueError too
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(
-            json.dumps({"bundle": str(bundle.path), "tta": args.tta, "predictions": rows}, indent=2)
-        )
+        print(json.dumps({"bundle": str(bundle.path), "tta": tta, "predictions": rows}, indent=2))
     else:
         print(
             f"bundle {bundle.path} ({bundle.cfg.model}, {_preprocessing(bundle)[0]} px), "
-            f"TTA {args.tta}"
+            f"TTA {tta}, temperature {temperature_of(bundle):g}"
         )
         print(format_table(rows, bundle.classes))
     return 0

@@ -12,12 +12,15 @@ import pandas as pd
 from analysis import plots, tables
 from analysis.document import Document
 from analysis.evaluate import Evaluator
-from analysis.load import Experiment, TrialRecord
+from analysis.load import COMPLETED, Experiment, TrialRecord
 from analysis.tables import TrialEval
 from analysis.tta import SEED_POLICIES
 from trainables.data import DataReport
 from trainables.experiment import read_data_report
 from trainables.train import model_from_checkpoint
+
+# fANOVA on fewer complete trials than this ranks parameters mostly by noise.
+IMPORTANCE_MIN_COMPLETE = 30
 
 
 def _num(value: object) -> str:
@@ -32,12 +35,43 @@ def best_by(exp: Experiment, key: str, groups: Sequence[str]) -> dict[str, Trial
     return {g: exp.best_trial([t for t in exp.trials if t.params.get(key) == g]) for g in groups}
 
 
-def intro_section(doc: Document, exp: Experiment, best: TrialEval, device: str) -> None:
+def headline_table(best: TrialEval, chosen: str = "none") -> pd.DataFrame:
+    """The results a reader came for: the best trial's test accuracy and precision with their
+    intervals, without TTA and with the policy chosen on validation."""
+    rows = []
+    for name in dict.fromkeys(["none", chosen]):
+        if name not in best.tta:
+            continue
+        policy, scored = best.tta[name]
+        row: dict[str, object] = {"TTA policy": name, "trial": best.trial.trial_id}
+        for key in ("acc", "precision"):
+            ci = scored.intervals[key]
+            row[f"test_{key}"], row[f"test_{key}_low"], row[f"test_{key}_high"] = (
+                ci.value,
+                ci.low,
+                ci.high,
+            )
+        row.update({"test images": len(scored.labels), "passes / image": policy.cost})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def intro_section(
+    doc: Document, exp: Experiment, best: TrialEval, device: str, chosen: str = "none"
+) -> None:
     counts = pd.Series([t.status for t in exp.trials]).value_counts()
     statuses = ", ".join(f"{n} {s}" for s, n in counts.items())
     ci = best.test.intervals["acc"]
     cfg = best.trial.params
     doc.heading(f"Results: experiment `{exp.name}`", 1)
+    doc.table(
+        "headline",
+        f"The best trial by `{exp.metric}` ({exp.mode}) on validation, evaluated once on the "
+        "test split: accuracy and macro precision with 95 % bootstrap intervals, without TTA"
+        + ("" if chosen == "none" else f" and with `{chosen}`, the policy chosen on validation"),
+        headline_table(best, chosen),
+        css="t headline",
+    )
     doc.text(
         f"The sweep ran {len(exp.trials)} trials ({statuses}), ranked by `{exp.metric}` "
         f"({exp.mode}) at each trial's best checkpoint. The best trial, `{best.trial.trial_id}` "
@@ -184,8 +218,12 @@ def figures_section(
     path = plots.confusion_figure(base.labels, preds, best.classes, doc.out / "confusion.png")
     doc.figure(path, "Test confusion matrices of the best trial without and with TTA")
     top = exp.ranked()[: max(1, top_k)]
-    path = plots.curves_figure(top, doc.out / "curves.png")
-    doc.figure(path, f"Training and validation curves of the top {len(top)} trials")
+    path = plots.curves_figure(top, doc.out / "curves.png", exp.metric, exp.mode)
+    doc.figure(
+        path,
+        f"Loss, accuracy and the sweep's metric `{exp.metric}` per epoch of the top {len(top)} "
+        "trials by that metric",
+    )
     model, cfg, _ = model_from_checkpoint(best.trial.best_checkpoint)
     data = evaluator.dataset(cfg)
     splits = {
@@ -204,14 +242,26 @@ def sweep_section(doc: Document, exp: Experiment, t: dict[str, pd.DataFrame]) ->
         "the top share of its rung stops there."
     )
     path = plots.asha_figure(exp, doc.out / "asha.png")
-    doc.figure(path, "ASHA: each trial's metric per epoch and where it ended")
+    doc.figure(
+        path,
+        f"ASHA: each trial's validation `{exp.metric}` per epoch, coloured by how it ended, and "
+        "how many epochs each trial ran",
+    )
     try:
         importance = plots.importance_table(exp)
     except (ValueError, RuntimeError) as err:
         doc.text(f"Parameter importance not computed: {err}.")
     else:
         t["importance"] = importance
+        complete = sum(t.status == COMPLETED for t in exp.trials)
+        if complete < IMPORTANCE_MIN_COMPLETE:
+            doc.text(
+                f"**Caution:** importance is fitted on {len(exp.trials)} trials, {complete} of "
+                f"them complete (trials ASHA stopped count with their best score so far). "
+                f"Under about {IMPORTANCE_MIN_COMPLETE} complete trials fANOVA's ranking is "
+                "mostly noise: read it as a hint of where to search next, not as a finding."
+            )
         path = plots.importance_figure(importance, exp.metric, doc.out / "importance.png")
         doc.figure(path, f"fANOVA importance of the searched parameters for {exp.metric}")
         doc.table("importance", "Parameter importance (Optuna fANOVA)", importance)
-    doc.table("trials", "All trials", t["trials"])
+    doc.table("trials", f"All trials, best first by `{exp.metric}` ({exp.mode})", t["trials"])

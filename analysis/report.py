@@ -68,10 +68,11 @@ def build_report(
     t["table4_tta"], t["table4_tta_flips"] = tables.tta_table(best_eval, chosen)
     t["table5_cnn_size"] = tables.size_table(exp, ev_model, classes)
     t["tta_selection_val"] = selection
-    t["trials"] = exp.summary()
+    t["trials"] = tables.trials_table(exp)
+    t["headline"] = prose.headline_table(best_eval, chosen)
 
     doc = Document(out)
-    prose.intro_section(doc, exp, best_eval, device)
+    prose.intro_section(doc, exp, best_eval, device, chosen)
     prose.data_section(doc, exp)
     prose.balance_section(doc, t)
     prose.architecture_section(doc, t)
@@ -80,6 +81,59 @@ def build_report(
     prose.sweep_section(doc, exp, t)
     doc.text(f"Evaluation took {time.perf_counter() - started:.0f} s on `{device}`.")
     return doc, t
+
+
+def record_in_bundle(exp: Experiment, t: dict[str, pd.DataFrame], report_dir: Path) -> str:
+    """Write the TTA policy chosen on validation and the test metrics (95 % intervals) into the
+    experiment's exported bundle (bundle.json `tta` and `evaluation`, and its model card), when
+    that bundle holds the report's best trial; returns what was done, for the console."""
+    from trainables.bundle import read_bundle_meta, update_bundle_meta
+    from trainables.experiment import EXPORT_DIR
+
+    bundle_dir = exp.path / EXPORT_DIR
+    try:
+        meta = read_bundle_meta(bundle_dir)
+    except ValueError:
+        return f"no bundle at {bundle_dir} to record the chosen TTA policy in"
+    head = t["headline"]
+    trial = str(head["trial"].iloc[0])
+    if meta.get("source", {}).get("trial_id") != trial:
+        return (
+            f"bundle {bundle_dir} holds another trial than the report's best ({trial}); unchanged"
+        )
+    tta4 = t["table4_tta"]
+    chosen = str(tta4.loc[tta4["chosen_on_val"].astype(bool), "policy"].iloc[0])
+    selection = t["tta_selection_val"].set_index("policy")
+    metrics = [
+        {"metric": m, "tta": row["TTA policy"], **{k: float(row[f"test_{m}{s}"]) for k, s in _CI}}
+        for row in head.to_dict("records")
+        for m in ("acc", "precision")
+    ]
+    update_bundle_meta(
+        bundle_dir,
+        {
+            "tta": {
+                "policy": chosen,
+                "chosen_by": f"analysis.report: highest validation accuracy of "
+                f"{len(selection)} candidates, ties to the cheapest",
+                "val_acc": float(selection.loc[chosen, "val_acc"]),
+            },
+            "evaluation": {
+                "split": "test",
+                "data": next(
+                    (r.config.data for r in exp.trials if r.trial_id == trial and r.config), None
+                ),
+                "images": int(head["test images"].iloc[0]),
+                "interval": "95 % percentile bootstrap over test images",
+                "report": str(report_dir / "report.html"),
+                "metrics": metrics,
+            },
+        },
+    )
+    return f"recorded TTA policy {chosen} and the test metrics in {bundle_dir}"
+
+
+_CI = (("value", ""), ("low", "_low"), ("high", "_high"))
 
 
 def log_to_wandb(
@@ -143,6 +197,7 @@ def run_report(
     doc, t = build_report(exp, out, top_k, device)
     md, page = write_report(doc, f"cxr-tune results: {exp.name}")
     print(f"wrote {md}, {page}, {len(doc.csvs)} tables (CSV) and {len(doc.figures)} figures")
+    print(record_in_bundle(exp, t, out))
     if wandb:
         print(f"logged to W&B: {log_to_wandb(exp, doc, t, wandb_mode)}")
     return exp, doc, t

@@ -107,6 +107,17 @@ def _trial_columns(ev: TrialEval | None, exp: Experiment) -> dict[str, object]:
     }
 
 
+def trials_table(exp: Experiment) -> pd.DataFrame:
+    """`Experiment.summary`, best first by the sweep's metric (trials without a score last)."""
+    frame = exp.summary()
+    if exp.metric not in frame:
+        return frame
+    order = frame.sort_values(
+        [exp.metric, "trial_id"], ascending=[exp.mode == "min", True], na_position="last"
+    )
+    return order.reset_index(drop=True)
+
+
 def gpu_hours(trial: TrialRecord, exp: Experiment) -> float:
     """Trial wall time times the GPUs it held: summary.json's per-trial `gpus` when the sweep
     wrote it, else the experiment record's `gpus_per_trial` (a number, or a dict by model). NaN when
@@ -286,6 +297,49 @@ def _cell(col: str, value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def compact(shown: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A display table made to fit a page: rows without numbers (`status` not 'evaluated') and
+    descriptive columns with one value in every row (never a result column: metrics, flips,
+    tests) leave the table for notes under it, and the percent
+    columns (test first) follow the first (key) column. Returns the table and the notes."""
+    notes: list[str] = []
+    frame = shown
+    if "status" in frame and len(frame) > 1:
+        gone = frame[frame["status"] != EVALUATED]
+        if 0 < len(gone) < len(frame):
+            key = frame.columns[0]
+            listed = "; ".join(
+                f"`{k}` ({s})" for k, s in zip(gone[key], gone["status"], strict=True)
+            )
+            notes.append(f"No numbers for {listed}.")
+            frame = frame[frame["status"] == EVALUATED]
+    if "status" in frame and (frame["status"] == EVALUATED).all():
+        frame = frame.drop(columns="status")
+    if len(frame) > 1:
+        constant = [
+            c
+            for c in frame.columns[1:]
+            if frame[c].nunique(dropna=False) == 1 and not _is_result(str(c))
+        ]
+        if constant:
+            same = ", ".join(f"{c} {frame[c].iloc[0]}" for c in constant)
+            notes.append(f"Same in every row: {same}.")
+            frame = frame.drop(columns=constant)
+    percent = [c for c in frame.columns[1:] if str(c).endswith("(%)")]
+    tests = [c for c in percent if str(c).startswith("test")]
+    first = [frame.columns[0], *tests, *[c for c in percent if c not in tests]]
+    frame = frame[first + [c for c in frame.columns if c not in first]]
+    return frame.reset_index(drop=True), notes
+
+
+# Display columns that are results even when every row has the same value (a tie is a finding).
+_RESULT_LABELS = {"right → wrong", "wrong → right", "net", "McNemar p", "verdict", "importance"}
+
+
+def _is_result(label: str) -> bool:
+    return label.endswith("(%)") or label in _RESULT_LABELS or label.startswith(("val_", "test_"))
 
 
 def to_markdown(table: pd.DataFrame) -> str:

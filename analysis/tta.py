@@ -12,6 +12,7 @@ per class how many test predictions TTA turned from right to wrong and from wron
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -116,9 +117,32 @@ SEED_POLICIES = ("tta1", "tta2")  # the policies the seed's Table 4 compares
 
 
 def get_policy(name: str) -> TTAPolicy:
-    if name not in TTA_POLICIES:
-        raise ValueError(f"unknown TTA policy {name!r}; expected one of {sorted(TTA_POLICIES)}")
-    return TTA_POLICIES[name]
+    """A registered policy, or a variant `NAME:vKxD` (its first K views, D draws each) as
+    `candidate_policies` names them and the report prints."""
+    if name in TTA_POLICIES:
+        return TTA_POLICIES[name]
+    base, _, suffix = name.partition(":")
+    match = re.fullmatch(r"v(\d+)x(\d+)", suffix)
+    if base in TTA_POLICIES and match:
+        k, d = int(match[1]), int(match[2])
+        views = len(TTA_POLICIES[base].views)
+        if 1 <= k <= views and d >= 1:
+            return variant(TTA_POLICIES[base], k, d)
+        raise ValueError(
+            f"TTA policy {name!r}: {base!r} has {views} views, so K in {base}:vKxD must be 1 to "
+            f"{views} and D (draws) at least 1"
+        )
+    raise ValueError(
+        f"unknown TTA policy {name!r}; expected one of {sorted(TTA_POLICIES)}, or NAME:vKxD "
+        "(the first K views of NAME, D draws each, e.g. tta1:v1x3)"
+    )
+
+
+def variant(base: TTAPolicy, k: int, draws: int) -> TTAPolicy:
+    """`base` with its first `k` views drawn `draws` times; named `NAME:vKxD` unless it is
+    `base` itself (all views, one draw)."""
+    name = base.name if (k, draws) == (len(base.views), 1) else f"{base.name}:v{k}x{draws}"
+    return replace(base, name=name, views=base.views[:k], draws=draws)
 
 
 @dataclass
@@ -235,8 +259,7 @@ def candidate_policies(
         for k in range(1, len(base.views) + 1):
             # Repeating a deterministic view adds cost and nothing else.
             for d in (1,) if deterministic else draws:
-                variant = base.name if (k, d) == (len(base.views), 1) else f"{base.name}:v{k}x{d}"
-                out.append(replace(base, name=variant, views=base.views[:k], draws=d))
+                out.append(variant(base, k, d))
     return out
 
 

@@ -10,12 +10,14 @@ the latest per trial. Metric and mode default to the experiment record's.
 The bundle (`trainables.bundle.save_bundle`: safetensors weights, config.json, bundle.json with
 preprocessing, classes, metrics and history) gets `model.onnx` (dynamic batch) next to it, checked
 against PyTorch with onnxruntime; the largest probability difference is recorded in bundle.json
-under `onnx` and must stay below `ONNX_TOLERANCE`.
+under `onnx` and must stay below `ONNX_TOLERANCE`. The ONNX file's `metadata_props` carry the
+class names, input size and normalization (`onnx_metadata`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -46,8 +48,38 @@ ONNX_OPSET = 17
 CHECK_BATCH = 8  # images in the ONNX check (batch > 1 exercises the dynamic batch axis)
 
 
-def export_onnx(model: torch.nn.Module, image_size: int, path: Path) -> dict[str, float]:
-    """Write `model` as ONNX with a dynamic batch axis; return its agreement with PyTorch."""
+def onnx_metadata(classes: Sequence[str], preprocessing: dict) -> dict[str, str]:
+    """ONNX `metadata_props` (string to string): what a runtime needs without bundle.json —
+    class names in output order, input size and normalization (JSON values)."""
+    return {
+        "classes": json.dumps(list(classes)),
+        "input_name": "image",
+        "input_size": json.dumps([1, preprocessing["image_size"], preprocessing["image_size"]]),
+        "resize_mode": preprocessing["resize_mode"],
+        "normalization": json.dumps(
+            {k: preprocessing[k] for k in ("scale", "mean", "std")}
+            | {"rule": preprocessing["tensor"]["rule"]}
+        ),
+        "output": "logits; probabilities = softmax(logits / temperature), see bundle.json",
+        "preprocessing": "bundle.json preprocessing.steps",
+    }
+
+
+def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def export_onnx(
+    model: torch.nn.Module, image_size: int, path: Path, metadata: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Write `model` as ONNX with a dynamic batch axis and `metadata` as its metadata_props;
+    return its agreement with PyTorch."""
     import numpy as np
     import torch
 
@@ -67,6 +99,7 @@ def export_onnx(model: torch.nn.Module, image_size: int, path: Path) -> dict[str
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
+    _write_metadata(path, metadata or {})
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -91,7 +124,7 @@ def export_best(
     mode: str | None = None,
 ) -> Path:
     """Export the best checkpoint of `experiment_dir` to the bundle directory `out`."""
-    from trainables.bundle import save_bundle
+    from trainables.bundle import preprocessing_of, save_bundle
     from trainables.train import load_checkpoint, model_from_checkpoint
 
     experiment_dir = Path(experiment_dir).resolve()
@@ -110,7 +143,8 @@ def export_best(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         onnx_path = Path(tmp) / ONNX_FILE
-        onnx_check = export_onnx(model, cfg.image_size, onnx_path)
+        metadata = onnx_metadata(classes, preprocessing_of(cfg))
+        onnx_check = export_onnx(model, cfg.image_size, onnx_path, metadata)
         if not onnx_check["max_abs_diff_probabilities"] < ONNX_TOLERANCE:
             raise ValueError(f"ONNX export disagrees with PyTorch: {onnx_check}")
         source = {

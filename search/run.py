@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxr_tune import code_version
 from search import storage
@@ -32,7 +32,6 @@ from search.checkpoints import asha_milestones
 from search.cli import Profile, build_parser, choose_profile, resume_command
 from search.cluster import detect_gpus, local_ray, quiet_ray
 from search.gpu_memory import measure_before_packing, oom_retry_callback
-from search.preflight import Preflight, preflight
 from search.space import Space, load_space
 from search.summary import (
     all_failed,
@@ -44,7 +43,6 @@ from search.summary import (
 )
 from search.tracking import resolve_mode, scrub
 from search.tuner import build_tuner, make_trainable, settings_for
-from trainables.data import DataReport
 from trainables.experiment import (
     DATA_REPORT_FILE,
     EXPERIMENT_FILE,
@@ -52,6 +50,10 @@ from trainables.experiment import (
     data_report_json,
     write_summary,
 )
+
+if TYPE_CHECKING:  # the data stack (torch, scikit-learn) loads when the pre-flight runs
+    from search.preflight import Preflight
+    from trainables.data import DataReport
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,6 +161,8 @@ def run_preflight(parser: argparse.ArgumentParser, space: Space) -> Preflight:
     """The data, the METRIC and every branch of the space checked before Ray starts; a problem
     ends the command with one line and exit status 2."""
     try:
+        from search.preflight import preflight
+
         checked = preflight(space)
     except ValueError as err:
         parser.exit(2, f"error: {' '.join(str(err).split())}\n")

@@ -3,7 +3,9 @@
     BUNDLE/
       model.safetensors   weights (safetensors: loading never unpickles anything)
       config.json         the TrialConfig, so the model can be rebuilt
-      bundle.json         format version, class names, preprocessing, metrics, history
+      bundle.json         format version, class names, preprocessing, metrics, history,
+                          temperature, TTA policy, code version
+      MODEL_CARD.md       data, metrics, serving, provenance, licence, intended use (research)
 
 `search/` writes bundles and `analysis/` reads them; neither imports the other, both use this
 module.
@@ -23,9 +25,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainables.augment import MEAN, STD, preprocessing_ops
-from trainables.cache import atomic_dir
+from trainables.cache import atomic_dir, atomic_write_text
 from trainables.config import TrialConfig
+from trainables.model_card import MODEL_CARD_FILE, code_version, render_model_card
 from trainables.models import build_model, count_parameters
+from trainables.preprocess import describe_steps
 
 BUNDLE_FORMAT = "cxr-tune-bundle"
 BUNDLE_VERSION = 1
@@ -48,7 +52,11 @@ class Bundle:
 
 def preprocessing_of(cfg: TrialConfig) -> dict[str, Any]:
     """What an image must go through before the model sees it: `trainables.preprocess` to a
-    uint8 square, then `augment.to_float` (scale) and `augment.normalize` (mean, std)."""
+    uint8 square, then `augment.to_float` (scale) and `augment.normalize` (mean, std).
+
+    `steps` lists the uint8 steps in order with every parameter (interpolation, reducing_gap,
+    16-bit rule, alpha, EXIF, padding colour and placement); `tensor` the float input after them.
+    """
     return {
         "image_size": cfg.image_size,
         "resize_mode": cfg.resize_mode,
@@ -56,9 +64,25 @@ def preprocessing_of(cfg: TrialConfig) -> dict[str, Any]:
         "mean": MEAN,
         "std": STD,
         "scale": 1 / 255,
-        # deterministic ops (trainables.augment) after scaling, before mean/std, in order
+        # deterministic ops (trainables.augment) after `steps` and scaling, before mean/std
         "ops": list(preprocessing_ops(cfg.augment)),
+        "steps": describe_steps(cfg.image_size, cfg.resize_mode),
+        "tensor": {
+            "name": "image",
+            "dtype": "float32",
+            "shape": ["batch", 1, cfg.image_size, cfg.image_size],
+            "rule": "(ops(uint8 * scale) - mean) / std",
+        },
     }
+
+
+# Serving defaults a bundle carries until something better is known: temperature 1.0 (no
+# calibration; a fitted temperature replaces it) and no TTA (analysis.report records the policy
+# it chose on validation). `analysis.predict` applies both.
+SERVING_DEFAULTS: dict[str, Any] = {
+    "temperature": 1.0,
+    "tta": {"policy": "none", "chosen_by": "default: no policy chosen on validation yet"},
+}
 
 
 def save_bundle(
@@ -91,6 +115,8 @@ def save_bundle(
         "parameters": count_parameters(model),
         "metrics": _finite(metrics),
         "history": [_finite(h) for h in history],
+        **SERVING_DEFAULTS,
+        "code_version": code_version(),
         **(extra or {}),
     }
     staged = out.with_name(out.name + ".new")
@@ -99,6 +125,7 @@ def save_bundle(
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         (tmp / BUNDLE_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / MODEL_CARD_FILE).write_text(render_model_card(meta, cfg.to_dict()))
     if out.exists():
         old = out.with_name(out.name + ".old")
         _remove(old)
@@ -146,6 +173,22 @@ def load_bundle(path: str | Path) -> Bundle:
 def read_bundle_meta(bundle_dir: str | Path) -> dict[str, Any]:
     """The checked `bundle.json` of a bundle folder, without loading any weights."""
     return _read_meta(Path(bundle_dir) / BUNDLE_META_FILE)
+
+
+def update_bundle_meta(bundle_dir: str | Path, updates: dict[str, Any]) -> dict[str, Any]:
+    """Set top-level `bundle.json` keys (e.g. `tta`, `evaluation`, `temperature`) of an existing
+    bundle and re-render its model card; each file is replaced atomically. Returns the new meta.
+    Only the named keys change; weights, config and everything else stay as exported."""
+    root = Path(bundle_dir)
+    meta = read_bundle_meta(root)
+    protected = {"format", "version", "classes", "preprocessing"} & set(updates)
+    if protected:
+        raise ValueError(f"{root / BUNDLE_META_FILE}: {sorted(protected)} cannot be updated")
+    meta.update(updates)
+    config = _read_json(root / CONFIG_FILE)
+    atomic_write_text(root / BUNDLE_META_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(root / MODEL_CARD_FILE, render_model_card(meta, config))
+    return meta
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,7 +19,16 @@ from trainables.vocab import check_resize_mode
 
 # Bump when `preprocess` changes its output, so old decoded arrays are not reused.
 PREPROCESS_VERSION = 1
-_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# Modes scaled by their own min..max (PIL's convert("L") would clip them at 255).
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# Modes with an alpha band PIL's getbands() spells "a" (premultiplied).
+PREMULTIPLIED_ALPHA_MODES = ("La", "RGBa")
+# Modes converted straight to L; any other mode goes to RGB first.
+DIRECT_TO_L_MODES = ("1", "L", "P", "RGB")
+PAD_VALUE = 0  # the padding colour (black), uint8
+RESAMPLE = Image.Resampling.LANCZOS
+REDUCING_GAP = 3.0  # Pillow resize(reducing_gap=): reduce() by an integer factor first, to >= 3x
+JPEG_DRAFT_FACTOR = 2  # JPEG only: libjpeg may decode at 1/2^k while keeping >= 2x the target
 
 
 class ImageError(ValueError):
@@ -39,7 +49,7 @@ def preprocess(img: Image.Image, image_size: int, resize_mode: str) -> np.ndarra
     h, w = gray.shape
     side = max(h, w) if resize_mode == "pad" else min(h, w)
     if resize_mode == "pad":
-        square = np.zeros((side, side), dtype=np.uint8)
+        square = np.full((side, side), PAD_VALUE, dtype=np.uint8)
         top, left = (side - h) // 2, (side - w) // 2
         square[top : top + h, left : left + w] = gray
     else:
@@ -47,8 +57,40 @@ def preprocess(img: Image.Image, image_size: int, resize_mode: str) -> np.ndarra
         square = gray[top : top + side, left : left + side]
     out = Image.fromarray(np.ascontiguousarray(square), mode="L")
     if side != image_size:
-        out = out.resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        out = out.resize((image_size, image_size), RESAMPLE, reducing_gap=REDUCING_GAP)
     return np.asarray(out, dtype=np.uint8).copy()
+
+
+def describe_steps(image_size: int, resize_mode: str) -> list[dict[str, Any]]:
+    """`decode_file`'s steps, in order, as data: what bundle.json records so that a reader with
+    Pillow and numpy alone can reproduce the uint8 square exactly (README's reference snippet)."""
+    check_preprocessing(image_size, resize_mode)
+    square = (
+        {"op": "pad", "value": PAD_VALUE, "placement": "centre; top = (side - h) // 2, "
+         "left = (side - w) // 2, side = max(h, w)"}
+        if resize_mode == "pad"
+        else {"op": "crop", "placement": "centre; top = (h - side) // 2, "
+              "left = (w - side) // 2, side = min(h, w)"}
+    )  # fmt: skip
+    return [
+        {"op": "jpeg_draft", "size": [JPEG_DRAFT_FACTOR * image_size] * 2,
+         "rule": "Image.draft(None, size) before load(); a no-op for other formats"},
+        {"op": "exif_transpose", "rule": "PIL.ImageOps.exif_transpose"},
+        {"op": "to_gray",
+         "high_depth_modes": list(HIGH_DEPTH_MODES),
+         "high_depth": "float64; np.round((v - min) * 255 / (max - min)) to uint8; all 0 if "
+         "max == min",
+         "alpha_modes": ["any mode with an 'A' band", *PREMULTIPLIED_ALPHA_MODES,
+                         "P with 'transparency' in info"],
+         "alpha": "convert('RGBA').convert('LA'), then np.round(L * A / 255) to uint8 "
+         "(composited onto black)",
+         "direct_to_l_modes": list(DIRECT_TO_L_MODES),
+         "other": "convert('RGB').convert('L') (CMYK, YCbCr, LAB, HSV, ...)"},
+        square,
+        {"op": "resize", "size": [image_size, image_size], "library": "Pillow",
+         "filter": RESAMPLE.name.lower(), "reducing_gap": REDUCING_GAP,
+         "when": "only if the square's side differs from size"},
+    ]  # fmt: skip
 
 
 def check_preprocessing(image_size: int, resize_mode: str) -> None:
@@ -59,7 +101,7 @@ def check_preprocessing(image_size: int, resize_mode: str) -> None:
 
 
 def _to_gray(img: Image.Image) -> np.ndarray:
-    if img.mode in _HIGH_DEPTH_MODES:
+    if img.mode in HIGH_DEPTH_MODES:
         values = np.asarray(img).astype(np.float64)
         lo, hi = float(values.min()), float(values.max())
         if hi <= lo:  # a constant image carries no contrast to keep
@@ -67,12 +109,12 @@ def _to_gray(img: Image.Image) -> np.ndarray:
         return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
-    if "A" in img.getbands() or img.mode in ("PA", "La", "RGBa"):
+    if "A" in img.getbands() or img.mode in PREMULTIPLIED_ALPHA_MODES:
         la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float32)
         return np.round(la[..., 0] * la[..., 1] / 255.0).astype(np.uint8)
     if img.mode == "L":
         return np.asarray(img, dtype=np.uint8)
-    if img.mode not in ("1", "P", "RGB"):
+    if img.mode not in DIRECT_TO_L_MODES:
         img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV: via RGB, which PIL converts from all
     return np.asarray(img.convert("L"), dtype=np.uint8)
 
@@ -91,7 +133,7 @@ def decode_image(path: Path, image_size: int, resize_mode: str) -> np.ndarray:
                 )
             # JPEG only: let libjpeg downscale by 2^k while keeping >= 2x the target (as
             # Image.thumbnail does), a large speed-up at no visible cost after Lanczos.
-            img.draft(None, (2 * image_size, 2 * image_size))
+            img.draft(None, (JPEG_DRAFT_FACTOR * image_size,) * 2)
             img.load()
             return preprocess(img, image_size, resize_mode)
     except ImageError:

@@ -1,0 +1,211 @@
+"""The README's reference snippet (PIL + numpy + onnxruntime, no cxr-tune import), taken from
+README.md itself, against `analysis.predict` on every image mode, and the exported bundle's
+self-description (bundle.json steps, ONNX metadata_props, MODEL_CARD.md)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from analysis.predict import main as predict_main
+from analysis.predict import predict_files
+from search.export import ONNX_FILE, export_onnx, onnx_metadata
+from trainables.bundle import load_bundle, preprocessing_of, save_bundle, update_bundle_meta
+from trainables.config import TrialConfig
+from trainables.model_card import MODEL_CARD_FILE
+from trainables.models import build_model
+from trainables.preprocess import decode_file
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+CLASSES = ["NORMAL", "BACTERIA", "VIRAL"]
+SIZE = 32  # px
+TOLERANCE = 1e-3  # max |difference| in probability, snippet vs analysis.predict
+
+
+def snippet_source() -> str:
+    text = README.read_text()
+    match = re.search(r"<!-- reference-snippet -->\n```python\n(.*?)```", text, re.S)
+    assert match, "README.md lost its reference snippet (the <!-- reference-snippet --> block)"
+    return match.group(1)
+
+
+def test_the_snippet_imports_only_pil_numpy_onnxruntime_and_json():
+    tree = ast.parse(snippet_source())
+    modules = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert modules == {"json", "numpy", "onnxruntime", "PIL"}
+    assert len(snippet_source().splitlines()) <= 60  # short enough to read and copy
+
+
+@pytest.fixture(scope="module")
+def snippet() -> dict:
+    namespace: dict = {}
+    exec(compile(snippet_source(), "README.md:reference-snippet", "exec"), namespace)
+    return namespace
+
+
+def _bundle(out: Path, resize_mode: str) -> Path:
+    """A seeded model whose head is scaled up, so small input differences move the
+    probabilities (an untrained head would answer ~1/3 for every image)."""
+    torch.manual_seed(0)
+    cfg = TrialConfig(model="simple_cnn_10m", image_size=SIZE, resize_mode=resize_mode)
+    model = build_model(cfg, num_classes=3).eval()
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(40.0)
+    path = save_bundle(out, model, cfg, CLASSES, {"val_acc": 0.5}, [], extra={"temperature": 1.7})
+    export_onnx(model, SIZE, path / ONNX_FILE, onnx_metadata(CLASSES, preprocessing_of(cfg)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bundles")
+    return {mode: _bundle(root / mode, mode) for mode in ("pad", "crop")}
+
+
+def _picture(h: int, w: int, seed: int) -> np.ndarray:
+    """Structured float image in [0, 1]: a gradient, a bright disc and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    disc = ((yy - 0.4) ** 2 + (xx - 0.6) ** 2 < 0.05).astype(float)
+    return np.clip(0.3 * xx + 0.5 * disc + 0.2 * rng.random((h, w)), 0, 1)
+
+
+def _write_images(folder: Path) -> dict[str, Path]:
+    """One file per mode; odd sizes above 3x the target so draft, reducing_gap, pad and crop
+    all take effect."""
+    pic = (_picture(150, 110, 0) * 255).astype(np.uint8)
+    gray = Image.fromarray(pic, "L")
+    rgb = Image.merge(
+        "RGB", [gray, gray.rotate(5), gray.transpose(Image.Transpose.FLIP_TOP_BOTTOM)]
+    )
+    paths = {}
+
+    def save(name: str, img: Image.Image, **kwargs) -> None:
+        paths[name] = folder / name
+        img.save(paths[name], **kwargs)
+
+    save("L.png", gray)
+    save("RGB.jpg", rgb, quality=90)
+    rgba = rgb.copy()
+    rgba.putalpha(Image.fromarray((_picture(150, 110, 1) * 255).astype(np.uint8)))
+    save("RGBA.png", rgba)
+    save("P.png", rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64))
+    save("P_transparent.png", rgb.convert("P", palette=Image.Palette.ADAPTIVE), transparency=3)
+    # 16-bit from 1,000 to ~41,000: PIL's own convert("L") would clip all of it to 255.
+    wide = (1000 + 40000 * _picture(97, 170, 2)).astype(np.uint16)
+    save("I16.png", Image.fromarray(wide))  # mode I;16
+    save("CMYK.jpg", rgb.convert("CMYK"), quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    save("EXIF_rotated.jpg", rgb, exif=exif, quality=90)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    paths = _write_images(tmp_path_factory.mktemp("modes"))
+    modes = {name: Image.open(p).mode for name, p in paths.items()}
+    assert modes["I16.png"].startswith("I;16") and modes["CMYK.jpg"] == "CMYK"
+    assert modes["P.png"] == "P" and modes["RGBA.png"] == "RGBA"
+    return paths
+
+
+@pytest.mark.parametrize("resize_mode", ["pad", "crop"])
+def test_snippet_input_tensor_is_the_training_pipeline(snippet, bundles, images, resize_mode):
+    prep = json.loads((bundles[resize_mode] / "bundle.json").read_text())["preprocessing"]
+    for name, path in images.items():
+        expected = decode_file(path, SIZE, resize_mode).astype(np.float32) / 255
+        got = snippet["load_input"](path, prep)
+        assert got.shape == (1, 1, SIZE, SIZE) and got.dtype == np.float32
+        # Same uint8 square: one grey level is 2/255 after (x - 0.5) / 0.5.
+        np.testing.assert_allclose(got[0, 0], (expected - 0.5) / 0.5, atol=1e-6, err_msg=name)
+
+
+def test_snippet_matches_predict_on_every_image_mode(snippet, bundles, images):
+    bundle = load_bundle(bundles["pad"])
+    rows = predict_files(bundle, list(images.values()), "none")
+    spread = []
+    for (name, path), row in zip(images.items(), rows, strict=True):
+        got = snippet["predict"](str(bundles["pad"]), path)
+        want = row["probabilities"]
+        assert list(got) == CLASSES
+        diff = max(abs(got[c] - want[c]) for c in CLASSES)
+        assert diff < TOLERANCE, f"{name}: snippet {got} vs predict {want}"
+        spread.append([want[c] for c in CLASSES])
+    # The images get different answers (the naive-recipe test below shows the tolerance bites).
+    assert np.ptp(np.array(spread), axis=0).max() > 10 * TOLERANCE
+
+
+def test_the_naive_recipe_differs_on_16_bit_which_the_snippet_fixes(snippet, bundles, images):
+    """PIL's own convert('L') clips 16-bit values: through the same ONNX model that answer is
+    far outside the tolerance, so the snippet's 1e-3 agreement is evidence, not luck."""
+    clipped = Image.open(images["I16.png"]).convert("L")
+    assert (np.asarray(clipped) == 255).mean() > 0.9
+    prep = json.loads((bundles["pad"] / "bundle.json").read_text())["preprocessing"]
+    naive_path = images["I16.png"].with_name("I16_naive.png")
+    clipped.save(naive_path)
+    naive = snippet["predict"](str(bundles["pad"]), naive_path)
+    right = snippet["predict"](str(bundles["pad"]), images["I16.png"])
+    assert max(abs(naive[c] - right[c]) for c in CLASSES) > 10 * TOLERANCE
+    x = snippet["load_input"](images["I16.png"], prep)
+    assert x.max() > 0.5 and x[0, 0, SIZE // 2].std() > 0.05  # contrast kept
+
+
+def test_temperature_divides_the_logits_in_predict(bundles, images):
+    bundle = load_bundle(bundles["pad"])
+    path = images["L.png"]
+    probs = predict_files(bundle, [path], "none")[0]["probabilities"]
+    assert not bundle.model.training  # predicting leaves the model in eval mode
+    x = torch.from_numpy(decode_file(path, SIZE, "pad")).float()[None, None] / 255
+    with torch.no_grad():
+        logits = bundle.model((x - 0.5) / 0.5)[0]
+    expected = torch.softmax(logits / 1.7, dim=0)
+    assert max(abs(probs[c] - float(expected[i])) for i, c in enumerate(CLASSES)) < 1e-5
+
+
+def test_onnx_metadata_and_model_card(bundles):
+    path = bundles["pad"]
+    props = {p.key: p.value for p in onnx.load(str(path / ONNX_FILE)).metadata_props}
+    assert json.loads(props["classes"]) == CLASSES
+    assert json.loads(props["input_size"]) == [1, SIZE, SIZE]
+    assert json.loads(props["normalization"])["mean"] == 0.5
+    meta = json.loads((path / "bundle.json").read_text())
+    assert meta["tta"]["policy"] == "none" and meta["temperature"] == 1.7
+    steps = [s["op"] for s in meta["preprocessing"]["steps"]]
+    assert steps == ["jpeg_draft", "exif_transpose", "to_gray", "pad", "resize"]
+    assert meta["preprocessing"]["steps"][-1]["reducing_gap"] == 3.0
+    card = (path / MODEL_CARD_FILE).read_text()
+    assert "Research use only" in card and "not be used for clinical decisions" in card
+    assert "MIT" in card and meta["code_version"]["package"] == "cxr-tune"
+
+
+def test_bare_tta_uses_the_bundles_policy_and_variants_are_accepted(
+    bundles, images, tmp_path, capsys
+):
+    path = tmp_path / "b"
+    _bundle(path, "pad")
+    update_bundle_meta(path, {"tta": {"policy": "mirror", "chosen_by": "test"}})
+    image = str(images["L.png"])
+    assert predict_main([str(path), "--tta", image, "--json"]) == 0  # bare --tta, then images
+    bare = json.loads(capsys.readouterr().out)
+    assert predict_main([str(path), image, "--tta", "mirror", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == bare and bare["tta"] == "mirror"
+    assert "mirror" in (path / MODEL_CARD_FILE).read_text()
+    assert predict_main([str(path), image, "--tta", "tta1:v1x1"]) == 0  # as the report prints
+    assert "tta1:v1x1" in capsys.readouterr().out
+    assert predict_main([str(path), image, "--tta", "tta1:v5x1"]) == 2
+    assert "must be 1 to 2" in capsys.readouterr().err

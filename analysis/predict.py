@@ -4,7 +4,9 @@
 
 The bundle's own preprocessing (`bundle.json`: image size, pad or crop, grayscale) is applied to
 each file, so images of any size and mode work. Prints the predicted class and every class's
-probability per image, as a table or as JSON.
+probability per image, as a table or as JSON. Probabilities are softmax(logits / T) with the
+temperature T fitted on validation at export (`bundle.json` `calibration.temperature`; 1 when
+the bundle has none).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from analysis.tta import TTA_POLICIES, evaluate_tta, get_policy
-from trainables.bundle import BUNDLE_META_FILE, Bundle, load_bundle
+from trainables.bundle import BUNDLE_META_FILE, Bundle, load_bundle, temperature_of
 from trainables.device import EVAL_BATCH
 from trainables.preprocess import decode_file
 
@@ -48,7 +50,8 @@ def predict_files(
     policy: str = "none",
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
-    """One dict per image: `image`, `class`, `probabilities` {class: p} (merged under `policy`)."""
+    """One dict per image: `image`, `class`, `probabilities` {class: p} (merged under `policy`,
+    each view's softmax scaled by the bundle's calibration temperature)."""
     policy_obj = get_policy(policy)
     if not images:
         raise ValueError("no image files given")
@@ -59,7 +62,11 @@ def predict_files(
     pixels = np.stack([decode_file(p, size, mode) for p in images])
     batch = torch.from_numpy(pixels).unsqueeze(1)  # (N, 1, S, S) uint8
     model = bundle.model.to(device)
-    result = evaluate_tta(model, batch, None, policy_obj, device, EVAL_BATCH, cfg=bundle.cfg)
+    # Probabilities are calibrated with the temperature fitted on validation at export.
+    temperature = temperature_of(bundle)
+    result = evaluate_tta(
+        model, batch, None, policy_obj, device, EVAL_BATCH, cfg=bundle.cfg, temperature=temperature
+    )
     out = []
     for path, probs, pred in zip(images, result.probs, result.preds, strict=True):
         out.append(

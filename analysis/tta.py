@@ -143,13 +143,21 @@ def _view_probs(
     device: torch.device,
     batch_size: int,
     cfg: TrialConfig | None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     exact = [op for op in view if op in EXACT_OPS]
     random_ops = tuple(op for op in view if op not in EXACT_OPS)
     for op in exact:
         images = EXACT_OPS[op](images)
     return predict_proba(
-        model, images, device, batch_size, ops=random_ops, generator=generator, cfg=cfg
+        model,
+        images,
+        device,
+        batch_size,
+        ops=random_ops,
+        generator=generator,
+        cfg=cfg,
+        temperature=temperature,
     ).double()
 
 
@@ -182,12 +190,14 @@ def evaluate_tta(
     device: str | torch.device,
     batch_size: int = EVAL_BATCH,
     cfg: TrialConfig | None = None,
+    temperature: float = 1.0,
 ) -> TTAResult:
     """Merged predictions of `policy` for uint8 images (N, 1, S, S), batched on `device`.
 
     `labels` are not needed to predict; when given they are only checked for length (the
     caller scores the result). `cfg` sets the numerics (bf16 autocast on CUDA for amp='auto'),
-    so pass the trial's config to match how it was validated.
+    so pass the trial's config to match how it was validated. Each view's softmax is taken of
+    logits / `temperature` (a bundle's calibration; 1.0 leaves them as trained).
     """
     policy = get_policy(policy) if isinstance(policy, str) else policy
     if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
@@ -200,12 +210,11 @@ def evaluate_tta(
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(policy.seed)
     start = time.perf_counter()
-    outputs = [_view_probs(model, images_uint8, (), generator, device, batch_size, cfg)]
+    args = (generator, device, batch_size, cfg, temperature)
+    outputs = [_view_probs(model, images_uint8, (), *args)]
     for view in policy.views:
         for _ in range(policy.draws):
-            outputs.append(
-                _view_probs(model, images_uint8, view, generator, device, batch_size, cfg)
-            )
+            outputs.append(_view_probs(model, images_uint8, view, *args))
     seconds = time.perf_counter() - start
     probs, preds = merge_probs(torch.stack(outputs), policy.merge)
     return TTAResult(policy, probs, preds.astype(np.int64), seconds)

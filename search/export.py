@@ -11,6 +11,11 @@ The bundle (`trainables.bundle.save_bundle`: safetensors weights, config.json, b
 preprocessing, classes, metrics and history) gets `model.onnx` (dynamic batch) next to it, checked
 against PyTorch with onnxruntime; the largest probability difference is recorded in bundle.json
 under `onnx` and must stay below `ONNX_TOLERANCE`.
+
+Calibration: a temperature T is fitted on the validation split's logits (never the test split;
+`trainables.calibration.calibrate`) and stored in bundle.json under `calibration`. The ONNX model
+has two outputs: `logits` (raw) and `probabilities` = softmax(logits / T), so an ONNX user gets
+the calibrated probabilities that `analysis.predict` prints.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ import numpy as np
 import torch
 
 from search.storage import is_uri
-from trainables.bundle import read_bundle_meta, save_bundle
+from trainables.bundle import CALIBRATION_KEY, read_bundle_meta, save_bundle
+from trainables.calibration import calibrate
+from trainables.config import TrialConfig
+from trainables.data import load_for_config
 from trainables.experiment import (
     EXPERIMENT_FILE,
     EXPORT_DIR,
@@ -37,7 +45,7 @@ from trainables.experiment import (
     best_checkpoint,
     read_record,
 )
-from trainables.train import load_checkpoint, model_from_checkpoint
+from trainables.train import load_checkpoint, model_from_checkpoint, predict_logits
 
 ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4  # max abs difference of class probabilities, ONNX vs PyTorch
@@ -45,8 +53,23 @@ ONNX_OPSET = 17
 CHECK_BATCH = 8  # images in the ONNX check (batch > 1 exercises the dynamic batch axis)
 
 
-def export_onnx(model: torch.nn.Module, image_size: int, path: Path) -> dict[str, float]:
-    """Write `model` as ONNX with a dynamic batch axis; return its agreement with PyTorch."""
+class _Calibrated(torch.nn.Module):
+    """The model with a second output: softmax(logits / temperature)."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
+
+
+def export_onnx(
+    model: torch.nn.Module, image_size: int, path: Path, temperature: float = 1.0
+) -> dict[str, float]:
+    """Write `model` as ONNX (outputs `logits` and calibrated `probabilities`) with a dynamic
+    batch axis; return its agreement with PyTorch."""
     model = model.eval()
     generator = torch.Generator().manual_seed(0)
     # Normalised inputs, as the model sees them: (x / 255 - 0.5) / 0.5 lies in [-1, 1].
@@ -54,30 +77,51 @@ def export_onnx(model: torch.nn.Module, image_size: int, path: Path) -> dict[str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            model,
+            _Calibrated(model, temperature).eval(),
             (x[:1],),
             str(path),
             input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=["logits", "probabilities"],
+            dynamic_axes={
+                "image": {0: "batch"},
+                "logits": {0: "batch"},
+                "probabilities": {0: "batch"},
+            },
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(["logits"], {"image": x.numpy()})[0]
+    onnx_logits, onnx_probs = session.run(["logits", "probabilities"], {"image": x.numpy()})
     with torch.no_grad():
         torch_logits = model(x).float().numpy()
     diff_logits = float(np.max(np.abs(onnx_logits - torch_logits)))
     diff_probs = float(np.max(np.abs(_softmax(onnx_logits) - _softmax(torch_logits))))
+    diff_calibrated = float(np.max(np.abs(onnx_probs - _softmax(torch_logits / temperature))))
     return {
         "opset": ONNX_OPSET,
         "check_batch": CHECK_BATCH,
-        "max_abs_diff_probabilities": diff_probs,
+        "max_abs_diff_probabilities": max(diff_probs, diff_calibrated),
         "max_abs_diff_logits": diff_logits,
         "tolerance": ONNX_TOLERANCE,
+        "temperature": float(temperature),
     }
+
+
+def calibrate_on_val(model: torch.nn.Module, cfg: TrialConfig, classes: list[str]) -> dict:
+    """The bundle's `calibration` record: T fitted on the validation split's logits. Only train
+    and validation are loaded; the test split is never read here."""
+    data = load_for_config(cfg)
+    if list(data.classes) != list(classes):
+        raise ValueError(
+            f"cannot calibrate: checkpoint classes {classes} differ from the data's "
+            f"{data.classes} ({cfg.data})"
+        )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = predict_logits(model.to(device), data.val.images, device, cfg=cfg)
+    model.cpu()
+    return calibrate(logits.numpy(), data.val.labels.numpy(), split="val")
 
 
 def export_best(
@@ -99,11 +143,12 @@ def export_best(
     model, cfg, classes = model_from_checkpoint(best.checkpoint_dir)
     history = list(load_checkpoint(best.checkpoint_dir)["history"])
     metrics = {k: float(v) for k, v in history[-1].items()} if history else {}
+    calibration = calibrate_on_val(model, cfg, classes)
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         onnx_path = Path(tmp) / ONNX_FILE
-        onnx_check = export_onnx(model, cfg.image_size, onnx_path)
+        onnx_check = export_onnx(model, cfg.image_size, onnx_path, calibration["temperature"])
         if not onnx_check["max_abs_diff_probabilities"] < ONNX_TOLERANCE:
             raise ValueError(f"ONNX export disagrees with PyTorch: {onnx_check}")
         source = {
@@ -123,7 +168,7 @@ def export_best(
             classes,
             metrics,
             history,
-            extra={"source": source, "onnx": onnx_check},
+            extra={"source": source, "onnx": onnx_check, CALIBRATION_KEY: calibration},
         )
         shutil.move(str(onnx_path), staged / ONNX_FILE)
         _replace_dir(staged, out)
@@ -188,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"ONNX vs PyTorch: max |diff| of probabilities {check['max_abs_diff_probabilities']:.2e}"
         f" (tolerance {check['tolerance']:.0e})"
+    )
+    cal = meta[CALIBRATION_KEY]
+    print(
+        f"temperature {cal['temperature']:.3f} fitted on validation: ECE "
+        f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f} ({cal['ece_bins']} bins)"
     )
     return 0 if math.isfinite(value) else 1
 

@@ -3,7 +3,8 @@
     BUNDLE/
       model.safetensors   weights (safetensors: loading never unpickles anything)
       config.json         the TrialConfig, so the model can be rebuilt
-      bundle.json         format version, class names, preprocessing, metrics, history
+      bundle.json         format version, class names, preprocessing, metrics, history,
+                          calibration {temperature, fitted_on: "val", ece_before, ece_after}
 
 `search/` writes bundles and `analysis/` reads them; neither imports the other, both use this
 module.
@@ -32,6 +33,7 @@ BUNDLE_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 BUNDLE_META_FILE = "bundle.json"
+CALIBRATION_KEY = "calibration"  # bundle.json: trainables.calibration.calibrate's record
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ def load_bundle(path: str | Path) -> Bundle:
     _load_state(model, state, weights)
     model.eval()
     known = {"format", "version", "classes", "preprocessing", "metrics", "history"}
+    calibration_of(meta)  # a bad temperature fails at load, naming the field
     return Bundle(
         path=root,
         model=model,
@@ -139,6 +142,26 @@ def load_bundle(path: str | Path) -> Bundle:
         history=list(meta.get("history", [])),
         extra={k: v for k, v in meta.items() if k not in known},
     )
+
+
+def calibration_of(source: Bundle | dict[str, Any]) -> dict[str, Any] | None:
+    """The checked `calibration` record of a bundle (or its bundle.json dict); None if absent."""
+    record = (source.extra if isinstance(source, Bundle) else source).get(CALIBRATION_KEY)
+    if record is None:
+        return None
+    t = record.get("temperature") if isinstance(record, dict) else None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise ValueError(
+            f"{BUNDLE_META_FILE}: {CALIBRATION_KEY}.temperature must be a positive number, "
+            f"got {t!r}"
+        )
+    return dict(record)
+
+
+def temperature_of(source: Bundle | dict[str, Any]) -> float:
+    """The softmax temperature to apply to the bundle's logits (1.0 when not calibrated)."""
+    record = calibration_of(source)
+    return 1.0 if record is None else float(record["temperature"])
 
 
 def read_bundle_meta(bundle_dir: str | Path) -> dict[str, Any]:

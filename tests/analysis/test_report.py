@@ -13,11 +13,12 @@ from analysis import predict, report
 from analysis.evaluate import Evaluator
 from analysis.tables import EVALUATED
 from trainables.balance import BALANCES
+from trainables.calibration import scaled_probs
 from trainables.models import MODELS
 
 pytestmark = pytest.mark.slow
 
-FIGURES = ("confusion", "curves", "tsne", "asha", "importance")
+FIGURES = ("confusion", "curves", "tsne", "asha", "importance", "reliability")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -122,12 +123,15 @@ def test_predict_gives_the_reports_class_and_probabilities(smoke_experiment, smo
     )
     assert rc == 0
     result = json.loads(capsys.readouterr().out)["predictions"]
+    temperature = bundle_meta["calibration"]["temperature"]
     for row, got in zip(chosen.itertuples(), result, strict=True):
-        # Same image file, same class and probabilities as the report's test evaluation.
+        # Same image file, same class and probabilities as the report's test evaluation, which
+        # predict scales by the bundle's temperature: softmax(log p / T) = softmax(logits / T).
         assert got["class"] == row.pred
         expected = [row.prob_normal, row.prob_bacteria, row.prob_viral]
+        expected = scaled_probs(np.log(np.array([expected])), temperature)[0]
         actual = [got["probabilities"][c] for c in ("NORMAL", "BACTERIA", "VIRAL")]
-        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
 
 
 def test_report_logs_tables_and_figures_to_wandb_offline(smoke_report, tmp_path, monkeypatch):

@@ -89,9 +89,8 @@ def reliability_figure(cal: Calibration, path: Path, bins: int = ECE_BINS) -> Pa
     """Test reliability diagrams before and after scaling: accuracy per confidence bin (bars)
     against the diagonal, with the bin's gap and the ECE in the title."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
-    for ax, (title, t) in zip(
-        axes, (("before (T = 1)", 1.0), (f"after (T = {cal.temperature:.2f})", cal.temperature))
-    ):
+    panels = (("before (T = 1)", 1.0), (f"after (T = {cal.temperature:.2f})", cal.temperature))
+    for ax, (title, t) in zip(axes, panels, strict=True):
         probs = scaled_probs(cal.test_logits, t)
         table = reliability_bins(probs, cal.test_labels, bins)
         full = table["count"] > 0

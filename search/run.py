@@ -29,7 +29,7 @@ from search import storage
 from search.cli import Profile, build_parser, choose_profile, resume_command
 from search.cluster import detect_gpus, local_ray
 from search.space import Space, load_space
-from search.summary import print_summary, summarize, sweep_state
+from search.summary import data_leakage, print_summary, summarize, sweep_state
 from search.tracking import resolve_mode, scrub
 from search.tuner import build_tuner, make_trainable, settings_for
 from trainables.bundle import read_bundle_meta
@@ -260,6 +260,7 @@ def finish(
     state = sweep_state(summary, budget_hit)
     summary["state"] = state
     print_summary(summary, state, record)
+    summary["leakage"] = data_leakage(summary, record)
     if not storage.is_uri(record.storage):
         write_summary(Path(record.path), summary)
     if state == "interrupted":

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from analysis import calibration, prose, tables
+from analysis import audit, calibration, leakage, prose, tables
 from analysis.document import Document, write_report
 from analysis.evaluate import Evaluator
 from analysis.load import Experiment, load_experiment
@@ -70,6 +70,8 @@ def build_report(
     prose.architecture_section(doc, t)
     prose.tta_section(doc, t, best_eval, chosen)
     t["calibration"] = calibration.calibration_section(doc, exp, evaluator, best_eval).table()
+    audit.audit_section(doc, evaluator, best_eval)
+    t.update(leakage.leakage_section(doc, best_eval.trial.config))
     prose.figures_section(doc, exp, evaluator, best_eval, chosen, top_k)
     prose.sweep_section(doc, exp, t)
     doc.text(f"Evaluation took {time.perf_counter() - started:.0f} s on `{device}`.")

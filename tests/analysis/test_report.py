@@ -18,7 +18,7 @@ from trainables.models import MODELS
 
 pytestmark = pytest.mark.slow
 
-FIGURES = ("confusion", "curves", "tsne", "asha", "importance", "reliability")
+FIGURES = ("confusion", "curves", "tsne", "asha", "importance", "reliability", "saliency")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -147,3 +147,26 @@ def test_report_logs_tables_and_figures_to_wandb_offline(smoke_report, tmp_path,
     # Every figure as an image and every table as a W&B table.
     assert len(list((media / "images").glob("*.png"))) == len(doc.figures)
     assert len(list((media / "table").glob("*.table.json"))) == len(tables)
+
+
+def test_summary_json_and_the_report_state_leakage_calibration_and_the_audit(
+    smoke_experiment, smoke_report
+):
+    _, _, tables, out = smoke_report
+    leakage = json.loads((smoke_experiment / "summary.json").read_text())["leakage"]
+    # The driver wrote the leakage record: the phantom keeps each patient in one split.
+    assert set(leakage["patients"]) == {"train", "val", "test"}
+    assert leakage["patients_in_two_splits"] == [] and leakage["near_duplicate_count"] == 0
+    md = (out / "report.md").read_text()
+    for heading in ("## Calibration", "## Shortcut audit", "## Leakage between splits"):
+        assert heading in md
+    cal = pd.read_csv(out / "calibration.csv")
+    # Test ECE before and after, with the temperature the bundle stores (fitted on val there).
+    bundle_t = json.loads((smoke_experiment / "export" / "bundle.json").read_text())["calibration"][
+        "temperature"
+    ]
+    fitted = cal[cal["scaling"] == "temperature"]["temperature"].unique()
+    assert len(fitted) == 1 and fitted[0] == pytest.approx(bundle_t, rel=1e-4)
+    assert set(cal["split"]) == {"val", "test"}
+    audit = pd.read_csv(out / "shortcut_audit.csv")
+    assert list(audit["class"]) == ["NORMAL", "BACTERIA", "VIRAL"]

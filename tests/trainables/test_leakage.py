@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from image_folders import make_folder, noise
 from PIL import Image
 from scipy.fft import dct
 
-from tests.trainables.image_folders import make_folder, noise
 from trainables.config import TrialConfig
 from trainables.leakage import (
     DCT_SIDE,

@@ -97,13 +97,16 @@ def reliability_figure(cal: Calibration, path: Path, bins: int = ECE_BINS) -> Pa
         width = 1.0 / bins
         centers = table["lower"] + width / 2
         ax.bar(centers[full], table["accuracy"][full], width=width * 0.95, label="accuracy")
+        acc, conf = table["accuracy"][full], table["confidence"][full]
         ax.bar(
             centers[full],
-            table["confidence"][full] - table["accuracy"][full],
-            bottom=table["accuracy"][full],
+            np.abs(conf - acc),  # from the lower of the two to the higher
+            bottom=np.minimum(acc, conf),
             width=width * 0.95,
             color="tab:red",
             alpha=0.35,
+            edgecolor="tab:red",
+            hatch="//",
             label="gap to mean confidence",
         )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")

@@ -6,7 +6,8 @@ The bundle's own preprocessing (`bundle.json`: image size, pad or crop, grayscal
 deterministic ops such as histogram equalization its model was trained on) is applied to each
 file, so images of any size and mode work. Prints the predicted class and every class's
 probability per image, as a table or as JSON. Probabilities are softmax(logits / temperature)
-with the bundle's `temperature` (1.0 until a calibration is fitted), under every TTA view.
+with the temperature T fitted on validation at export (`bundle.json`
+`calibration.temperature`; 1 when the bundle has none), under every TTA view.
 
 --tta POLICY takes a registered policy (none, tta1, tta2, mirror) or a variant NAME:vKxD as the
 report prints it (the first K views of NAME, D draws each); a bare --tta uses the policy recorded
@@ -76,34 +77,6 @@ def preprocessing_ops_of(bundle: Bundle) -> tuple[str, ...]:
 BUNDLE_POLICY = "bundle"  # what a bare --tta means: the policy bundle.json records
 
 
-def temperature_scaled(model: Any, temperature: float) -> Any:
-    """The model with its logits divided by a temperature, so every TTA view is calibrated."""
-    from torch import nn
-
-    class TemperatureScaled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model, self.temperature = model, temperature
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model(x) / self.temperature
-
-    return TemperatureScaled()
-
-
-def temperature_of(bundle: Bundle) -> float:
-    """bundle.json's `temperature` (1.0 when absent: bundles exported before the field)."""
-    from trainables.bundle import BUNDLE_META_FILE
-
-    value = bundle.extra.get("temperature", 1.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
-        raise ValueError(
-            f"{bundle.path / BUNDLE_META_FILE}: temperature must be a positive number, "
-            f"got {value!r}"
-        )
-    return float(value)
-
-
 def bundle_policy(bundle: Bundle) -> str:
     """The TTA policy name bundle.json records (`tta.policy`; 'none' when absent), checked."""
     from analysis.tta import get_policy
@@ -130,6 +103,7 @@ def predict_files(
     import torch
 
     from analysis.tta import evaluate_tta, get_policy
+    from trainables.bundle import temperature_of
     from trainables.device import EVAL_BATCH
     from trainables.preprocess import decode_file
 
@@ -143,9 +117,18 @@ def predict_files(
         raise ValueError(f"image files not found: {missing}")
     pixels = np.stack([decode_file(p, size, mode) for p in images])
     batch = torch.from_numpy(pixels).unsqueeze(1)  # (N, 1, S, S) uint8
-    model = temperature_scaled(bundle.model, temperature_of(bundle)).eval().to(device)
+    model = bundle.model.eval().to(device)
+    # Probabilities are calibrated with the temperature fitted on validation at export.
     result = evaluate_tta(
-        model, batch, None, policy_obj, device, EVAL_BATCH, cfg=bundle.cfg, preprocess=ops
+        model,
+        batch,
+        None,
+        policy_obj,
+        device,
+        EVAL_BATCH,
+        cfg=bundle.cfg,
+        preprocess=ops,
+        temperature=temperature_of(bundle),
     )
     out = []
     for path, probs, pred in zip(images, result.probs, result.preds, strict=True):
@@ -199,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from analysis.tta import TTA_POLICIES, get_policy
-    from trainables.bundle import load_bundle
+    from trainables.bundle import load_bundle, temperature_of
 
     if args.tta not in TTA_POLICIES and Path(args.tta).is_file():
         # `--tta IMAGE ...`: a bare --tta followed by the images, not a policy named IMAGE.

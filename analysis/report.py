@@ -37,7 +37,7 @@ def build_report(
     """Evaluate, tabulate and plot; returns the document (not yet written) and the tables."""
     import torch
 
-    from analysis import prose, tables
+    from analysis import audit, calibration, leakage, prose, tables
     from analysis.document import Document
     from analysis.evaluate import Evaluator
     from analysis.tta import TTA_POLICIES
@@ -77,6 +77,9 @@ def build_report(
     prose.balance_section(doc, t)
     prose.architecture_section(doc, t)
     prose.tta_section(doc, t, best_eval, chosen)
+    t["calibration"] = calibration.calibration_section(doc, exp, evaluator, best_eval).table()
+    audit.audit_section(doc, evaluator, best_eval)
+    t.update(leakage.leakage_section(doc, best_eval.trial.config))
     prose.figures_section(doc, exp, evaluator, best_eval, chosen, top_k)
     prose.sweep_section(doc, exp, t)
     doc.text(f"Evaluation took {time.perf_counter() - started:.0f} s on `{device}`.")

@@ -169,6 +169,7 @@ def _view_probs(
     batch_size: int,
     cfg: TrialConfig | None,
     preprocess: Sequence[str] | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     exact = [op for op in view if op in EXACT_OPS]
     random_ops = tuple(op for op in view if op not in EXACT_OPS)
@@ -183,6 +184,7 @@ def _view_probs(
         generator=generator,
         cfg=cfg,
         preprocess=preprocess,
+        temperature=temperature,
     ).double()
 
 
@@ -216,6 +218,7 @@ def evaluate_tta(
     batch_size: int = EVAL_BATCH,
     cfg: TrialConfig | None = None,
     preprocess: Sequence[str] | None = None,
+    temperature: float = 1.0,
 ) -> TTAResult:
     """Merged predictions of `policy` for uint8 images (N, 1, S, S), batched on `device`.
 
@@ -224,6 +227,8 @@ def evaluate_tta(
     and the deterministic preprocessing of its augment set, applied before every view, so pass
     the trial's config to match how it was trained and validated; `preprocess` (a bundle's
     recorded ops) overrides the latter.
+    Each view's softmax is taken of logits / `temperature` (a bundle's calibration; 1.0
+    leaves them as trained).
     """
     policy = get_policy(policy) if isinstance(policy, str) else policy
     if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
@@ -236,7 +241,7 @@ def evaluate_tta(
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(policy.seed)
     start = time.perf_counter()
-    args = (generator, device, batch_size, cfg, preprocess)
+    args = (generator, device, batch_size, cfg, preprocess, temperature)
     outputs = [_view_probs(model, images_uint8, (), *args)]
     for view in policy.views:
         for _ in range(policy.draws):

@@ -12,6 +12,11 @@ preprocessing, classes, metrics and history) gets `model.onnx` (dynamic batch) n
 against PyTorch with onnxruntime; the largest probability difference is recorded in bundle.json
 under `onnx` and must stay below `ONNX_TOLERANCE`. The ONNX file's `metadata_props` carry the
 class names, input size and normalization (`onnx_metadata`).
+
+Calibration: a temperature T is fitted on the validation split's logits (never the test split;
+`trainables.calibration.calibrate`) and stored in bundle.json under `calibration`. The ONNX model
+has two outputs: `logits` (raw) and `probabilities` = softmax(logits / T), so an ONNX user gets
+the calibrated probabilities that `analysis.predict` prints.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from trainables.experiment import (
 if TYPE_CHECKING:  # torch, numpy and the model code load only when an export runs (fast --help)
     import numpy as np
     import torch
+
+    from trainables.config import TrialConfig
 
 ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4  # max abs difference of class probabilities, ONNX vs PyTorch
@@ -75,11 +82,31 @@ def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
+def _calibrated(model: torch.nn.Module, temperature: float) -> torch.nn.Module:
+    """The model with a second output: softmax(logits / temperature)."""
+    import torch
+
+    class Calibrated(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.temperature = model, float(temperature)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.model(x)
+            return logits, torch.softmax(logits / self.temperature, dim=1)
+
+    return Calibrated()
+
+
 def export_onnx(
-    model: torch.nn.Module, image_size: int, path: Path, metadata: dict[str, str] | None = None
+    model: torch.nn.Module,
+    image_size: int,
+    path: Path,
+    metadata: dict[str, str] | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
-    """Write `model` as ONNX with a dynamic batch axis and `metadata` as its metadata_props;
-    return its agreement with PyTorch."""
+    """Write `model` as ONNX (outputs `logits` and calibrated `probabilities`) with a dynamic
+    batch axis and `metadata` as its metadata_props; return its agreement with PyTorch."""
     import numpy as np
     import torch
 
@@ -90,12 +117,16 @@ def export_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            model,
+            _calibrated(model, temperature).eval(),
             (x[:1],),
             str(path),
             input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=["logits", "probabilities"],
+            dynamic_axes={
+                "image": {0: "batch"},
+                "logits": {0: "batch"},
+                "probabilities": {0: "batch"},
+            },
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
@@ -103,18 +134,41 @@ def export_onnx(
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(["logits"], {"image": x.numpy()})[0]
+    onnx_logits, onnx_probs = session.run(["logits", "probabilities"], {"image": x.numpy()})
     with torch.no_grad():
         torch_logits = model(x).float().numpy()
     diff_logits = float(np.max(np.abs(onnx_logits - torch_logits)))
     diff_probs = float(np.max(np.abs(_softmax(onnx_logits) - _softmax(torch_logits))))
+    diff_calibrated = float(np.max(np.abs(onnx_probs - _softmax(torch_logits / temperature))))
     return {
         "opset": ONNX_OPSET,
         "check_batch": CHECK_BATCH,
-        "max_abs_diff_probabilities": diff_probs,
+        "max_abs_diff_probabilities": max(diff_probs, diff_calibrated),
         "max_abs_diff_logits": diff_logits,
         "tolerance": ONNX_TOLERANCE,
+        "temperature": float(temperature),
     }
+
+
+def calibrate_on_val(model: torch.nn.Module, cfg: TrialConfig, classes: list[str]) -> dict:
+    """The bundle's `calibration` record: T fitted on the validation split's logits. Only train
+    and validation are loaded; the test split is never read here."""
+    import torch
+
+    from trainables.calibration import calibrate
+    from trainables.data import load_for_config
+    from trainables.train import predict_logits
+
+    data = load_for_config(cfg)
+    if list(data.classes) != list(classes):
+        raise ValueError(
+            f"cannot calibrate: checkpoint classes {classes} differ from the data's "
+            f"{data.classes} ({cfg.data})"
+        )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = predict_logits(model.to(device), data.val.images, device, cfg=cfg)
+    model.cpu()
+    return calibrate(logits.numpy(), data.val.labels.numpy(), split="val")
 
 
 def export_best(
@@ -124,7 +178,7 @@ def export_best(
     mode: str | None = None,
 ) -> Path:
     """Export the best checkpoint of `experiment_dir` to the bundle directory `out`."""
-    from trainables.bundle import preprocessing_of, save_bundle
+    from trainables.bundle import CALIBRATION_KEY, preprocessing_of, save_bundle
     from trainables.train import load_checkpoint, model_from_checkpoint
 
     experiment_dir = Path(experiment_dir).resolve()
@@ -139,12 +193,15 @@ def export_best(
     model, cfg, classes = model_from_checkpoint(best.checkpoint_dir)
     history = list(load_checkpoint(best.checkpoint_dir)["history"])
     metrics = {k: float(v) for k, v in history[-1].items()} if history else {}
+    calibration = calibrate_on_val(model, cfg, classes)
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         onnx_path = Path(tmp) / ONNX_FILE
         metadata = onnx_metadata(classes, preprocessing_of(cfg))
-        onnx_check = export_onnx(model, cfg.image_size, onnx_path, metadata)
+        onnx_check = export_onnx(
+            model, cfg.image_size, onnx_path, metadata, calibration["temperature"]
+        )
         if not onnx_check["max_abs_diff_probabilities"] < ONNX_TOLERANCE:
             raise ValueError(f"ONNX export disagrees with PyTorch: {onnx_check}")
         source = {
@@ -164,7 +221,12 @@ def export_best(
             classes,
             metrics,
             history,
-            extra={"source": source, "onnx": onnx_check, **_data_extra(experiment_dir)},
+            extra={
+                "source": source,
+                "onnx": onnx_check,
+                CALIBRATION_KEY: calibration,
+                **_data_extra(experiment_dir),
+            },
         )
         shutil.move(str(onnx_path), staged / ONNX_FILE)
         _replace_dir(staged, out)
@@ -230,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = export_best(args.experiment_dir, args.out, args.metric, args.mode)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
-    from trainables.bundle import read_bundle_meta
+    from trainables.bundle import CALIBRATION_KEY, read_bundle_meta
 
     meta = read_bundle_meta(out)
     src, check = meta["source"], meta["onnx"]
@@ -239,6 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"ONNX vs PyTorch: max |diff| of probabilities {check['max_abs_diff_probabilities']:.2e}"
         f" (tolerance {check['tolerance']:.0e})"
+    )
+    cal = meta[CALIBRATION_KEY]
+    print(
+        f"temperature {cal['temperature']:.3f} fitted on validation: ECE "
+        f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f} ({cal['ece_bins']} bins)"
     )
     return 0 if math.isfinite(value) else 1
 

@@ -35,6 +35,7 @@ from search.gpu_memory import measure_before_packing, oom_retry_callback
 from search.space import Space, load_space
 from search.summary import (
     all_failed,
+    data_leakage,
     data_summary,
     print_next_steps,
     print_summary,
@@ -335,6 +336,7 @@ def finish(
     summary["state"] = state
     summary["data"] = data_summary(record)
     print_summary(summary, state, record)
+    summary["leakage"] = data_leakage(summary, record)
     if not storage.is_uri(record.storage):
         write_summary(Path(record.path), summary)
     if state == "interrupted":

@@ -11,6 +11,7 @@ from typing import Any
 
 from search.progress import describe
 from search.storage import is_uri, join_storage, read_text
+from trainables.config import TrialConfig
 from trainables.experiment import (
     DATA_REPORT_FILE,
     EXPORT_DIR,
@@ -197,3 +198,21 @@ def data_summary(record: ExperimentRecord) -> dict[str, Any] | None:
     text = read_text(where)
     reports = parse_data_report(text, where) if text else []
     return reports[0] if reports else None
+
+
+def data_leakage(summary: dict[str, Any], record: ExperimentRecord) -> dict[str, Any]:
+    """summary.json's `leakage` (`trainables.leakage`) for the data the best trial trained on
+    (the record's data settings when nothing scored); an error is recorded, never raised."""
+    from trainables.leakage import leakage_for_config
+
+    best = summary.get("best")
+    config = best["config"] if best else {**record.defaults, **record.overrides}
+    try:
+        leakage = leakage_for_config(TrialConfig.from_dict(config))
+    except ValueError as err:
+        return {"error": str(err)}
+    print(
+        f"leakage: {len(leakage['patients_in_two_splits'])} patients in two splits, "
+        f"{leakage['near_duplicate_count']} near-duplicate image pairs across splits"
+    )
+    return leakage

@@ -4,7 +4,8 @@
       model.safetensors   weights (safetensors: loading never unpickles anything)
       config.json         the TrialConfig, so the model can be rebuilt
       bundle.json         format version, class names, preprocessing, metrics, history,
-                          temperature, TTA policy, code version
+                          calibration {temperature, fitted_on: "val", ece_before, ece_after},
+                          TTA policy, code version
       MODEL_CARD.md       data, metrics, serving, provenance, licence, intended use (research)
 
 `search/` writes bundles and `analysis/` reads them; neither imports the other, both use this
@@ -36,6 +37,7 @@ BUNDLE_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 BUNDLE_META_FILE = "bundle.json"
+CALIBRATION_KEY = "calibration"  # bundle.json: trainables.calibration.calibrate's record
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,10 @@ def preprocessing_of(cfg: TrialConfig) -> dict[str, Any]:
     }
 
 
-# Serving defaults a bundle carries until something better is known: temperature 1.0 (no
-# calibration; a fitted temperature replaces it) and no TTA (analysis.report records the policy
-# it chose on validation). `analysis.predict` applies both.
+# Serving defaults a bundle carries until something better is known: no TTA (analysis.report
+# records the policy it chose on validation). The temperature is `calibration.temperature`
+# (fitted on validation at export; `temperature_of` gives 1.0 without one).
 SERVING_DEFAULTS: dict[str, Any] = {
-    "temperature": 1.0,
     "tta": {"policy": "none", "chosen_by": "default: no policy chosen on validation yet"},
 }
 
@@ -158,6 +159,7 @@ def load_bundle(path: str | Path) -> Bundle:
     _load_state(model, state, weights)
     model.eval()
     known = {"format", "version", "classes", "preprocessing", "metrics", "history"}
+    calibration_of(meta)  # a bad temperature fails at load, naming the field
     return Bundle(
         path=root,
         model=model,
@@ -168,6 +170,26 @@ def load_bundle(path: str | Path) -> Bundle:
         history=list(meta.get("history", [])),
         extra={k: v for k, v in meta.items() if k not in known},
     )
+
+
+def calibration_of(source: Bundle | dict[str, Any]) -> dict[str, Any] | None:
+    """The checked `calibration` record of a bundle (or its bundle.json dict); None if absent."""
+    record = (source.extra if isinstance(source, Bundle) else source).get(CALIBRATION_KEY)
+    if record is None:
+        return None
+    t = record.get("temperature") if isinstance(record, dict) else None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise ValueError(
+            f"{BUNDLE_META_FILE}: {CALIBRATION_KEY}.temperature must be a positive number, "
+            f"got {t!r}"
+        )
+    return dict(record)
+
+
+def temperature_of(source: Bundle | dict[str, Any]) -> float:
+    """The softmax temperature to apply to the bundle's logits (1.0 when not calibrated)."""
+    record = calibration_of(source)
+    return 1.0 if record is None else float(record["temperature"])
 
 
 def read_bundle_meta(bundle_dir: str | Path) -> dict[str, Any]:

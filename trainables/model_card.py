@@ -7,6 +7,7 @@ version that made it, the licence and its intended use: research only.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -94,10 +95,22 @@ def _metrics_lines(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _temperature(meta: dict[str, Any]) -> float:
+    cal = meta.get("calibration")
+    return float(cal.get("temperature", 1.0)) if isinstance(cal, dict) else 1.0
+
+
 def _calibration(meta: dict[str, Any]) -> str:
-    if float(meta.get("temperature", 1.0)) == 1.0:
+    cal = meta.get("calibration")
+    if not isinstance(cal, dict):
         return "no calibration fitted: 1.0 leaves the softmax unchanged"
-    return "temperature scaling fitted on the validation split"
+    before, after = cal.get("ece_before"), cal.get("ece_after")
+    ece = (
+        f"; validation ECE {before:.3f} before, {after:.3f} after"
+        if isinstance(before, (int, float)) and isinstance(after, (int, float))
+        else ""
+    )
+    return f"temperature scaling fitted on the {cal.get('fitted_on', 'validation')} split{ece}"
 
 
 def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
@@ -105,7 +118,7 @@ def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
     prep = meta.get("preprocessing", {})
     tta = meta.get("tta", {})
     version = meta.get("code_version", {})
-    data_report = meta.get("data_report")
+    data_report = meta.get("data") or meta.get("data_report")
     lines = [
         f"# Model card: {config.get('model')} ({', '.join(meta.get('classes', []))})",
         "",
@@ -122,7 +135,8 @@ def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
     ]
     if data_report:
         lines += ["", "Data report (images per class and split, skipped files):", ""]
-        lines += ["```", str(data_report).strip(), "```"]
+        text = data_report if isinstance(data_report, str) else json.dumps(data_report, indent=1)
+        lines += ["```", text.strip(), "```"]
     lines += ["", "## Metrics", "", *_metrics_lines(meta)]
     lines += [
         "",
@@ -131,7 +145,7 @@ def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
         f"Input: `image` float32 (batch, 1, {prep.get('image_size')}, {prep.get('image_size')}); "
         "the preprocessing steps are listed in `bundle.json` (`preprocessing.steps`) and "
         "reproduced by the README's reference snippet. Output: `logits`; probabilities are "
-        f"`softmax(logits / temperature)` with temperature {meta.get('temperature', 1.0)} "
+        f"`softmax(logits / temperature)` with temperature {_temperature(meta):.4g} "
         f"({_calibration(meta)}).",
         "",
         f"TTA policy: `{tta.get('policy', 'none')}` ({tta.get('chosen_by', 'not chosen')}); "

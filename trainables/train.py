@@ -168,7 +168,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict_proba(
+def predict_logits(
     model: nn.Module,
     images: torch.Tensor,
     device: str | torch.device,
@@ -178,7 +178,7 @@ def predict_proba(
     cfg: TrialConfig | None = None,
     preprocess: Sequence[str] | None = None,
 ) -> torch.Tensor:
-    """Softmax probabilities (N, C) on the CPU for uint8 images (N, 1, S, S), optionally after
+    """Float32 logits (N, C) on the CPU for uint8 images (N, 1, S, S), optionally after
     augmentation ops (a TTA view). Runs in eval mode, batched on `device`, with the numerics of
     `cfg.amp` (`trainables.device.device_policy`; fp32 without a `cfg`).
 
@@ -197,12 +197,31 @@ def predict_proba(
         x = prepare_batch(x, ops, generator) if ops else normalize(to_float(x))
         with policy.autocast():
             logits = model(policy.batch(x))
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
+        out.append(logits.float().cpu())
     if was_training:
         model.train()
     if not out:
         return torch.empty(0, 0)
     return torch.cat(out)
+
+
+def predict_proba(
+    model: nn.Module,
+    images: torch.Tensor,
+    device: str | torch.device,
+    batch_size: int = EVAL_BATCH,
+    ops: Sequence[str] = (),
+    generator: torch.Generator | None = None,
+    cfg: TrialConfig | None = None,
+    temperature: float = 1.0,
+    preprocess: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """Softmax probabilities (N, C) of `predict_logits / temperature` (1.0: uncalibrated; a
+    bundle's fitted temperature, `trainables.calibration`, makes them calibrated)."""
+    logits = predict_logits(model, images, device, batch_size, ops, generator, cfg, preprocess)
+    if not logits.numel():
+        return logits
+    return torch.softmax(logits / temperature, dim=1)
 
 
 def evaluate(

@@ -65,8 +65,16 @@ def _bundle(out: Path, resize_mode: str) -> Path:
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         last.weight.mul_(40.0)
-    path = save_bundle(out, model, cfg, CLASSES, {"val_acc": 0.5}, [], extra={"temperature": 1.7})
-    export_onnx(model, SIZE, path / ONNX_FILE, onnx_metadata(CLASSES, preprocessing_of(cfg)))
+    path = save_bundle(
+        out,
+        model,
+        cfg,
+        CLASSES,
+        {"val_acc": 0.5},
+        [],
+        extra={"calibration": {"temperature": 1.7, "fitted_on": "val"}},
+    )
+    export_onnx(model, SIZE, path / ONNX_FILE, onnx_metadata(CLASSES, preprocessing_of(cfg)), 1.7)
     return path
 
 
@@ -184,7 +192,7 @@ def test_onnx_metadata_and_model_card(bundles):
     assert json.loads(props["input_size"]) == [1, SIZE, SIZE]
     assert json.loads(props["normalization"])["mean"] == 0.5
     meta = json.loads((path / "bundle.json").read_text())
-    assert meta["tta"]["policy"] == "none" and meta["temperature"] == 1.7
+    assert meta["tta"]["policy"] == "none" and meta["calibration"]["temperature"] == 1.7
     steps = [s["op"] for s in meta["preprocessing"]["steps"]]
     assert steps == ["jpeg_draft", "exif_transpose", "to_gray", "pad", "resize"]
     assert meta["preprocessing"]["steps"][-1]["reducing_gap"] == 3.0

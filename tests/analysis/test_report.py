@@ -13,11 +13,12 @@ from analysis import predict, report
 from analysis.evaluate import Evaluator
 from analysis.tables import EVALUATED
 from trainables.balance import BALANCES
+from trainables.calibration import scaled_probs
 from trainables.models import MODELS
 
 pytestmark = pytest.mark.slow
 
-FIGURES = ("confusion", "curves", "tsne", "asha", "importance")
+FIGURES = ("confusion", "curves", "tsne", "asha", "importance", "reliability", "saliency")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -122,12 +123,15 @@ def test_predict_gives_the_reports_class_and_probabilities(smoke_experiment, smo
     )
     assert rc == 0
     result = json.loads(capsys.readouterr().out)["predictions"]
+    temperature = bundle_meta["calibration"]["temperature"]
     for row, got in zip(chosen.itertuples(), result, strict=True):
-        # Same image file, same class and probabilities as the report's test evaluation.
+        # Same image file, same class and probabilities as the report's test evaluation, which
+        # predict scales by the bundle's temperature: softmax(log p / T) = softmax(logits / T).
         assert got["class"] == row.pred
         expected = [row.prob_normal, row.prob_bacteria, row.prob_viral]
+        expected = scaled_probs(np.log(np.array([expected])), temperature)[0]
         actual = [got["probabilities"][c] for c in ("NORMAL", "BACTERIA", "VIRAL")]
-        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
 
 
 def test_report_logs_tables_and_figures_to_wandb_offline(smoke_report, monkeypatch):
@@ -144,3 +148,26 @@ def test_report_logs_tables_and_figures_to_wandb_offline(smoke_report, monkeypat
     # Every figure as an image and every table as a W&B table.
     assert len(list((media / "images").glob("*.png"))) == len(doc.figures)
     assert len(list((media / "table").glob("*.table.json"))) == len(tables)
+
+
+def test_summary_json_and_the_report_state_leakage_calibration_and_the_audit(
+    smoke_experiment, smoke_report
+):
+    _, _, tables, out = smoke_report
+    leakage = json.loads((smoke_experiment / "summary.json").read_text())["leakage"]
+    # The driver wrote the leakage record: the phantom keeps each patient in one split.
+    assert set(leakage["patients"]) == {"train", "val", "test"}
+    assert leakage["patients_in_two_splits"] == [] and leakage["near_duplicate_count"] == 0
+    md = (out / "report.md").read_text()
+    for heading in ("## Calibration", "## Shortcut audit", "## Leakage between splits"):
+        assert heading in md
+    cal = pd.read_csv(out / "calibration.csv")
+    # Test ECE before and after, with the temperature the bundle stores (fitted on val there).
+    bundle_t = json.loads((smoke_experiment / "export" / "bundle.json").read_text())["calibration"][
+        "temperature"
+    ]
+    fitted = cal[cal["scaling"] == "temperature"]["temperature"].unique()
+    assert len(fitted) == 1 and fitted[0] == pytest.approx(bundle_t, rel=1e-4)
+    assert set(cal["split"]) == {"val", "test"}
+    audit = pd.read_csv(out / "shortcut_audit.csv")
+    assert list(audit["class"]) == ["NORMAL", "BACTERIA", "VIRAL"]

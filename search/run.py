@@ -31,7 +31,7 @@ from search.cluster import detect_gpus, local_ray
 from search.space import Space, load_space
 from search.summary import print_summary, summarize, sweep_state
 from search.tracking import resolve_mode, scrub
-from search.tuner import build_tuner, make_trainable, settings_for
+from search.tuner import build_tuner, make_trainable, settings_for, startup_trials
 from trainables.bundle import read_bundle_meta
 from trainables.experiment import EXPERIMENT_FILE, ExperimentRecord, write_summary
 
@@ -105,6 +105,8 @@ def new_experiment(
         )
     except ValueError as err:
         parser.error(str(err))
+    for point in space.dropped_points:
+        print(f"POINTS_TO_EVALUATE: {point} left out (outside CPU_CHOICES)", flush=True)
     grace = args.grace_period or profile.grace_period or space.grace_period
     if grace > space.max_epochs:
         parser.error(f"--grace-period {grace} exceeds the {space.max_epochs} epochs of the run")
@@ -131,6 +133,7 @@ def make_record(
 ) -> ExperimentRecord:
     """What the sweep decides before it starts (flags > profile > space), for cxr-tune's record."""
     path = storage.experiment_path(root, name)
+    num_samples = args.num_samples or profile.num_samples or space.num_samples
     return ExperimentRecord(
         name=name,
         storage=root,
@@ -143,7 +146,9 @@ def make_record(
         reduction_factor=args.reduction_factor
         or profile.reduction_factor
         or space.reduction_factor,
-        num_samples=args.num_samples or profile.num_samples or space.num_samples,
+        num_samples=num_samples,
+        points_to_evaluate=space.points_to_evaluate,
+        tpe_startup_trials=startup_trials(num_samples, len(space.points_to_evaluate)),
         max_concurrent=args.max_concurrent or profile.max_concurrent,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
@@ -177,6 +182,12 @@ def announce(record: ExperimentRecord) -> None:
         f"reduction {record.reduction_factor}, max concurrent "
         f"{record.max_concurrent or 'auto'}, {record.cpus_per_trial:g} CPU + "
         f"{gpus} GPU per trial, W&B {record.wandb_mode}",
+        flush=True,
+    )
+    print(
+        f"TPE: {len(record.points_to_evaluate)} enqueued point(s) first "
+        f"{record.points_to_evaluate}, random start-up until {record.tpe_startup_trials} "
+        f"trials have finished",
         flush=True,
     )
 

@@ -109,6 +109,12 @@ class ExperimentRecord:
     """UTC time, ISO 8601."""
     args: dict[str, Any] = field(default_factory=dict)
     """search.run's command-line arguments, secrets scrubbed."""
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    """The space's known-good configurations (POINTS_TO_EVALUATE) the searcher tries first, in
+    order; those the run profile cannot train (outside CPU_CHOICES) are left out."""
+    tpe_startup_trials: int | None = None
+    """TPE's start-up count (Optuna's n_startup_trials): finished trials before TPE models the
+    results, the enqueued points plus the random ones; None for records written before it."""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from analysis import prose, tables
+from analysis import prose, reruns, tables
 from analysis.document import Document, write_report
 from analysis.evaluate import Evaluator
 from analysis.load import Experiment, load_experiment
@@ -71,6 +71,7 @@ def build_report(
     prose.tta_section(doc, t, best_eval, chosen)
     prose.figures_section(doc, exp, evaluator, best_eval, chosen, top_k)
     prose.sweep_section(doc, exp, t)
+    reruns.rerun_section(doc, exp, t)
     doc.text(f"Evaluation took {time.perf_counter() - started:.0f} s on `{device}`.")
     return doc, t
 

@@ -22,7 +22,8 @@ from trainables.experiment import (
 
 MAX_FAILURES = 2  # retries of a trial whose worker died, from its last checkpoint
 CHECKPOINTS_KEPT = 2  # Ray keeps the best this many by the metric plus, always, the latest one
-SEARCHERS = ("tpe", "random", "grid")  # grid: no searcher, `param_space` holds full configs
+# grid: no searcher, `param_space` holds full configs; points: exactly `points_to_evaluate`
+SEARCHERS = ("tpe", "random", "grid", "points")
 MIN_RANDOM_TRIALS = 3  # TPE's random start-up trials, at least (a model needs a few points)
 RANDOM_SHARE = 3  # about 1/RANDOM_SHARE of the budget is random start-up before TPE models
 
@@ -100,6 +101,13 @@ def build_searcher(settings: TunerSettings, define: Callable) -> Any | None:
     trials marked PRUNED; None for a grid."""
     if settings.search == "grid":
         return None
+    if settings.search == "points":  # full configs, each run once (search.rerun)
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        points = list(settings.points_to_evaluate)
+        return BasicVariantGenerator(
+            points_to_evaluate=points, max_concurrent=settings.max_concurrent or 0
+        )
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 

@@ -190,11 +190,12 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         gap = r["sweep_acc"].value - r["seed_acc"].value
         prec = r["sweep_precision"].value - r["seed_precision"].value
-        side = "the sweep" if gap > 0 else "the hand study" if gap < 0 else "neither"
+        side = "the sweep" if gap > 0 else "the hand study" if gap < 0 else ""
+        lead = f"{side} is ahead by {abs(gap) * 100:.1f} accuracy points" if side else "level"
         test = r["mcnemar"].verdict("the sweep is better", "the hand study is better")
         out.append(
-            f"{r['view']}: {side} is ahead by {abs(gap) * 100:.1f} accuracy points "
-            f"(macro precision {prec * 100:+.1f} points for the sweep); McNemar: {test}"
+            f"{r['view']}: {lead} (macro precision {prec * 100:+.1f} points for the sweep); "
+            f"McNemar: {test}"
         )
     return "\n".join(out)
 
@@ -218,6 +219,18 @@ def table(rows: list[dict[str, Any]], spend: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"| {side} | {s['trials']} | {s['epochs']} | {s['trial_cpu_seconds']:.0f} "
             f"| {s['wall_s']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def bests(seed: dict[str, Any], sweep: dict[str, Any]) -> str:
+    """Which trial each side's best is, and the TTA policy each chose on validation."""
+    lines = []
+    for side, best in (("hand study", seed), ("sweep", sweep)):
+        val = next(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
+        lines.append(
+            f"- {side} best: trial {best['trial_id']} {best['config']}, epoch {best['epoch']}, "
+            f"{val}; TTA chosen on validation: `{best['chosen_policy']}`"
         )
     return "\n".join(lines) + "\n"
 
@@ -281,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(results, args, size, budget, rows, spend, seed, sweep) -> None:
     """Print the table and verdict, keep every figure in the JSON, the table as markdown."""
-    text = table(rows, spend)
+    text = table(rows, spend) + "\n" + bests(seed, sweep)
     said = verdict(rows)
     print(text + "\n" + said, flush=True)
     for side, best in (("hand_study", seed), ("sweep", sweep)):

@@ -96,7 +96,7 @@ def plan_rerun(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tup
 
 def run_rerun(record: ExperimentRecord, plan: RerunPlan, folder: Path, args: argparse.Namespace):
     """The second Ray run: each planned configuration once per seed, all epochs, FIFO."""
-    from search.cluster import local_ray
+    from search.cluster import detect_gpus, local_ray
     from search.tuner import TunerSettings, build_tuner, make_trainable
 
     points = [{**c["params"], "seed": s} for c in plan.configs for s in plan.seeds]
@@ -117,8 +117,10 @@ def run_rerun(record: ExperimentRecord, plan: RerunPlan, folder: Path, args: arg
         wandb_mode="disabled",
     )
     cpus = args.cpus_per_trial or record.cpus_per_trial
+    _, card_bytes = detect_gpus(None)
     with local_ray():
-        tuner = build_tuner(settings, None, make_trainable(cpus, record.gpus_per_trial, None))
+        trainable = make_trainable(cpus, record.gpus_per_trial, card_bytes)
+        tuner = build_tuner(settings, None, trainable)
         return tuner.fit()
 
 

@@ -104,3 +104,22 @@ def test_a_point_naming_an_unsuggested_parameter_is_refused(tmp_path: Path) -> N
     )
     with pytest.raises(ValueError, match=r"POINTS_TO_EVALUATE\[0\] names \['momentum'\]"):
         load_space(bad)
+
+
+def test_points_search_runs_exactly_the_given_configs(space) -> None:
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    base = dict(name="e", storage="/r", metric="val_loss", mode="min", max_epochs=3)
+    points = ({"lr": 1e-3, "seed": 1}, {"lr": 1e-3, "seed": 2})
+    settings = TunerSettings(
+        **base,
+        num_samples=2,
+        grace_period=1,
+        reduction_factor=2,
+        search="points",
+        points_to_evaluate=points,
+    )
+    searcher = build_searcher(settings, None)
+    # search.rerun's searcher: Ray's variant generator holding only the re-run's configs.
+    assert isinstance(searcher, BasicVariantGenerator)
+    assert list(searcher._points_to_evaluate) == list(points)

@@ -14,7 +14,7 @@ policy chosen on validation; the table gives test accuracy and macro precision w
 bootstrap intervals and McNemar's exact paired test (analysis/stats.py), plus the epochs and
 trial CPU-seconds (each trial's training wall time x the CPUs reserved for it) each side spent.
 
-    python -m bench.seed_vs_sweep --size small  # CPU: phantom:small, 64 px, 5 epochs of 8 steps
+    python -m bench.seed_vs_sweep --size small  # CPU: phantom:small, 32 px, 4 epochs of 6 steps
     python -m bench.seed_vs_sweep --size full   # GPU: phantom:full, 256 px, 10 epochs
 """
 
@@ -49,7 +49,7 @@ class Size:
 
 SIZES = {
     "tiny": Size(32, 1, 1, "phantom:small"),
-    "small": Size(64, 5, 8, "phantom:small"),
+    "small": Size(32, 4, 6, "phantom:small"),
     "full": Size(256, 10, 0, "phantom:full"),  # the seed's 10 epochs (spaces/seed.py)
 }
 
@@ -143,7 +143,8 @@ def evaluate_best(experiment: Path, device: str) -> dict[str, Any]:
         "trial_id": best.trial_id,
         "config": {k: best.params[k] for k in keep if k in best.params},
         "epoch": best.best_epoch,
-        f"val_{exp.metric}": best.best_score,
+        "metric": exp.metric,
+        "val_value": best.best_score,
         "chosen_policy": chosen,
         "scored": {
             "none": ev.tta["none"][1],
@@ -227,7 +228,7 @@ def bests(seed: dict[str, Any], sweep: dict[str, Any]) -> str:
     """Which trial each side's best is, and the TTA policy each chose on validation."""
     lines = []
     for side, best in (("hand study", seed), ("sweep", sweep)):
-        val = next(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
+        val = f"validation {best['metric']} {best['val_value']:.4f}"
         lines.append(
             f"- {side} best: trial {best['trial_id']} {best['config']}, epoch {best['epoch']}, "
             f"{val}; TTA chosen on validation: `{best['chosen_policy']}`"

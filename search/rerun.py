@@ -120,7 +120,10 @@ def run_rerun(record: ExperimentRecord, plan: RerunPlan, folder: Path, args: arg
     _, card_bytes = detect_gpus(None)
     with local_ray():
         trainable = make_trainable(cpus, record.gpus_per_trial, card_bytes)
-        tuner = build_tuner(settings, None, trainable)
+        # Ray's variant generator only fills keys the param space has: every key, as constants
+        # the points then override.
+        keys = {k: v for p in reversed(points) for k, v in p.items()}
+        tuner = build_tuner(settings, None, trainable, param_space=keys)
         return tuner.fit()
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.document import Document
+from analysis.load import Experiment
 from analysis.stats import ALPHA, Interval
 from trainables import experiment as files
 from trainables.experiment import RerunPlan
@@ -146,7 +148,7 @@ def verdict(plan: RerunPlan, scores: Sequence[RerunScores]) -> str:
     )
 
 
-def rerun_section(doc, exp, t: dict[str, pd.DataFrame]) -> None:
+def rerun_section(doc: Document, exp: Experiment, t: dict[str, pd.DataFrame]) -> None:
     """The report's section on every re-run of `exp` (nothing when it has none)."""
     folders = files.rerun_dirs(exp.path)
     if not folders:

@@ -293,7 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(results, args, size, budget, rows, spend, seed, sweep) -> None:
+def report(
+    results: Results,
+    args: Any,
+    size: Size,
+    budget: int,
+    rows: list[dict[str, Any]],
+    spend: dict[str, dict[str, Any]],
+    seed: dict[str, Any],
+    sweep: dict[str, Any],
+) -> None:
     """Print the table and verdict, keep every figure in the JSON, the table as markdown."""
     text = table(rows, spend) + "\n" + bests(seed, sweep)
     said = verdict(rows)

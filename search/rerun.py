@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from search import storage
 from search.cli import _bounded, _name
@@ -120,11 +121,21 @@ def run_rerun(record: ExperimentRecord, plan: RerunPlan, folder: Path, args: arg
     _, card_bytes = detect_gpus(None)
     with local_ray():
         trainable = make_trainable(cpus, record.gpus_per_trial, card_bytes)
-        # Ray's variant generator only fills keys the param space has: every key, as constants
-        # the points then override.
-        keys = {k: v for p in reversed(points) for k, v in p.items()}
-        tuner = build_tuner(settings, None, trainable, param_space=keys)
+        tuner = build_tuner(settings, None, trainable, param_space=space_of(points))
         return tuner.fit()
+
+
+def space_of(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The param space Ray's variant generator needs to take `points`: every key they name, a
+    constant where they agree and a choice among their values where they differ (a constant
+    that a point overrides draws a warning per trial)."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key in dict.fromkeys(k for p in points for k in p):
+        values = list(dict.fromkeys(p[key] for p in points if key in p))
+        space[key] = values[0] if len(values) == 1 else tune.choice(values)
+    return space
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -117,8 +117,8 @@ def rerun_table(plan: RerunPlan, scores: Sequence[RerunScores]) -> pd.DataFrame:
                 f"sweep_{plan.metric}": s.sweep_value,
                 "seeds": len(s.values),
                 "mean": iv.value,
-                "ci95_low": iv.low,
-                "ci95_high": iv.high,
+                "ci95_lower": iv.low,  # not *_low: the display folds those into percent
+                "ci95_upper": iv.high,
                 "std": float(np.std(s.values, ddof=1)) if len(s.values) > 1 else math.nan,
                 "per_seed": ", ".join(f"{v:.4f}" for v in s.values),
             }

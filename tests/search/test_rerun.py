@@ -122,6 +122,7 @@ def test_rerun_scores_match_the_trials_files_and_reach_the_report(rerun, tmp_pat
     rerun_section(doc, load_experiment(rerun["exp"]), t)
     text = doc.markdown()
     assert "Multi-seed re-runs" in text and "ranking of its top 2 configurations" in text
+    assert "| mean | ci95_lower | ci95_upper |" in text  # the interval reaches the page
     assert list(t["rerun_top2-seeds2"]["seeds"]) == [2, 2]
 
 

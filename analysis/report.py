@@ -37,7 +37,7 @@ def build_report(
     """Evaluate, tabulate and plot; returns the document (not yet written) and the tables."""
     import torch
 
-    from analysis import audit, calibration, leakage, prose, tables
+    from analysis import audit, calibration, leakage, prose, reruns, tables
     from analysis.document import Document
     from analysis.evaluate import Evaluator
     from analysis.tta import TTA_POLICIES
@@ -82,6 +82,7 @@ def build_report(
     t.update(leakage.leakage_section(doc, best_eval.trial.config))
     prose.figures_section(doc, exp, evaluator, best_eval, chosen, top_k)
     prose.sweep_section(doc, exp, t)
+    reruns.rerun_section(doc, exp, t)
     doc.text(f"Evaluation took {time.perf_counter() - started:.0f} s on `{device}`.")
     return doc, t
 

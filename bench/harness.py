@@ -155,10 +155,12 @@ def run_sweep(
     seed: int = 0,
     wandb_mode: str = "disabled",
     param_space: dict[str, Any] | None = None,
+    stop: Any = None,
 ) -> Sweep:
     """One sweep; `search` is 'tpe', 'random' or 'grid' (then `param_space` holds full configs).
     `gpus_per_trial` None sizes each trial's GPU share from its model (`card_bytes` of the card).
-    The Tuner is the product's (`search.tuner.build_tuner`), without the progress lines."""
+    The Tuner is the product's (`search.tuner.build_tuner`), without the progress lines; the
+    space's POINTS_TO_EVALUATE run first, as in `search.run`; `stop` is Ray's RunConfig.stop."""
     from search.tuner import TunerSettings, build_tuner, make_trainable
 
     settings = TunerSettings(
@@ -174,6 +176,7 @@ def run_sweep(
         seed=seed,
         search=search,
         asha=asha,
+        points_to_evaluate=tuple(space.points_to_evaluate),
         wandb_project="cxr-tune-bench",
         wandb_mode=wandb_mode,
         wandb_dir=str(storage / name),
@@ -186,6 +189,7 @@ def run_sweep(
         make_trainable(cpus_per_trial, gpus_per_trial, card_bytes),
         param_space=param_space,
         callbacks=[timeline],
+        stop=stop,
     )
     started = time.perf_counter()
     grid = tuner.fit()
@@ -198,9 +202,14 @@ def run_sweep(
 
 
 def space_for(
-    path: Path, defaults: dict[str, Any], overrides: dict[str, Any], max_epochs: int | None
+    path: Path,
+    defaults: dict[str, Any],
+    overrides: dict[str, Any],
+    max_epochs: int | None,
+    cpu: bool = False,
 ) -> Space:
-    """Load a space file as search.run does (`defaults` < the space's constants < `overrides`)."""
+    """Load a space file as search.run does (`defaults` < the space's constants < `overrides`;
+    `cpu`: only the space's CPU_CHOICES, as the CPU profile)."""
     from search.space import load_space
 
-    return load_space(path, defaults=defaults, overrides=overrides, max_epochs=max_epochs)
+    return load_space(path, defaults=defaults, overrides=overrides, max_epochs=max_epochs, cpu=cpu)

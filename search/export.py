@@ -193,7 +193,11 @@ def export_best(
     model, cfg, classes = model_from_checkpoint(best.checkpoint_dir)
     history = list(load_checkpoint(best.checkpoint_dir)["history"])
     metrics = {k: float(v) for k, v in history[-1].items()} if history else {}
-    calibration = calibrate_on_val(model, cfg, classes)
+    try:
+        calibration = calibrate_on_val(model, cfg, classes)
+    except (ValueError, OSError) as err:  # the data is not here, or not the checkpoint's
+        print(f"export: not calibrated ({err}); temperature 1.0", file=sys.stderr)
+        calibration = {"temperature": 1.0, "fitted_on": None, "skipped": str(err)}
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
@@ -303,10 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" (tolerance {check['tolerance']:.0e})"
     )
     cal = meta[CALIBRATION_KEY]
-    print(
-        f"temperature {cal['temperature']:.3f} fitted on validation: ECE "
-        f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f} ({cal['ece_bins']} bins)"
-    )
+    if cal.get("skipped"):
+        print(f"not calibrated (temperature 1.0): {cal['skipped']}")
+    else:
+        print(
+            f"temperature {cal['temperature']:.3f} fitted on validation: ECE "
+            f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f} ({cal['ece_bins']} bins)"
+        )
     return 0 if math.isfinite(value) else 1
 
 

@@ -43,7 +43,7 @@ from search.summary import (
     sweep_state,
 )
 from search.tracking import resolve_mode, scrub
-from search.tuner import build_tuner, make_trainable, settings_for
+from search.tuner import build_tuner, make_trainable, settings_for, startup_trials
 from trainables.experiment import (
     DATA_REPORT_FILE,
     EXPERIMENT_FILE,
@@ -131,6 +131,8 @@ def new_experiment(
         )
     except ValueError as err:
         parser.error(str(err))
+    for point in space.dropped_points:
+        print(f"POINTS_TO_EVALUATE: {point} left out (outside CPU_CHOICES)", flush=True)
     grace = args.grace_period or profile.grace_period or space.grace_period
     if grace > space.max_epochs:
         parser.error(f"--grace-period {grace} exceeds the {space.max_epochs} epochs of the run")
@@ -192,6 +194,7 @@ def make_record(
 ) -> ExperimentRecord:
     """What the sweep decides before it starts (flags > profile > space), for cxr-tune's record."""
     path = storage.experiment_path(root, name)
+    num_samples = args.num_samples or profile.num_samples or space.num_samples
     return ExperimentRecord(
         name=name,
         storage=root,
@@ -202,7 +205,9 @@ def make_record(
         max_epochs=space.max_epochs,
         grace_period=min(grace, space.max_epochs),
         reduction_factor=record_rf(args, profile, space),
-        num_samples=args.num_samples or profile.num_samples or space.num_samples,
+        num_samples=num_samples,
+        points_to_evaluate=space.points_to_evaluate,
+        tpe_startup_trials=startup_trials(num_samples, len(space.points_to_evaluate)),
         max_concurrent=args.max_concurrent or profile.max_concurrent,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
@@ -242,6 +247,12 @@ def announce(record: ExperimentRecord) -> None:
         f"reduction {record.reduction_factor}, max concurrent "
         f"{record.max_concurrent or 'auto'}, {record.cpus_per_trial:g} CPU + "
         f"{gpus} GPU per trial, W&B {record.wandb_mode}",
+        flush=True,
+    )
+    print(
+        f"TPE: {len(record.points_to_evaluate)} enqueued point(s) first "
+        f"{record.points_to_evaluate}, random start-up until {record.tpe_startup_trials} "
+        f"trials have finished",
         flush=True,
     )
 

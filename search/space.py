@@ -8,7 +8,8 @@ A space file is a plain Python module (see `spaces/`):
   `MAX_EPOCHS` (ASHA's `max_t`, and every trial's `epochs`).
 - Optional: `GRACE_PERIOD` (epochs before ASHA may stop a trial, default 1),
   `REDUCTION_FACTOR` (ASHA's eta, default 3), `NUM_SAMPLES` (trials, default 20),
-  `POINTS_TO_EVALUATE` (a list of partial parameter dicts tried first, in order),
+  `POINTS_TO_EVALUATE` (a list of partial parameter dicts tried first, in order, e.g. the seed
+  study's recipes; the CPU profile leaves out those outside `CPU_CHOICES`),
   `CPU_CHOICES` (name -> the categorical choices the CPU profile keeps, e.g. only the models a
   laptop trains in seconds).
 
@@ -172,6 +173,9 @@ class Space:
     reduction_factor: int
     num_samples: int
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    """Tried first, in order; only those the profile can train (`runnable_points`)."""
+    dropped_points: list[dict[str, Any]] = field(default_factory=list)
+    """The space's points outside the profile's CPU_CHOICES."""
     samples: list[TrialConfig] = field(default_factory=list)  # configs built while checking
 
 
@@ -216,6 +220,7 @@ def load_space(
         isinstance(v, (list, tuple)) for v in restrict.values()
     ):
         raise ValueError(f"{where}: CPU_CHOICES must be a dict of name -> list of choices")
+    points, dropped = runnable_points(points, restrict)
     run_overrides = {**dict(overrides or {}), "epochs": epochs}
     space_define = SpaceDefine(path, defaults, run_overrides, restrict)
     samples = sample_configs(space_define, where, points, seed=seed)
@@ -229,8 +234,21 @@ def load_space(
         reduction_factor=reduction,
         num_samples=num_samples,
         points_to_evaluate=points,
+        dropped_points=dropped,
         samples=samples,
     )
+
+
+def runnable_points(
+    points: list[dict[str, Any]], restrict: Mapping[str, Sequence[Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The points a profile can train (every restricted name among its allowed choices) and the
+    ones it leaves out: an enqueued value outside the trial's choices is not a valid trial."""
+    kept, dropped = [], []
+    for point in points:
+        fits = all(point[k] in allowed for k, allowed in restrict.items() if k in point)
+        (kept if fits else dropped).append(point)
+    return kept, dropped
 
 
 def sample_configs(
@@ -272,6 +290,8 @@ def sample_configs(
                 f"{where}: define() suggests {clash}, which the run sets "
                 f"(epochs = MAX_EPOCHS); remove them from the space"
             )
+        if i < len(points or []):
+            _check_point(where, i, points[i], trial.params)
         values = {**constants, **trial.params}
         try:
             configs.append(TrialConfig.from_dict(values))
@@ -281,6 +301,16 @@ def sample_configs(
             ) from err
         study.tell(trial, 0.0)
     return configs
+
+
+def _check_point(where: str, i: int, point: dict[str, Any], params: dict[str, Any]) -> None:
+    """Optuna silently ignores an enqueued name `define` never suggests; refuse it instead."""
+    unused = sorted(set(point) - set(params))
+    if unused:
+        raise ValueError(
+            f"{where}: POINTS_TO_EVALUATE[{i}] names {unused}, which define() does not suggest "
+            f"for that point; it suggests {sorted(params)}"
+        )
 
 
 def _constant(

@@ -24,7 +24,17 @@ from trainables.experiment import (
 
 MAX_FAILURES = 2  # retries of a trial whose worker died, from its last checkpoint
 CHECKPOINTS_KEPT = 2  # Ray keeps the best this many by the metric plus, always, the latest one
-SEARCHERS = ("tpe", "random", "grid")  # grid: no searcher, `param_space` holds full configs
+# grid: no searcher, `param_space` holds full configs; points: exactly `points_to_evaluate`
+SEARCHERS = ("tpe", "random", "grid", "points")
+MIN_RANDOM_TRIALS = 3  # TPE's random start-up trials, at least (a model needs a few points)
+RANDOM_SHARE = 3  # about 1/RANDOM_SHARE of the budget is random start-up before TPE models
+
+
+def startup_trials(num_samples: int, n_points: int) -> int:
+    """TPE's n_startup_trials for a budget: the enqueued points (they are not random) plus about
+    a third of the trials, at least 3, so a 10-trial sweep leaves random search after 3 random
+    trials instead of Optuna's default 10."""
+    return n_points + max(MIN_RANDOM_TRIALS, round(num_samples / RANDOM_SHARE))
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,9 @@ class TunerSettings:
     asha: bool = True
     """False: every trial runs all epochs (FIFO)."""
     points_to_evaluate: Sequence[dict[str, Any]] = ()
+    """Configurations the searcher evaluates first, in order (Optuna's enqueue_trial)."""
+    n_startup_trials: int | None = None
+    """TPE's start-up count; None: `startup_trials(num_samples, len(points_to_evaluate))`."""
     time_budget_s: float | None = None
     max_failures: int = MAX_FAILURES
     wandb_project: str = DEFAULT_WANDB_PROJECT
@@ -81,7 +94,8 @@ def settings_for(record: ExperimentRecord, space: Space) -> TunerSettings:
         reduction_factor=record.reduction_factor or space.reduction_factor,
         max_concurrent=record.max_concurrent,
         seed=record.seed,
-        points_to_evaluate=tuple(space.points_to_evaluate),
+        points_to_evaluate=tuple(record.points_to_evaluate or space.points_to_evaluate),
+        n_startup_trials=record.tpe_startup_trials,
         time_budget_s=record.time_budget,
         wandb_project=record.wandb_project,
         wandb_mode=record.wandb_mode,
@@ -96,6 +110,13 @@ def build_searcher(settings: TunerSettings, define: Callable) -> Any | None:
     trials marked PRUNED; None for a grid."""
     if settings.search == "grid":
         return None
+    if settings.search == "points":  # full configs, each run once (search.rerun)
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        points = list(settings.points_to_evaluate)
+        return BasicVariantGenerator(
+            points_to_evaluate=points, max_concurrent=settings.max_concurrent or 0
+        )
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
@@ -103,7 +124,10 @@ def build_searcher(settings: TunerSettings, define: Callable) -> Any | None:
 
     if settings.search == "tpe":
         sampler = optuna.samplers.TPESampler(
-            seed=settings.seed, multivariate=True, constant_liar=True
+            seed=settings.seed,
+            multivariate=True,
+            constant_liar=True,
+            n_startup_trials=tpe_startup(settings),
         )
     else:
         sampler = optuna.samplers.RandomSampler(seed=settings.seed)
@@ -128,6 +152,13 @@ def optuna_storage(settings: TunerSettings) -> dict[str, Any]:
     from search.optuna_pruned import journal_storage
 
     return {"study_name": settings.name, "storage": journal_storage(settings.optuna_journal)}
+
+
+def tpe_startup(settings: TunerSettings) -> int:
+    """The start-up count the TPE searcher of `settings` uses."""
+    if settings.n_startup_trials is not None:
+        return settings.n_startup_trials
+    return startup_trials(settings.num_samples, len(settings.points_to_evaluate))
 
 
 def build_scheduler(settings: TunerSettings) -> Any:
@@ -198,8 +229,10 @@ def build_tuner(
     *,
     param_space: dict[str, Any] | None = None,
     callbacks: Sequence[Any] = (),
+    stop: Any = None,
 ) -> Any:
-    """A `tune.Tuner` over `define` (a space's `SpaceDefine`), or over `param_space` for a grid."""
+    """A `tune.Tuner` over `define` (a space's `SpaceDefine`), or over `param_space` for a grid;
+    `stop` is Ray's `RunConfig.stop` (a `tune.Stopper`, e.g. a benchmark's epoch budget)."""
     from ray import tune
 
     searcher = build_searcher(settings, define)
@@ -207,6 +240,7 @@ def build_tuner(
         name=settings.name,
         storage_path=settings.storage,
         callbacks=_callbacks(settings, callbacks),
+        stop=stop,
         verbose=0,  # the progress lines replace Ray's tables
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=CHECKPOINTS_KEPT,

@@ -13,6 +13,8 @@ An experiment is Ray Tune's layout under `STORAGE/NAME/` plus the sweep's own fi
     NAME/export/                        the exported bundle (trainables.bundle owns its files)
     NAME/optuna_journal.log             the Optuna study (JournalStorage file; study = NAME)
     NAME/wandb/offline-run-*/           W&B runs: one per trial, the export, the report
+    NAME/reruns/RERUN/rerun.json        a multi-seed re-run's `RerunPlan` (search.rerun)
+    NAME/reruns/RERUN/<trial dir>/...   its trials, in the same layout as the sweep's
 
 Plain JSON and files only (no Ray, Optuna or W&B), so `search/` writes and `analysis/` reads the
 same files through the same rules:
@@ -58,6 +60,9 @@ RAY_STATE_GLOB = f"{RAY_STATE_PREFIX}*.json"
 EXPORT_DIR = "export"
 OPTUNA_JOURNAL = "optuna_journal.log"  # Optuna JournalStorage file (file backend)
 WANDB_SUBDIR = "wandb"  # wandb.init(dir=D) writes its runs to D/wandb/
+RERUNS_DIR = "reruns"  # NAME/reruns/<rerun name>/: second Ray runs of the top configurations
+RERUN_FILE = "rerun.json"
+RERUN_SCHEMA_VERSION = 1
 TRIAL_DIR_PREFIX = "trial_"  # search.run names trial directories trial_<trial id>
 
 METRIC_MODES = ("max", "min")
@@ -177,6 +182,12 @@ class ExperimentRecord:
     (`search.gpu_memory.memory_record`); empty without GPU packing."""
     code_version: str = ""
     """cxr-tune's version and git commit when the sweep started (`cxr_tune.code_version`)."""
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    """The space's known-good configurations (POINTS_TO_EVALUATE) the searcher tries first, in
+    order; those the run profile cannot train (outside CPU_CHOICES) are left out."""
+    tpe_startup_trials: int | None = None
+    """TPE's start-up count (Optuna's n_startup_trials): finished trials before TPE models the
+    results, the enqueued points plus the random ones; None for records written before it."""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -576,3 +587,83 @@ def best_checkpoint(experiment_dir: Path, metric: str, mode: str) -> ScoredCheck
     if best is None:
         raise ValueError(f"{experiment_dir}: no trial has a kept checkpoint with {metric!r}")
     return best
+
+
+def ranked_trials(experiment_dir: Path, metric: str, mode: str) -> list[ScoredCheckpoint]:
+    """Each trial's best checkpoint, the trials best first by `rank_key` (what export and the
+    report call the ranking of the configurations)."""
+    check_mode(mode)
+    bests = [best_of(trial_checkpoints(d, metric), mode) for d in trial_dirs(experiment_dir)]
+    return sorted((b for b in bests if b is not None), key=lambda c: rank_key(c, mode))
+
+
+# --- multi-seed re-runs (reruns/RERUN/rerun.json) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RerunPlan:
+    """A re-run of an experiment's top configurations with new seeds (search.rerun writes it
+    before its Ray run starts; analysis reads it back with the trials)."""
+
+    name: str
+    metric: str
+    mode: str
+    seeds: list[int]
+    """Training seeds (`TrialConfig.seed`); the validation split (`split_seed`) is unchanged."""
+    configs: list[dict[str, Any]]
+    """Best first: {"rank", "trial_id", "value" (the sweep's best metric), "params"}."""
+    source: str = ""
+    """The experiment directory the configurations come from."""
+    created: str = ""
+    schema_version: int = RERUN_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode, f"{RERUN_FILE} field 'mode'")
+
+    def config_of(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The planned configuration a re-run trial's params.json belongs to (all but seed)."""
+        key = rerun_key(params)
+        return next((c for c in self.configs if rerun_key(c["params"]) == key), None)
+
+
+def rerun_key(params: Mapping[str, Any]) -> str:
+    """A configuration's identity across seeds: every parameter but `seed`."""
+    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def rerun_dir(experiment_dir: Path, name: str) -> Path:
+    return Path(experiment_dir) / RERUNS_DIR / name
+
+
+def write_rerun_plan(directory: Path, plan: RerunPlan) -> Path:
+    path = Path(directory) / RERUN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(dataclasses.asdict(plan), indent=2, default=str) + "\n")
+    return path
+
+
+def read_rerun_plan(directory: Path) -> RerunPlan:
+    """ValueError naming the file when it is missing, damaged or newer than this code."""
+    path = Path(directory) / RERUN_FILE
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is missing or not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    version = values.get("schema_version", 1)
+    if not isinstance(version, int) or version > RERUN_SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {version!r} is newer than this cxr-tune reads")
+    known = {f.name for f in dataclasses.fields(RerunPlan)}
+    try:
+        return RerunPlan(**{k: v for k, v in values.items() if k in known})
+    except TypeError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def rerun_dirs(experiment_dir: Path) -> list[Path]:
+    """The experiment's re-runs (folders under reruns/ holding rerun.json), sorted by name."""
+    root = Path(experiment_dir) / RERUNS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if (d / RERUN_FILE).is_file())

@@ -62,3 +62,64 @@ def test_searcher_and_scheduler_follow_the_settings(space) -> None:
         TunerSettings(**base, num_samples=1, grace_period=1, reduction_factor=3, search="bayes")
     with pytest.raises(ValueError, match="unknown mode 'up'"):
         TunerSettings(**{**base, "mode": "up"}, num_samples=1, grace_period=1, reduction_factor=3)
+
+
+def test_tpe_startup_is_a_third_of_the_budget_plus_the_enqueued_points(space) -> None:
+    from search.tuner import startup_trials, tpe_startup
+
+    # Optuna's default of 10 random trials would keep a 10-trial sweep random to the end.
+    assert [startup_trials(n, 0) for n in (1, 5, 10, 12, 48)] == [3, 3, 3, 4, 16]
+    assert startup_trials(10, 2) == 5  # enqueued points are not random trials
+    base = dict(name="e", storage="/r", metric="val_loss", mode="min", max_epochs=3)
+    settings = TunerSettings(
+        **base, num_samples=12, grace_period=1, reduction_factor=3, points_to_evaluate=[{}] * 2
+    )
+    assert tpe_startup(settings) == 6
+    assert build_searcher(settings, space.define)._sampler._n_startup_trials == 6
+    # A record written before the field existed still loads; its settings compute the count.
+    old = ExperimentRecord.from_dict({"name": "x", "metric": "val_loss", "mode": "min"})
+    assert old.tpe_startup_trials is None and old.points_to_evaluate == []
+    recorded = ExperimentRecord(name="x", metric="val_loss", mode="min", tpe_startup_trials=7)
+    assert settings_for(recorded, space).n_startup_trials == 7
+
+
+def test_cpu_profile_leaves_out_points_it_cannot_train() -> None:
+    cpu = load_space(REPO / "spaces" / "transfer.py", cpu=True)
+    full = load_space(REPO / "spaces" / "transfer.py")
+    # The seed's SimpleCNN recipe runs on the CPU; its ResNet50 (outside CPU_CHOICES) does not.
+    assert [p["model"] for p in full.points_to_evaluate] == ["simple_cnn", "resnet50"]
+    assert [p["model"] for p in cpu.points_to_evaluate] == ["simple_cnn"]
+    assert [p["model"] for p in cpu.dropped_points] == ["resnet50"]
+    recipe = cpu.samples[0]  # the first sample is the first point, built as a TrialConfig
+    assert (recipe.model, recipe.lr, recipe.weight_decay) == ("simple_cnn", 1e-4, 5e-5)
+    assert (recipe.balance, recipe.augment) == ("oversample", "none")
+
+
+def test_a_point_naming_an_unsuggested_parameter_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        'METRIC = "val_loss"\nMODE = "min"\nMAX_EPOCHS = 1\n'
+        'POINTS_TO_EVALUATE = [{"lr": 1e-3, "momentum": 0.9}]\n'
+        'def define(trial):\n    trial.suggest_float("lr", 1e-5, 1e-2, log=True)\n'
+    )
+    with pytest.raises(ValueError, match=r"POINTS_TO_EVALUATE\[0\] names \['momentum'\]"):
+        load_space(bad)
+
+
+def test_points_search_runs_exactly_the_given_configs(space) -> None:
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    base = dict(name="e", storage="/r", metric="val_loss", mode="min", max_epochs=3)
+    points = ({"lr": 1e-3, "seed": 1}, {"lr": 1e-3, "seed": 2})
+    settings = TunerSettings(
+        **base,
+        num_samples=2,
+        grace_period=1,
+        reduction_factor=2,
+        search="points",
+        points_to_evaluate=points,
+    )
+    searcher = build_searcher(settings, None)
+    # search.rerun's searcher: Ray's variant generator holding only the re-run's configs.
+    assert isinstance(searcher, BasicVariantGenerator)
+    assert list(searcher._points_to_evaluate) == list(points)

@@ -185,7 +185,7 @@ def test_unknown_model_names_the_choices():
 
 
 def test_cli_lists_the_registry_with_counts(capsys):
-    models_cli()
+    models_cli([])
     out = capsys.readouterr().out
     assert "134,953,603" in out and "10,075,011" in out  # seed counts printed
     assert "7,087,107" in out  # ResNet50 trainable parameters in the seed's frozen setting

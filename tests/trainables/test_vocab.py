@@ -62,5 +62,9 @@ def test_a_model_outside_the_vocabulary_cannot_register():
 
 
 def test_every_augmentation_set_names_existing_ops():
-    unknown = {k: [op for op in ops if op not in OPS] for k, ops in vocab.AUGMENTATIONS.items()}
+    from trainables.augment import AUGMENTATIONS
+
+    # the names config checks (vocab) and the recipes (augment) are the same sets
+    assert set(vocab.AUGMENTATIONS) == set(AUGMENTATIONS)
+    unknown = {k: [op for op in s.ops if op not in OPS] for k, s in AUGMENTATIONS.items()}
     assert not any(unknown.values()), unknown

@@ -1,0 +1,167 @@
+"""Multi-seed re-runs of a finished sweep's top configurations (Zech et al. 2019: at this data
+scale one seed's ranking can be noise).
+
+    python -m search.rerun --name EXPERIMENT --top K --seeds N [--storage runs] [--rerun-name R]
+
+A second Ray Tune run with the product's trainable (`search.tuner`): the experiment's top K
+configurations by its own ranking (`trainables.experiment.ranked_trials`, the order export and
+the report use) times N new training seeds, every trial trained to the sweep's MAX_EPOCHS
+(no early stopping), written to `EXPERIMENT/reruns/R/` with its plan (`RerunPlan`,
+`rerun.json`). `python -m analysis.report EXPERIMENT` then gives mean ± 95 % CI per
+configuration and says whether the ranking of the top configurations holds across seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from search import storage
+from search.cli import _bounded, _name
+from trainables.experiment import (
+    ExperimentRecord,
+    RerunPlan,
+    ranked_trials,
+    read_params,
+    rerun_dir,
+    write_rerun_plan,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m search.rerun",
+        description="Re-run a sweep's top configurations with new seeds (a second Ray Tune run).",
+    )
+    rerun = p.add_argument_group("multi-seed re-run")
+    rerun.add_argument("--name", type=_name, required=True, help="the sweep's experiment name")
+    rerun.add_argument("--storage", default="runs", help="the sweep's --storage (a local folder)")
+    count = _bounded(int, 1, 1000, "an integer in [1, 1000]")
+    rerun.add_argument("--top", type=count, required=True, help="configurations to re-run (K)")
+    rerun.add_argument("--seeds", type=count, required=True, help="new seeds per config (N)")
+    rerun.add_argument("--rerun-name", type=_name, help="default: topK-seedsN")
+    rerun.add_argument("--max-concurrent", type=_bounded(int, 1, 10000, "an integer in [1, 10000]"))
+    rerun.add_argument(
+        "--cpus-per-trial", type=_bounded(float, 0.25, 256.0, "a number in [0.25, 256]")
+    )
+    return p
+
+
+def plan_rerun(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple:
+    """The record, the plan and its folder; every problem is a usage error before Ray starts."""
+    if storage.is_uri(args.storage):
+        parser.error(f"--storage {args.storage}: re-runs need a local experiment folder")
+    exp = Path(storage.experiment_path(str(Path(args.storage).resolve()), args.name))
+    try:
+        record = storage.read_record(str(exp))
+    except ValueError as err:
+        parser.error(str(err))
+    if record is None:
+        parser.error(f"--name {args.name}: {exp} holds no finished sweep (no experiment record)")
+    ranked = ranked_trials(exp, record.metric, record.mode)
+    if len(ranked) < args.top:
+        parser.error(
+            f"--top {args.top}: {exp} has only {len(ranked)} trial(s) with a scored checkpoint"
+        )
+    name = args.rerun_name or f"top{args.top}-seeds{args.seeds}"
+    folder = rerun_dir(exp, name)
+    if folder.exists():
+        parser.error(f"{folder} exists (a re-run is never overwritten); pass another --rerun-name")
+    configs = [
+        {
+            "rank": i + 1,
+            "trial_id": c.trial_id,
+            "value": c.value,
+            "params": read_params(c.trial_dir),
+        }
+        for i, c in enumerate(ranked[: args.top])
+    ]
+    # New seeds: the sweep's own (record.seed) is already one draw of each configuration.
+    seeds = [record.seed + 1 + i for i in range(args.seeds)]
+    plan = RerunPlan(
+        name=name,
+        metric=record.metric,
+        mode=record.mode,
+        seeds=seeds,
+        configs=configs,
+        source=str(exp),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    return record, plan, folder
+
+
+def run_rerun(record: ExperimentRecord, plan: RerunPlan, folder: Path, args: argparse.Namespace):
+    """The second Ray run: each planned configuration once per seed, all epochs, FIFO."""
+    from search.cluster import detect_gpus, local_ray
+    from search.tuner import TunerSettings, build_tuner, make_trainable
+
+    points = [{**c["params"], "seed": s} for c in plan.configs for s in plan.seeds]
+    settings = TunerSettings(
+        name=plan.name,
+        storage=str(folder.parent),
+        metric=plan.metric,
+        mode=plan.mode,
+        max_epochs=record.max_epochs or max(int(p.get("epochs", 1)) for p in points),
+        num_samples=len(points),
+        grace_period=1,
+        reduction_factor=2,
+        max_concurrent=args.max_concurrent or record.max_concurrent,
+        seed=record.seed,
+        search="points",
+        asha=False,  # every seed trains to the end: the spread is the point
+        points_to_evaluate=tuple(points),
+        wandb_mode="disabled",
+    )
+    cpus = args.cpus_per_trial or record.cpus_per_trial
+    _, card_bytes = detect_gpus(None)
+    with local_ray():
+        trainable = make_trainable(cpus, record.gpus_per_trial, card_bytes)
+        tuner = build_tuner(settings, None, trainable, param_space=space_of(points))
+        return tuner.fit()
+
+
+def space_of(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The param space Ray's variant generator needs to take `points`: every key they name, a
+    constant where they agree and a choice among their values where they differ (a constant
+    that a point overrides draws a warning per trial)."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key in dict.fromkeys(k for p in points for k in p):
+        values = list(dict.fromkeys(p[key] for p in points if key in p))
+        space[key] = values[0] if len(values) == 1 else tune.choice(values)
+    return space
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    record, plan, folder = plan_rerun(args, parser)
+    write_rerun_plan(folder, plan)
+    print(
+        f"re-run {folder}: top {len(plan.configs)} configurations by {plan.metric} "
+        f"({plan.mode}) x seeds {plan.seeds} = {len(plan.configs) * len(plan.seeds)} trials, "
+        f"{record.max_epochs} epochs each, no early stopping",
+        flush=True,
+    )
+    for c in plan.configs:
+        print(f"  #{c['rank']} trial {c['trial_id']}: {plan.metric} {c['value']:.4f}", flush=True)
+    grid = run_rerun(record, plan, folder, args)
+    failed = [r for r in grid if r.error is not None]
+    print(
+        f"re-run finished: {len(grid) - len(failed)} trials ok, {len(failed)} failed; "
+        f"report: python -m analysis.report {plan.source}",
+        flush=True,
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -65,6 +65,7 @@ def prepare_resume(experiment_path: str, max_epochs: int, num_samples: int | Non
     """Everything a resume fixes in the saved state first; one line per change, to print."""
     notes = []
     if "://" not in experiment_path:
+        notes += rebase_search_state(Path(experiment_path))
         notes += reconcile(Path(experiment_path), max_epochs)
     notes += repair_missing_checkpoints(experiment_path)
     if num_samples and "://" not in experiment_path:
@@ -157,6 +158,30 @@ def _orphans(experiment_dir: Path, listed: set[str], max_epochs: int) -> list[st
                 f"finished) and is unknown to it: removed; a new trial takes its place"
             )
     return notes
+
+
+def rebase_search_state(experiment_dir: Path) -> list[str]:
+    """Point the saved search at the experiment where it is now.
+
+    Ray restores a moved or copied experiment's trials from its new place, but the search's
+    saved state (`search_gen_state-*.json`) keeps the `Experiment` it was created with, and
+    every trial it creates after the resume would write to the old place (and fail there when
+    that place is gone). Its storage is re-pointed at `experiment_dir`.
+    """
+    gen_files = sorted(experiment_dir.glob(SEARCH_GEN_GLOB))
+    if not gen_files:
+        return []
+    gen = cloudpickle.loads(gen_files[-1].read_bytes())
+    storage = getattr(gen.get("experiment") if isinstance(gen, dict) else None, "storage", None)
+    if storage is None or getattr(storage, "custom_fs_provided", False):
+        return []
+    recorded = Path(storage.storage_fs_path) / storage.experiment_dir_name
+    if recorded == experiment_dir:
+        return []
+    storage.storage_fs_path = str(experiment_dir.parent)
+    storage.experiment_dir_name = experiment_dir.name
+    _atomic_write(gen_files[-1], cloudpickle.dumps(gen))
+    return [f"new trials are written here, not to {recorded}"]
 
 
 def set_num_samples(experiment_dir: Path, num_samples: int) -> list[str]:

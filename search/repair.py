@@ -18,8 +18,10 @@ folders, for local storage:
 - a trial folder the table does not list (started after the last save): one that never
   finished is removed (it restarts under a new id, from scratch: the table held no checkpoint of
   it); one that finished is moved to `NAME/orphans/` (kept, not part of the sweep) with a note;
-- unfinished trials the table lists continue from the newest checkpoint it records, which
-  `repair_missing_checkpoints` makes sure still exists.
+- an unfinished trial the table lists continues from its newest checkpoint on disk (the
+  table is re-pointed at it when that checkpoint was written after the last save);
+  `repair_missing_checkpoints` makes sure the one it names still exists, looking where the
+  experiment is now (a moved experiment's table names its old place).
 
 Ray deletes a trial's checkpoints beyond `num_to_keep` the moment a newer one is registered, but
 saves (and uploads) the experiment state only every so often. A driver killed between the two
@@ -50,6 +52,7 @@ from trainables.experiment import (
     RAY_STATE_PREFIX,
     TERMINAL_STATUSES,
     epoch_rows,
+    find_checkpoints,
     read_results,
     trial_dirs,
 )
@@ -79,13 +82,20 @@ def reconcile(experiment_dir: Path, max_epochs: int) -> list[str]:
     if not states:
         return []
     state = json.loads(states[-1].read_text())
-    listed, finished, notes = set(), {}, []
+    listed, finished, notes, changed = set(), {}, [], False
     for entry in state.get("trial_data", []):
         trial, meta = json.loads(entry[0]), json.loads(entry[1])
         trial_id, dir_name = str(trial.get("trial_id")), Path(trial.get("relative_logdir") or "")
         listed.add(dir_name.name)
         rows = read_results(experiment_dir / dir_name).rows
-        if trial.get("status") in TERMINAL_STATUSES or not _is_done(rows, max_epochs):
+        if trial.get("status") in TERMINAL_STATUSES:
+            continue
+        if not _is_done(rows, max_epochs):
+            note = _to_newest_checkpoint(trial, meta, experiment_dir / dir_name, rows)
+            if note:
+                entry[1] = json.dumps(meta)
+                changed = True
+                notes.append(note)
             continue
         trial["status"], meta["last_result"] = "TERMINATED", rows[-1]
         entry[0], entry[1] = json.dumps(trial), json.dumps(meta)
@@ -94,10 +104,53 @@ def reconcile(experiment_dir: Path, max_epochs: int) -> list[str]:
             f"trial {trial_id} finished (epoch {epoch_rows(rows).popitem()[0]}) after Ray's last "
             f"save of its state: recorded as finished, not trained again"
         )
-    if finished:
+    if finished or changed:
         _atomic_write(states[-1], json.dumps(state).encode())
+    if finished:
         notes += _tell_searcher(experiment_dir, finished)
     return notes + _orphans(experiment_dir, listed, max_epochs)
+
+
+def _to_newest_checkpoint(
+    trial: dict[str, Any], meta: dict[str, Any], trial_dir: Path, rows: list[dict[str, Any]]
+) -> str | None:
+    """Point an unfinished trial at its newest checkpoint on disk when that is newer than the
+    one Ray's saved table records (it was written after the last save)."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    blob = meta.get("checkpoint_manager")
+    old_root = _recorded_experiment_path(trial)
+    if not isinstance(blob, dict) or blob.get("_type") != PICKLED or not old_root:
+        return None
+    manager = cloudpickle.loads(hex_to_binary(blob["value"]))
+    epochs = epoch_rows(rows)
+    on_disk = find_checkpoints(trial_dir, epochs)
+    if not on_disk:
+        return None
+    epoch = max(on_disk)
+    row = epochs.get(epoch)
+    latest = manager._latest_checkpoint_result
+    if row is None or (
+        latest is not None and _iteration(latest) >= int(row.get("training_iteration", epoch))
+    ):
+        return None
+    # Ray re-points saved paths from the place it saved them to the current one on restore.
+    path = f"{old_root.rstrip('/')}/{trial_dir.name}/{on_disk[epoch].name}"
+    filesystem = latest.checkpoint.filesystem if latest else pyarrow.fs.LocalFileSystem()
+    result = _TrainingResult(checkpoint=Checkpoint(path, filesystem), metrics=row)
+    manager._checkpoint_results.append(result)
+    manager._latest_checkpoint_result = result
+    meta["checkpoint_manager"] = {
+        "_type": PICKLED,
+        "value": binary_to_hex(cloudpickle.dumps(manager)),
+    }
+    meta["last_result"] = row
+    was = _iteration(latest) if latest else 0
+    return (
+        f"trial {trial.get('trial_id')}: continues from {on_disk[epoch].name} (epoch {epoch}), "
+        f"written after Ray's last save (which had iteration {was})"
+    )
 
 
 def _is_done(rows: list[dict[str, Any]], max_epochs: int) -> bool:
@@ -222,7 +275,7 @@ def repair_missing_checkpoints(experiment_path: str) -> list[str]:
         state = json.loads(stream.read().decode())
     notes = []
     for entry in state.get("trial_data", []):
-        note = _repair_trial(entry)
+        note = _repair_trial(entry, root)
         if note:
             notes.append(note)
     if notes:
@@ -235,7 +288,7 @@ def repair_missing_checkpoints(experiment_path: str) -> list[str]:
     return notes
 
 
-def _repair_trial(entry: list[str]) -> str | None:
+def _repair_trial(entry: list[str], root: str) -> str | None:
     trial = json.loads(entry[0])
     meta = json.loads(entry[1])
     blob = meta.get("checkpoint_manager")
@@ -243,9 +296,14 @@ def _repair_trial(entry: list[str]) -> str | None:
         return None
     manager = cloudpickle.loads(hex_to_binary(blob["value"]))
     latest = manager._latest_checkpoint_result
-    if latest is None or _exists(latest):
+    old_root = _recorded_experiment_path(trial)
+
+    def exists(result: Any) -> bool:
+        return _exists(result, old_root, root)
+
+    if latest is None or exists(latest):
         return None
-    kept = [r for r in manager._checkpoint_results if _exists(r)]
+    kept = [r for r in manager._checkpoint_results if exists(r)]
     replacement = max(kept, key=_iteration, default=None)
     manager._checkpoint_results = kept
     manager._latest_checkpoint_result = replacement
@@ -262,9 +320,25 @@ def _repair_trial(entry: list[str]) -> str | None:
     return f"trial {name}: its latest checkpoint {gone} is gone; it resumes from {found}"
 
 
-def _exists(result: Any) -> bool:
+def _exists(result: Any, old_root: str | None = None, root: str | None = None) -> bool:
+    """Whether a saved checkpoint is still there, looked for where the experiment is now (a
+    moved experiment's state names its old place; Ray re-points the paths on restore)."""
     checkpoint = result.checkpoint
-    return _exists_at_fs_path(checkpoint.filesystem, checkpoint.path)
+    path = checkpoint.path
+    if old_root and root and path.startswith(old_root.rstrip("/") + "/"):
+        path = root.rstrip("/") + path[len(old_root.rstrip("/")) :]
+    return _exists_at_fs_path(checkpoint.filesystem, path)
+
+
+def _recorded_experiment_path(trial: dict[str, Any]) -> str | None:
+    """The experiment path a saved trial's storage names (its place when Ray saved it)."""
+    blob = trial.get("storage")
+    if not isinstance(blob, dict) or blob.get("_type") != PICKLED:
+        return None
+    try:
+        return cloudpickle.loads(hex_to_binary(blob["value"])).experiment_fs_path
+    except Exception:  # a state this Ray cannot read: look where the paths say
+        return None
 
 
 def _iteration(result: Any) -> int:

@@ -16,6 +16,7 @@ module takes and releases it.
   a lock held by this host whose pid is gone is taken over (deleted and created again, still
   conditionally); one held by another host is refused, naming it and the object to delete if
   that process is known to be gone. A clean exit deletes the object.
+- Other URIs (gs://, ...) are not locked; the driver says so.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ from urllib.parse import parse_qs, urlsplit
 from trainables.experiment import LOCK_FILE, LockHolder, parse_lock
 
 
-class LockedError(ValueError):
+class LockError(ValueError):
+    """The lock cannot be taken: the storage refused (the message says why, in one line)."""
+
+
+class LockedError(LockError):
     """The experiment is held by another live process (the message names it)."""
 
 
@@ -52,9 +57,15 @@ def experiment_lock(experiment_path: str, notes: list[str] | None = None) -> Ite
     taken over and a line saying so is appended to `notes`.
     """
     notes = notes if notes is not None else []
-    if "://" in experiment_path:
+    if experiment_path.startswith("s3://"):
         with _s3_lock(experiment_path, notes) as holder:
             yield holder
+    elif "://" in experiment_path:
+        notes.append(
+            f"{experiment_path.split('://')[0]}:// storage is not locked (only local folders "
+            f"and s3:// are): make sure no other run uses this experiment"
+        )
+        yield this_holder()
     else:
         with _file_lock(Path(experiment_path), notes) as holder:
             yield holder
@@ -117,8 +128,6 @@ def _s3_client_and_key(experiment_uri: str) -> tuple[object, str, str]:
     import boto3
 
     url = urlsplit(experiment_uri)
-    if url.scheme != "s3":
-        raise ValueError(f"--storage {experiment_uri}: only local folders and s3:// URIs lock")
     query = {k: v[-1] for k, v in parse_qs(url.query).items()}
     endpoint = query.get("endpoint_override")
     if endpoint and "://" not in endpoint:
@@ -130,6 +139,23 @@ def _s3_client_and_key(experiment_uri: str) -> tuple[object, str, str]:
 
 @contextlib.contextmanager
 def _s3_lock(experiment_uri: str, notes: list[str]) -> Iterator[LockHolder]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        holder = _s3_take(experiment_uri, notes)
+    except (BotoCoreError, ClientError) as err:
+        raise LockError(
+            f"--storage {experiment_uri}: cannot create its lock object: {err}"
+        ) from None
+    client, bucket, key = _s3_client_and_key(experiment_uri)
+    try:
+        yield holder
+    finally:
+        with contextlib.suppress(Exception):  # the sweep's result matters more than the marker
+            client.delete_object(Bucket=bucket, Key=key)
+
+
+def _s3_take(experiment_uri: str, notes: list[str]) -> LockHolder:
     client, bucket, key = _s3_client_and_key(experiment_uri)
     holder = this_holder()
     where = f"s3://{bucket}/{key}"
@@ -144,11 +170,7 @@ def _s3_lock(experiment_uri: str, notes: list[str]) -> Iterator[LockHolder]:
         if not _s3_create(client, bucket, key, holder):
             raise LockedError(_refusal(experiment_uri, "", where))
         notes.append(f"took over the stale lock of {previous.describe()} (that process is gone)")
-    try:
-        yield holder
-    finally:
-        with contextlib.suppress(Exception):  # the sweep's result matters more than the marker
-            client.delete_object(Bucket=bucket, Key=key)
+    return holder
 
 
 def _s3_create(client: object, bucket: str, key: str, holder: LockHolder) -> bool:

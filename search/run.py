@@ -30,7 +30,7 @@ from search import storage
 from search.checks import check_up_front, resume_changes
 from search.cli import Profile, build_parser, choose_profile, resume_command
 from search.cluster import detect_gpus, local_ray
-from search.lock import LockedError, experiment_lock
+from search.lock import LockError, experiment_lock
 from search.space import Space, load_space
 from search.summary import print_summary, summarize, sweep_state
 from search.tracking import resolve_mode, scrub
@@ -73,7 +73,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             for note in notes:
                 print(f"lock: {note}", flush=True)
             return run_locked(parser, args, root, name, gpus, card_bytes)
-    except LockedError as err:
+    except LockError as err:  # taking the lock only: the sweep's own errors pass through
         parser.error(str(err))
 
 

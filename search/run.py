@@ -248,7 +248,6 @@ def resume(
     if more_samples:
         print(f"resume: --num-samples {more_samples} (was {record.num_samples})", flush=True)
         record = replace(record, num_samples=more_samples)
-    storage.write_record(record)  # where it is now, and the trial count it will reach
     print(
         f"resuming {record.name}: space {record.space}, {record.num_samples} trials, "
         f"metric {record.metric} ({record.mode}); finished trials are kept",
@@ -265,6 +264,13 @@ def resume(
         )
     except ValueError as err:
         parser.error(str(err))
+    if (space.metric, space.mode) != (record.metric, record.mode):
+        parser.error(
+            f"--resume: {record.space} now says metric {space.metric} ({space.mode}), but the "
+            f"experiment ranks by {record.metric} ({record.mode}); a sweep cannot change its "
+            f"metric: start a new experiment with another --name"
+        )
+    storage.write_record(record)  # where it is now, and the trial count it will reach
     return execute(args, record, space, card_bytes, restore=True)
 
 

@@ -95,3 +95,52 @@ def test_the_cli_prints_one_line_and_exits_2(tmp_path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith(f"--storage {f} is a file, not a folder")
+
+
+def _recorded(tmp_path: Path, **fields) -> Path:
+    """An experiment folder Ray would try to restore (a record and a tuner.pkl)."""
+    from trainables.experiment import ExperimentRecord, write_record
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    values = {
+        "name": "exp",
+        "metric": "val_loss",
+        "mode": "min",
+        "storage": str(tmp_path),
+        "path": str(exp),
+        "space": SMOKE,
+        "max_epochs": 3,
+        "num_samples": 3,
+        "profile": "cpu",
+        "overrides": {"data": "phantom:small", "seed": 0},
+        "args": {"seed": 0},
+        **fields,
+    }
+    write_record(exp, ExperimentRecord(**values))
+    (exp / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for; never loaded here
+    return exp
+
+
+def test_resume_refuses_another_space(capsys, tmp_path) -> None:
+    _recorded(tmp_path)
+    other = str(REPO / "spaces" / "seed.py")
+    with pytest.raises(SystemExit) as exit_:
+        run(["--space", other, "--storage", str(tmp_path), "--name", "exp", "--resume"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert f"--space {other} (the experiment has {SMOKE})" in err
+
+
+def test_resume_refuses_fewer_samples(capsys, tmp_path) -> None:
+    _recorded(tmp_path)
+    line = _refused(
+        capsys, "--storage", str(tmp_path), "--name", "exp", "--resume", "--num-samples", "2"
+    )
+    assert "--num-samples 2 is fewer than the experiment's 3" in line
+
+
+def test_resume_refuses_a_space_whose_metric_changed(capsys, tmp_path) -> None:
+    _recorded(tmp_path, metric="val_acc", mode="max")
+    line = _refused(capsys, "--storage", str(tmp_path), "--name", "exp", "--resume")
+    assert "now says metric val_loss (min), but the experiment ranks by val_acc (max)" in line

@@ -160,11 +160,15 @@ def test_sigkill_with_a_stale_snapshot_resumes_exactly_leaving_no_secret_and_no_
         log.close()
     killed_at = time.monotonic()
     assert during == []
-    while time.monotonic() - killed_at < 20 and (descendants_alive := _alive(psutil, ours)):
+
+    def cleaned_up() -> bool:
+        return not _alive(psutil, ours) and not ray_folder.exists()
+
+    while time.monotonic() - killed_at < 10 and not cleaned_up():  # seconds
         time.sleep(0.2)
-    assert descendants_alive == [], "processes the driver started outlived it"
-    assert time.monotonic() - killed_at < 20
-    assert not ray_folder.exists()  # Ray's session logs went with it
+    # Within a few seconds nothing the driver started is alive, and Ray's session logs are gone.
+    assert _alive(psutil, ours) == [], "processes the driver started outlived it by 10 s"
+    assert not ray_folder.exists()
     assert _hits([storage, tmp_path / "wandb-home"], KEY) == []
 
     # Put back the older save, move the experiment, and resume it where it is now.

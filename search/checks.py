@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,13 +34,20 @@ KEPT_ON_RESUME = (
 
 
 def check_up_front(args: argparse.Namespace, gpus_visible: int) -> list[str]:
-    """Every problem with the resource flags, --storage and --export, before anything starts."""
+    """Every problem with the resource flags, --storage and --export, before anything starts.
+
+    On this machine a trial larger than the machine is refused; on a joined cluster
+    (--address) it is a warning, since an autoscaler may add a larger node.
+    """
     from search.cluster import node_sizes
 
-    problems = [
-        check_resources(args, node_sizes(args.address), gpus_visible),
-        check_export(args.export),
-    ]
+    problems = [check_export(args.export)]
+    too_big = check_resources(args, node_sizes(args.address), gpus_visible)
+    if too_big and args.address:
+        # An autoscaling cluster may still add a node large enough: say so, do not refuse.
+        print(f"warning: {too_big} unless the autoscaler adds a larger node", file=sys.stderr)
+    elif too_big:
+        problems.append(too_big)
     if "://" not in args.storage:
         problems.append(writable_folder(Path(args.storage).expanduser().resolve(), "--storage"))
     return [p for p in problems if p]

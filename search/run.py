@@ -42,12 +42,12 @@ from trainables.experiment import EXPERIMENT_FILE, ExperimentRecord, write_summa
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Ray warns about snapshot frequency and slow callbacks at sub-second thresholds; epochs
-    # here take seconds, so those warnings would only bury the progress lines.
     # Ray saves its trial table every 10 s or more by default; a driver killed in between
     # leaves finished trials marked running (search.repair reconciles them). Every 1 s keeps
     # that window short at a cost of milliseconds per save for sweeps of this size.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Ray warns about snapshot frequency and slow callbacks at sub-second thresholds; epochs
+    # here take seconds, so those warnings would only bury the progress lines.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "30")
     return run(argv)
@@ -281,7 +281,6 @@ def execute(
     card_bytes: int,
     restore: bool,
 ) -> int:
-
     with local_ray():
         trainable = make_trainable(record.cpus_per_trial, record.gpus_per_trial, card_bytes)
         started = time.monotonic()

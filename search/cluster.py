@@ -7,9 +7,12 @@ import contextlib
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+
+from search.tracking import SECRET_ENV
 
 
 def quiet_ray(verbose: bool) -> None:
@@ -74,25 +77,61 @@ def cluster_card_bytes(timeout_s: float = 120.0) -> int:
         return 0
 
 
+def node_sizes(address: str | None) -> list[tuple[float, float]]:
+    """(CPUs, GPUs) of each node a trial can run on: this machine, or the joined cluster's
+    live nodes (an autoscaling cluster's future nodes are unknown: [] then checks nothing)."""
+    if not address:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return [(float(cpus or 1), float(local_gpus()[0]))]
+    import ray
+
+    return [
+        (float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+
+
 @contextlib.contextmanager
 def local_ray(verbose: bool = False) -> Iterator[None]:
     """Start Ray on this machine unless one is running (joined with --address); stop it after.
-    Trials' output reaches this terminal only with --verbose (the progress lines cover it)."""
+    Trials' output reaches this terminal only with --verbose (the progress lines cover it).
+
+    What it starts cannot leak a secret or outlive the driver: Ray's processes start without
+    the variables of `SECRET_ENV` (the W&B logging actors get the key another way, see
+    `search.wandb_callback`); Ray makes its temp dir and session folders mode 0777, so that
+    dir lives inside a 0700 folder of this user (no other user can reach Ray's logs); and a
+    `search.watchdog` ends Ray's processes and removes the folder when the driver ends, even
+    by SIGKILL.
+    """
     import ray
 
     if ray.is_initialized():
         yield
         return
-    temp_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths
-    ray.init(
-        object_store_memory=200 * 2**20,  # bytes; trials pass nothing big through it
-        include_dashboard=False,
-        log_to_driver=verbose,
-        logging_level=ray_logging_level(verbose),
-        _temp_dir=temp_dir,
+    private = tempfile.mkdtemp(prefix="r", dir="/tmp")  # mode 0700; short: Ray's socket paths
+    temp_dir = os.path.join(private, "ray")  # Ray chmods this one 0777
+    watchdog = subprocess.Popen(
+        [sys.executable, "-m", "search.watchdog", str(os.getpid()), private],
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # a kill of the driver's process group spares it
     )
+    hidden = {k: os.environ.pop(k) for k in SECRET_ENV if k in os.environ}
+    try:
+        ray.init(
+            object_store_memory=200 * 2**20,  # bytes; trials pass nothing big through it
+            include_dashboard=False,
+            log_to_driver=verbose,
+            logging_level=ray_logging_level(verbose),
+            _temp_dir=temp_dir,
+        )
+    finally:
+        os.environ.update(hidden)  # the driver keeps the key, in memory
     try:
         yield
     finally:
         ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
+        watchdog.stdin.close()  # tells the watchdog to end what Ray left
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            watchdog.wait(timeout=10)

@@ -1,4 +1,27 @@
-"""Make a killed sweep's saved state safe to resume.
+"""Make a killed sweep's saved state safe and exact to resume.
+
+`prepare_resume` runs before `Tuner.restore`: `reconcile` (the trial table against the trial
+folders), `repair_missing_checkpoints`, and `set_num_samples` (a --resume with more trials).
+
+What Ray persists, and when: each trial's `result.json` row is written by the driver as the
+result arrives (the row that ends a trial carries `done: true`: ASHA's STOP, including at
+max_t), checkpoints as the trial writes them, but the trial table (`experiment_state-*.json`)
+and the searcher's state (`searcher-state-*.pkl`, `search_gen_state-*.json`) only every
+`TUNE_GLOBAL_CHECKPOINT_S` seconds. A driver SIGKILLed in between leaves trials that finished
+on disk marked RUNNING in the table and live in the searcher (Ray would train them again), and
+trial folders the table never heard of. `reconcile` makes the saved state agree with the
+folders, for local storage:
+
+- a trial the table calls unfinished whose last row says it is done is marked TERMINATED with
+  that row as its last result, and the searcher is told (its epochs reported, then completed:
+  Optuna records it PRUNED or COMPLETE, the concurrency limiter frees its slot);
+- a trial folder the table does not list (started after the last save): one that never
+  finished is removed (it restarts under a new id, from scratch: the table held no checkpoint of
+  it); one that finished is moved to `NAME/orphans/` (kept, not part of the sweep) with a note;
+- an unfinished trial the table lists continues from its newest checkpoint on disk (the
+  table is re-pointed at it when that checkpoint was written after the last save);
+  `repair_missing_checkpoints` makes sure the one it names still exists, looking where the
+  experiment is now (a moved experiment's table names its old place).
 
 Ray deletes a trial's checkpoints beyond `num_to_keep` the moment a newer one is registered, but
 saves (and uploads) the experiment state only every so often. A driver killed between the two
@@ -14,6 +37,9 @@ so reading its embedded pickles is no more trusting than `Tuner.restore` itself.
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
@@ -21,9 +47,214 @@ from ray import cloudpickle
 from ray._common.utils import binary_to_hex, hex_to_binary
 from ray.train._internal.storage import _exists_at_fs_path
 
-from trainables.experiment import RAY_STATE_PREFIX
+from trainables.experiment import (
+    RAY_STATE_GLOB,
+    RAY_STATE_PREFIX,
+    TERMINAL_STATUSES,
+    epoch_rows,
+    find_checkpoints,
+    read_results,
+    trial_dirs,
+)
 
 PICKLED = "CLOUDPICKLE_FALLBACK"
+SEARCHER_GLOB = "searcher-state-*.pkl"  # Ray's OptunaSearch.save_to_dir
+SEARCH_GEN_GLOB = "search_gen_state-*.json"  # Ray's SearchGenerator (a pickle despite .json)
+LIMITER_KEY = "name:ConcurrencyLimiter"
+ORPHANS_DIR = "orphans"
+
+
+def prepare_resume(experiment_path: str, max_epochs: int, num_samples: int | None) -> list[str]:
+    """Everything a resume fixes in the saved state first; one line per change, to print."""
+    notes = []
+    if "://" not in experiment_path:
+        notes += rebase_search_state(Path(experiment_path))
+        notes += reconcile(Path(experiment_path), max_epochs)
+    notes += repair_missing_checkpoints(experiment_path)
+    if num_samples and "://" not in experiment_path:
+        notes += set_num_samples(Path(experiment_path), num_samples)
+    return notes
+
+
+def reconcile(experiment_dir: Path, max_epochs: int) -> list[str]:
+    """Make Ray's saved trial table and searcher agree with the trial folders (module doc)."""
+    states = sorted(experiment_dir.glob(RAY_STATE_GLOB))
+    if not states:
+        return []
+    state = json.loads(states[-1].read_text())
+    listed, finished, notes, changed = set(), {}, [], False
+    for entry in state.get("trial_data", []):
+        trial, meta = json.loads(entry[0]), json.loads(entry[1])
+        trial_id, dir_name = str(trial.get("trial_id")), Path(trial.get("relative_logdir") or "")
+        listed.add(dir_name.name)
+        rows = read_results(experiment_dir / dir_name).rows
+        if trial.get("status") in TERMINAL_STATUSES:
+            continue
+        if not _is_done(rows, max_epochs):
+            note = _to_newest_checkpoint(trial, meta, experiment_dir / dir_name, rows)
+            if note:
+                entry[1] = json.dumps(meta)
+                changed = True
+                notes.append(note)
+            continue
+        trial["status"], meta["last_result"] = "TERMINATED", rows[-1]
+        entry[0], entry[1] = json.dumps(trial), json.dumps(meta)
+        finished[trial_id] = rows
+        notes.append(
+            f"trial {trial_id} finished (epoch {epoch_rows(rows).popitem()[0]}) after Ray's last "
+            f"save of its state: recorded as finished, not trained again"
+        )
+    if finished or changed:
+        _atomic_write(states[-1], json.dumps(state).encode())
+    if finished:
+        notes += _tell_searcher(experiment_dir, finished)
+    return notes + _orphans(experiment_dir, listed, max_epochs)
+
+
+def _to_newest_checkpoint(
+    trial: dict[str, Any], meta: dict[str, Any], trial_dir: Path, rows: list[dict[str, Any]]
+) -> str | None:
+    """Point an unfinished trial at its newest checkpoint on disk when that is newer than the
+    one Ray's saved table records (it was written after the last save)."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    blob = meta.get("checkpoint_manager")
+    old_root = _recorded_experiment_path(trial)
+    if not isinstance(blob, dict) or blob.get("_type") != PICKLED or not old_root:
+        return None
+    manager = cloudpickle.loads(hex_to_binary(blob["value"]))
+    epochs = epoch_rows(rows)
+    on_disk = find_checkpoints(trial_dir, epochs)
+    if not on_disk:
+        return None
+    epoch = max(on_disk)
+    row = epochs.get(epoch)
+    latest = manager._latest_checkpoint_result
+    if row is None or (
+        latest is not None and _iteration(latest) >= int(row.get("training_iteration", epoch))
+    ):
+        return None
+    # Ray re-points saved paths from the place it saved them to the current one on restore.
+    path = f"{old_root.rstrip('/')}/{trial_dir.name}/{on_disk[epoch].name}"
+    filesystem = latest.checkpoint.filesystem if latest else pyarrow.fs.LocalFileSystem()
+    result = _TrainingResult(checkpoint=Checkpoint(path, filesystem), metrics=row)
+    manager._checkpoint_results.append(result)
+    manager._latest_checkpoint_result = result
+    meta["checkpoint_manager"] = {
+        "_type": PICKLED,
+        "value": binary_to_hex(cloudpickle.dumps(manager)),
+    }
+    meta["last_result"] = row
+    was = _iteration(latest) if latest else 0
+    return (
+        f"trial {trial.get('trial_id')}: continues from {on_disk[epoch].name} (epoch {epoch}), "
+        f"written after Ray's last save (which had iteration {was})"
+    )
+
+
+def _is_done(rows: list[dict[str, Any]], max_epochs: int) -> bool:
+    if not rows:
+        return False
+    last = rows[-1]
+    return bool(last.get("done")) or int(last.get("epoch") or 0) >= max_epochs
+
+
+def _tell_searcher(experiment_dir: Path, finished: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Report each finished trial's epochs and its end to the saved searcher, and free its
+    concurrency slot, as Ray would have had the driver lived."""
+    notes = []
+    searcher_files = sorted(experiment_dir.glob(SEARCHER_GLOB))
+    if searcher_files:
+        from search.optuna_pruned import PrunedOptunaSearch
+
+        searcher = PrunedOptunaSearch.__new__(PrunedOptunaSearch)  # state only, as Ray restores
+        searcher.__dict__.update(pickle.loads(searcher_files[-1].read_bytes()))
+        for trial_id, rows in finished.items():
+            for row in rows[:-1]:
+                searcher.on_trial_result(trial_id, row)
+            searcher.on_trial_complete(trial_id, result=rows[-1])
+        _atomic_write(searcher_files[-1], pickle.dumps(searcher.__dict__.copy()))
+        notes.append(f"the searcher was told of {len(finished)} finished trial(s)")
+    gen_files = sorted(experiment_dir.glob(SEARCH_GEN_GLOB))
+    if gen_files:
+        gen = cloudpickle.loads(gen_files[-1].read_bytes())
+        limiter = gen.get(LIMITER_KEY)
+        if isinstance(limiter, dict) and "live_trials" in limiter:
+            freed = set(finished) & set(limiter["live_trials"])
+            limiter["live_trials"] = set(limiter["live_trials"]) - freed
+            limiter["num_unfinished_live_trials"] = max(
+                0, int(limiter.get("num_unfinished_live_trials", 0)) - len(freed)
+            )
+            _atomic_write(gen_files[-1], cloudpickle.dumps(gen))
+    return notes
+
+
+def _orphans(experiment_dir: Path, listed: set[str], max_epochs: int) -> list[str]:
+    notes = []
+    for trial_dir in trial_dirs(experiment_dir):
+        if trial_dir.name in listed:
+            continue
+        rows = read_results(trial_dir).rows
+        if _is_done(rows, max_epochs):
+            target = experiment_dir / ORPHANS_DIR / trial_dir.name
+            target.parent.mkdir(exist_ok=True)
+            trial_dir.rename(target)
+            notes.append(
+                f"{trial_dir.name} finished after Ray's last save and is unknown to it: moved to "
+                f"{target} (kept, not part of the sweep)"
+            )
+        else:
+            shutil.rmtree(trial_dir)
+            notes.append(
+                f"{trial_dir.name} started after Ray's last save ({len(rows)} epoch(s), not "
+                f"finished) and is unknown to it: removed; a new trial takes its place"
+            )
+    return notes
+
+
+def rebase_search_state(experiment_dir: Path) -> list[str]:
+    """Point the saved search at the experiment where it is now.
+
+    Ray restores a moved or copied experiment's trials from its new place, but the search's
+    saved state (`search_gen_state-*.json`) keeps the `Experiment` it was created with, and
+    every trial it creates after the resume would write to the old place (and fail there when
+    that place is gone). Its storage is re-pointed at `experiment_dir`.
+    """
+    gen_files = sorted(experiment_dir.glob(SEARCH_GEN_GLOB))
+    if not gen_files:
+        return []
+    gen = cloudpickle.loads(gen_files[-1].read_bytes())
+    storage = getattr(gen.get("experiment") if isinstance(gen, dict) else None, "storage", None)
+    if storage is None or getattr(storage, "custom_fs_provided", False):
+        return []
+    recorded = Path(storage.storage_fs_path) / storage.experiment_dir_name
+    if recorded == experiment_dir:
+        return []
+    storage.storage_fs_path = str(experiment_dir.parent)
+    storage.experiment_dir_name = experiment_dir.name
+    _atomic_write(gen_files[-1], cloudpickle.dumps(gen))
+    return [f"new trials are written here, not to {recorded}"]
+
+
+def set_num_samples(experiment_dir: Path, num_samples: int) -> list[str]:
+    """Raise the saved search's trial count (a --resume with a larger --num-samples)."""
+    gen_files = sorted(experiment_dir.glob(SEARCH_GEN_GLOB))
+    if not gen_files:
+        return []
+    gen = cloudpickle.loads(gen_files[-1].read_bytes())
+    if not isinstance(gen, dict) or int(gen.get("total_samples") or 0) >= num_samples:
+        return []
+    before = gen["total_samples"]
+    gen["total_samples"], gen["finished"] = num_samples, False
+    _atomic_write(gen_files[-1], cloudpickle.dumps(gen))
+    return [f"the search now runs {num_samples} trials (was {before})"]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def repair_missing_checkpoints(experiment_path: str) -> list[str]:
@@ -44,7 +275,7 @@ def repair_missing_checkpoints(experiment_path: str) -> list[str]:
         state = json.loads(stream.read().decode())
     notes = []
     for entry in state.get("trial_data", []):
-        note = _repair_trial(entry)
+        note = _repair_trial(entry, root)
         if note:
             notes.append(note)
     if notes:
@@ -57,7 +288,7 @@ def repair_missing_checkpoints(experiment_path: str) -> list[str]:
     return notes
 
 
-def _repair_trial(entry: list[str]) -> str | None:
+def _repair_trial(entry: list[str], root: str) -> str | None:
     trial = json.loads(entry[0])
     meta = json.loads(entry[1])
     blob = meta.get("checkpoint_manager")
@@ -65,9 +296,14 @@ def _repair_trial(entry: list[str]) -> str | None:
         return None
     manager = cloudpickle.loads(hex_to_binary(blob["value"]))
     latest = manager._latest_checkpoint_result
-    if latest is None or _exists(latest):
+    old_root = _recorded_experiment_path(trial)
+
+    def exists(result: Any) -> bool:
+        return _exists(result, old_root, root)
+
+    if latest is None or exists(latest):
         return None
-    kept = [r for r in manager._checkpoint_results if _exists(r)]
+    kept = [r for r in manager._checkpoint_results if exists(r)]
     replacement = max(kept, key=_iteration, default=None)
     manager._checkpoint_results = kept
     manager._latest_checkpoint_result = replacement
@@ -84,9 +320,25 @@ def _repair_trial(entry: list[str]) -> str | None:
     return f"trial {name}: its latest checkpoint {gone} is gone; it resumes from {found}"
 
 
-def _exists(result: Any) -> bool:
+def _exists(result: Any, old_root: str | None = None, root: str | None = None) -> bool:
+    """Whether a saved checkpoint is still there, looked for where the experiment is now (a
+    moved experiment's state names its old place; Ray re-points the paths on restore)."""
     checkpoint = result.checkpoint
-    return _exists_at_fs_path(checkpoint.filesystem, checkpoint.path)
+    path = checkpoint.path
+    if old_root and root and path.startswith(old_root.rstrip("/") + "/"):
+        path = root.rstrip("/") + path[len(old_root.rstrip("/")) :]
+    return _exists_at_fs_path(checkpoint.filesystem, path)
+
+
+def _recorded_experiment_path(trial: dict[str, Any]) -> str | None:
+    """The experiment path a saved trial's storage names (its place when Ray saved it)."""
+    blob = trial.get("storage")
+    if not isinstance(blob, dict) or blob.get("_type") != PICKLED:
+        return None
+    try:
+        return cloudpickle.loads(hex_to_binary(blob["value"])).experiment_fs_path
+    except Exception:  # a state this Ray cannot read: look where the paths say
+        return None
 
 
 def _iteration(result: Any) -> int:

@@ -23,15 +23,18 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_tune import code_version
 from search import storage
 from search.checkpoints import asha_milestones
+from search.checks import check_up_front, resume_changes
 from search.cli import Profile, build_parser, choose_profile, resume_command
 from search.cluster import detect_gpus, local_ray, quiet_ray
 from search.gpu_memory import measure_before_packing, oom_retry_callback
+from search.lock import LockError, experiment_lock
 from search.space import Space, load_space
 from search.summary import (
     all_failed,
@@ -43,7 +46,13 @@ from search.summary import (
     sweep_state,
 )
 from search.tracking import resolve_mode, scrub
-from search.tuner import build_tuner, make_trainable, settings_for, startup_trials
+from search.tuner import (
+    build_tuner,
+    make_trainable,
+    restore_tuner,
+    settings_for,
+    startup_trials,
+)
 from trainables.experiment import (
     DATA_REPORT_FILE,
     EXPERIMENT_FILE,
@@ -60,6 +69,10 @@ if TYPE_CHECKING:  # the data stack (torch, scikit-learn) loads when the pre-fli
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray saves its trial table every 10 s or more by default; a driver killed in between
+    # leaves finished trials marked running (search.repair reconciles them). Every 1 s keeps
+    # that window short at a cost of milliseconds per save for sweeps of this size.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Ray warns about snapshot frequency and slow callbacks at sub-second thresholds; epochs
     # here take seconds, so those warnings would only bury the progress lines.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -72,27 +85,68 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_ray(args.verbose)
     gpus, card_bytes = detect_gpus(args.address, args.verbose)
+    for problem in check_up_front(args, gpus):
+        parser.error(problem)
     root = args.storage if storage.is_uri(args.storage) else str(Path(args.storage).resolve())
     name = args.name
     if args.resume and not name:
         name = None if storage.is_uri(root) else storage.newest_experiment(root)
         if not name:
             parser.error(f"--resume: no experiment found in --storage {root}; pass --name")
+    name = name or default_name(args, gpus)
+    # --- one writer per experiment (search.lock): held until the sweep ends -----------------
+    path, notes = storage.experiment_path(root, name), []
     try:
-        recorded = storage.read_record(storage.experiment_path(root, name)) if name else None
+        with experiment_lock(path, notes):
+            for note in notes:
+                print(f"lock: {note}", flush=True)
+            return run_locked(parser, args, root, name, gpus, card_bytes)
+    except LockError as err:  # taking the lock only: the sweep's own errors pass through
+        parser.error(str(err))
+
+
+def run_locked(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    root: str,
+    name: str,
+    gpus: int,
+    card_bytes: int,
+) -> int:
+    path = storage.experiment_path(root, name)
+    try:
+        recorded = storage.read_record(path)
     except ValueError as err:
         parser.error(str(err))
     if args.resume and recorded is None:
-        parser.error(f"--resume: {storage.experiment_path(root, name)} holds no {EXPERIMENT_FILE}")
+        parser.error(f"--resume: {path} holds no {EXPERIMENT_FILE}")
     if recorded is not None:
         where = f"recorded in {EXPERIMENT_FILE}"
-        print(f"profile: {recorded.profile} ({where}); resuming {recorded.path}", flush=True)
-        return resume(parser, args, recorded, card_bytes)
+        print(f"profile: {recorded.profile} ({where}); resuming {path}", flush=True)
+        return resume(parser, args, relocate(recorded, root, path), card_bytes)
     record, space = new_experiment(parser, args, root, name, gpus, card_bytes)
     checked = run_preflight(parser, space)  # exits 2 before any trial or folder exists
     storage.write_record(record)
     save_data_report(record, checked.reports)
     return execute(args, record, space, card_bytes, restore=False)
+
+
+def default_name(args: argparse.Namespace, gpus: int) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{args.space.stem}-{choose_profile(args.profile, gpus)[0].name}-{stamp}"
+
+
+def relocate(record: ExperimentRecord, root: str, path: str) -> ExperimentRecord:
+    """The record of the experiment where it is now (--storage + --name): a copied or moved
+    experiment resumes in place; the path stored in the record is informative only."""
+    if (record.storage, record.path) == (root, path):
+        return record
+    print(
+        f"resume: the experiment was recorded at {record.path}; it resumes where it is now, {path}",
+        flush=True,
+    )
+    wandb_dir = path if record.wandb_dir in ("", record.path) else record.wandb_dir
+    return replace(record, storage=root, path=path, wandb_dir=wandb_dir)
 
 
 def new_experiment(
@@ -270,6 +324,12 @@ def resume(
             f"{record.path} cannot be restored (no experiment state yet); "
             f"remove it or choose another --name"
         )
+    refusal, more_samples = resume_changes(parser, args, record)
+    if refusal:
+        parser.error(refusal)
+    if more_samples:
+        print(f"resume: --num-samples {more_samples} (was {record.num_samples})", flush=True)
+        record = replace(record, num_samples=more_samples)
     print(
         f"resuming {record.name}: space {record.space}, {record.num_samples} trials, "
         f"metric {record.metric} ({record.mode}); finished trials are kept",
@@ -286,6 +346,13 @@ def resume(
         )
     except ValueError as err:
         parser.error(str(err))
+    if (space.metric, space.mode) != (record.metric, record.mode):
+        parser.error(
+            f"--resume: {record.space} now says metric {space.metric} ({space.mode}), but the "
+            f"experiment ranks by {record.metric} ({record.mode}); a sweep cannot change its "
+            f"metric: start a new experiment with another --name"
+        )
+    storage.write_record(record)  # where it is now, and the trial count it will reach
     return execute(args, record, space, card_bytes, restore=True)
 
 
@@ -296,8 +363,6 @@ def execute(
     card_bytes: int,
     restore: bool,
 ) -> int:
-    from ray import tune
-
     with local_ray(args.verbose):
         if not args.verbose:
             import optuna
@@ -306,13 +371,12 @@ def execute(
         trainable = make_trainable(record.cpus_per_trial, record.gpus_per_trial, card_bytes)
         started = time.monotonic()
         if restore:
-            from search.repair import repair_missing_checkpoints
+            from search.repair import prepare_resume
 
-            for note in repair_missing_checkpoints(record.path):
+            max_epochs = record.max_epochs or space.max_epochs
+            for note in prepare_resume(record.path, max_epochs, record.num_samples):
                 print(f"resume: {note}", flush=True)
-            tuner = tune.Tuner.restore(
-                record.path, trainable=trainable, resume_unfinished=True, resume_errored=True
-            )
+            tuner = restore_tuner(settings_for(record, space), trainable)
         else:
             callbacks = []
             if record.gpu_memory.get("card_bytes"):  # a trial out of its share retries larger

@@ -17,7 +17,9 @@
   `wandb sync` (`trainables.experiment.wandb_sync_command`) uploads them all later.
 - W&B being unreachable never hangs or fails the sweep: each trial's run starts in its own Ray
   actor with a short init timeout, and the end-of-sweep wait for runs to finish is bounded.
-- The API key stays in the environment: it is never a callback argument or a config value.
+- The API key stays in memory: it is never a callback argument, a config value or part of
+  Ray's runtime env (`search.wandb_callback` hands it to the logging actors as a constructor
+  argument; `search.cluster.local_ray` starts Ray's processes without it).
   What is logged leaves out the three key field names of `excluded_keys` (Ray's callback
   drops exactly those names); the files the sweep writes go through `scrub`, which drops any
   field whose name contains `api_key` and any value that holds the key itself.

@@ -262,3 +262,25 @@ def build_tuner(
     return tune.Tuner(
         trainable, param_space=param_space, tune_config=tune_config, run_config=run_config
     )
+
+
+def restore_tuner(settings: TunerSettings, trainable: Any, callbacks: Sequence[Any] = ()) -> Any:
+    """The Tuner of the experiment at STORAGE/NAME (where it is now), restored to continue.
+
+    The callbacks pickled in its tuner.pkl still hold the folders and trial count of the run
+    that saved them (a copied experiment's would log W&B runs into the original), so the
+    restored Tuner gets fresh ones built from `settings`.
+    """
+    from ray import tune
+
+    from search.storage import experiment_path
+
+    tuner = tune.Tuner.restore(
+        experiment_path(settings.storage, settings.name),
+        trainable=trainable,
+        resume_unfinished=True,
+        resume_errored=True,
+    )
+    # Ray 2.60 has no public way to replace a restored Tuner's callbacks.
+    tuner._local_tuner.get_run_config().callbacks = _callbacks(settings, callbacks)
+    return tuner

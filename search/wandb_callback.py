@@ -11,6 +11,12 @@ Imported only when W&B is enabled (importing it imports wandb).
   whole upload timeout for them and then kills them mid-write. Sending the marker to every
   actor first lets each run flush its history and finish; the timeout then only bounds slow
   uploads.
+
+Ray's callback hands `WANDB_API_KEY` to its logging actors as `runtime_env={"env_vars": ...}`,
+and Ray's runtime-env agent then writes that env, key included, into
+`session_*/logs/runtime_env_agent.log`. Here the actors get an empty runtime env and the key
+as a constructor argument (in memory: Ray's task spec), which the actor puts into its own
+process environment before `wandb.init` reads it.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from ray.air.integrations.wandb import (
     _WandbLoggingActor,
 )
 
-from search.tracking import outcome, run_summary, trial_tags
+from search.tracking import SECRET_ENV, outcome, run_summary, trial_tags
 from trainables.config import TrialConfig
 
 OUTCOME = "cxr-tune outcome"  # queue item kind: how the trial ended, just before Ray's END
@@ -39,6 +45,7 @@ class TrialRunActor(_WandbLoggingActor):
     def __init__(self, logdir: str, queue: Any, exclude: list, to_config: list, *args, **kwargs):
         self._metric = kwargs.pop("cxr_metric")
         self._metric_mode = kwargs.pop("cxr_mode")
+        os.environ.update(kwargs.pop("secret_env", None) or {})  # the key, in this actor only
         super().__init__(logdir, queue, exclude, to_config, *args, **kwargs)
 
     def run(self) -> None:
@@ -88,6 +95,15 @@ class EndingWandbLoggerCallback(WandbLoggerCallback):
         self._init_kwargs = dict(self.kwargs)
         self.metric, self.metric_mode, self.max_epochs = metric, metric_mode, max_epochs
         self.experiment = experiment
+
+    def _start_logging_actor(self, trial: Any, exclude_results: list, **init_kwargs: Any) -> None:
+        secrets = {k: os.environ[k] for k in SECRET_ENV if os.environ.get(k)}
+        for key in secrets:  # Ray's method copies these into the actors' runtime env
+            del os.environ[key]
+        try:
+            super()._start_logging_actor(trial, exclude_results, secret_env=secrets, **init_kwargs)
+        finally:
+            os.environ.update(secrets)
 
     def log_trial_start(self, trial: Any) -> None:
         try:

@@ -31,6 +31,7 @@ from trainables.config import TrialConfig
 from trainables.model_card import MODEL_CARD_FILE, code_version, render_model_card
 from trainables.models import build_model, count_parameters
 from trainables.preprocess import describe_steps
+from trainables.vocab import RESIZE_MODES
 
 BUNDLE_FORMAT = "cxr-tune-bundle"
 BUNDLE_VERSION = 1
@@ -38,6 +39,10 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 BUNDLE_META_FILE = "bundle.json"
 CALIBRATION_KEY = "calibration"  # bundle.json: trainables.calibration.calibrate's record
+# The largest image a bundle's model may be built for, in px (4x the seed's 256; a simple_cnn's
+# head grows with the square of the size: 3200 px would allocate about 6 GB before refusing).
+MAX_IMAGE_SIZE = 1024
+MAX_CLASS_NAME = 64  # characters
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,7 @@ def load_bundle(path: str | Path) -> Bundle:
         cfg = TrialConfig.from_dict(_read_json(root / CONFIG_FILE))
     except ValueError as err:
         raise ValueError(f"{root / CONFIG_FILE}: {err}") from None
+    check_bundle_config(meta, cfg, root)  # before any tensor is read or a model is built
     weights = root / WEIGHTS_FILE
     if not weights.is_file():
         raise ValueError(f"bundle {root} has no weights file {WEIGHTS_FILE}")
@@ -224,7 +230,86 @@ def _read_meta(path: Path) -> dict[str, Any]:
     for key in ("classes", "preprocessing"):
         if key not in meta:
             raise ValueError(f"{path} lacks the field {key!r}")
+    check_bundle_meta(meta, path)
     return meta
+
+
+# --- the schema of bundle.json and config.json (checked before anything is built) -----------
+# Fields this module does not know (others add provenance, ONNX, model-card fields) are left
+# alone; the ones below are checked for type and range.
+
+
+def check_bundle_meta(meta: dict[str, Any], path: Path) -> None:
+    """`bundle.json`'s classes and preprocessing; ValueError naming the field."""
+    classes = meta["classes"]
+    if not isinstance(classes, list) or len(classes) < 2:
+        raise ValueError(
+            f"{path}: field 'classes' must be a list of at least 2 names, got {_show(classes)}"
+        )
+    for i, name in enumerate(classes):
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_CLASS_NAME:
+            raise ValueError(
+                f"{path}: field 'classes[{i}]' must be a non-empty name of at most "
+                f"{MAX_CLASS_NAME} characters, got {_show(name)}"
+            )
+        if not name.isprintable():
+            raise ValueError(
+                f"{path}: field 'classes[{i}]' holds control characters: {_show(name)}"
+            )
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{path}: field 'classes' repeats a name: {_show(classes)}")
+    prep = meta["preprocessing"]
+    if not isinstance(prep, dict):
+        raise ValueError(f"{path}: field 'preprocessing' must be an object, got {_show(prep)}")
+    size = prep.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 32 <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"{path}: field 'preprocessing.image_size' must be an integer in "
+            f"[32, {MAX_IMAGE_SIZE}] px, got {_show(size)}"
+        )
+    if prep.get("resize_mode") not in RESIZE_MODES:
+        raise ValueError(
+            f"{path}: field 'preprocessing.resize_mode' must be one of "
+            f"{list(RESIZE_MODES)}, got {_show(prep.get('resize_mode'))}"
+        )
+    if prep.get("grayscale", True) is not True:
+        raise ValueError(
+            f"{path}: field 'preprocessing.grayscale' must be true (the models "
+            f"take one channel), got {_show(prep.get('grayscale'))}"
+        )
+    for key, trained in (("mean", MEAN), ("std", STD), ("scale", 1 / 255)):
+        value = prep.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            raise ValueError(
+                f"{path}: field 'preprocessing.{key}' must be a positive number, got {_show(value)}"
+            )
+        if not math.isclose(float(value), trained, rel_tol=1e-6):
+            raise ValueError(
+                f"{path}: field 'preprocessing.{key}' is {value!r}, but the models "
+                f"are trained with {trained!r} (trainables.augment)"
+            )
+
+
+def check_bundle_config(meta: dict[str, Any], cfg: TrialConfig, root: Path) -> None:
+    """config.json against bundle.json: the size a model is built for, and the same
+    preprocessing in both files."""
+    if cfg.image_size > MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"{root / CONFIG_FILE}: field 'image_size' {cfg.image_size} is above "
+            f"the {MAX_IMAGE_SIZE} px the models are built for"
+        )
+    prep = meta["preprocessing"]
+    for key in ("image_size", "resize_mode"):
+        if prep[key] != getattr(cfg, key):
+            raise ValueError(
+                f"{root}: {BUNDLE_META_FILE} field 'preprocessing.{key}' "
+                f"{prep[key]!r} disagrees with {CONFIG_FILE} {getattr(cfg, key)!r}"
+            )
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, control characters escaped (never printed raw)."""
+    return ascii(value)[:120]
 
 
 def _load_state(model: nn.Module, state: dict, weights: Path) -> None:

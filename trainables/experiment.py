@@ -15,6 +15,7 @@ An experiment is Ray Tune's layout under `STORAGE/NAME/` plus the sweep's own fi
     NAME/wandb/offline-run-*/           W&B runs: one per trial, the export, the report
     NAME/reruns/RERUN/rerun.json        a multi-seed re-run's `RerunPlan` (search.rerun)
     NAME/reruns/RERUN/<trial dir>/...   its trials, in the same layout as the sweep's
+    NAME/cxr_tune.lock                  who runs the experiment now (`LockHolder`, search.lock)
 
 Plain JSON and files only (no Ray, Optuna or W&B), so `search/` writes and `analysis/` reads the
 same files through the same rules:
@@ -64,6 +65,7 @@ RERUNS_DIR = "reruns"  # NAME/reruns/<rerun name>/: second Ray runs of the top c
 RERUN_FILE = "rerun.json"
 RERUN_SCHEMA_VERSION = 1
 TRIAL_DIR_PREFIX = "trial_"  # search.run names trial directories trial_<trial id>
+LOCK_FILE = "cxr_tune.lock"  # search.lock takes it; empty (or absent) when nobody holds it
 
 METRIC_MODES = ("max", "min")
 DEFAULT_METRIC, DEFAULT_MODE = "val_acc", "max"  # for an experiment without cxr_tune.json
@@ -288,6 +290,41 @@ def write_record(experiment_dir: Path, record: ExperimentRecord) -> Path:
 
 def holds_experiment(directory: Path) -> bool:
     return record_path(directory).is_file()
+
+
+# --- the lock file (cxr_tune.lock) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds an experiment's lock: written into `LOCK_FILE` by the process that took it."""
+
+    pid: int
+    host: str
+    started: str
+    """UTC time the holder took the lock, ISO 8601."""
+    command: str = ""
+    """The holder's command line, shortened (for the refusal message)."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self)) + "\n"
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on host {self.host} since {self.started}"
+
+
+def parse_lock(text: str) -> LockHolder | None:
+    """The holder a lock file names; None for an empty or unreadable one (nobody to name)."""
+    try:
+        values = json.loads(text)
+        return LockHolder(
+            pid=int(values["pid"]),
+            host=str(values["host"]),
+            started=str(values["started"]),
+            command=str(values.get("command", "")),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 # --- summary.json ------------------------------------------------------------------------------

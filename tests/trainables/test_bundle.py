@@ -61,6 +61,9 @@ def test_weights_of_the_wrong_shape_are_named(bundle_dir):
     cfg = json.loads((path / CONFIG_FILE).read_text())
     cfg["image_size"] = 64  # the saved fc1 was sized for 32 px
     (path / CONFIG_FILE).write_text(json.dumps(cfg))
+    meta = json.loads((path / BUNDLE_META_FILE).read_text())
+    meta["preprocessing"]["image_size"] = 64  # both files agree: only the weights do not fit
+    (path / BUNDLE_META_FILE).write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="wrong shapes"):
         load_bundle(path)
 

@@ -133,7 +133,10 @@ def space_of(points: list[dict[str, Any]]) -> dict[str, Any]:
 
     space: dict[str, Any] = {}
     for key in dict.fromkeys(k for p in points for k in p):
-        values = list(dict.fromkeys(p[key] for p in points if key in p))
+        values = []  # distinct values in order; lists (checkpoint_epochs) are not hashable
+        for value in (p[key] for p in points if key in p):
+            if value not in values:
+                values.append(value)
         space[key] = values[0] if len(values) == 1 else tune.choice(values)
     return space
 

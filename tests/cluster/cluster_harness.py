@@ -140,7 +140,11 @@ def wait_for_exit(temp_dir: str, timeout: float = 20) -> list[str]:
 
 
 def check_continued_from_checkpoint(
-    rows: list[dict[str, Any]], node_key: str, lost: str, killed_after_epoch: int
+    rows: list[dict[str, Any]],
+    node_key: str,
+    lost: str,
+    killed_after_epoch: int,
+    replay_ok: bool = False,
 ) -> None:
     """The rows of a trial whose node `lost` (by `node_key`) died: it ran some epochs there,
     then every later epoch elsewhere, going on from its last checkpoint."""
@@ -150,5 +154,9 @@ def check_continued_from_checkpoint(
     assert killed_after_epoch <= on_lost < MAX_EPOCHS, nodes
     assert nodes[:on_lost] == [lost] * on_lost, nodes
     assert lost not in nodes[on_lost:], nodes
-    # It went on from the last checkpoint: the next epoch after the move is not epoch 1.
-    assert rows[on_lost]["epoch"] == rows[on_lost - 1]["epoch"] + 1, [r["epoch"] for r in rows]
+    # It went on from the last checkpoint: the next epoch after the move is not epoch 1. With
+    # `replay_ok`, the epoch in flight when the node died may be trained once more (Ray restores
+    # the newest checkpoint it had registered, which can lag the newest result row by one).
+    epochs = [r["epoch"] for r in rows]
+    after, before = rows[on_lost]["epoch"], rows[on_lost - 1]["epoch"]
+    assert after == before + 1 or (replay_ok and after == before and before > 1), epochs

@@ -70,8 +70,10 @@ def test_enqueued_points_are_the_first_trials_of_a_real_sweep(tmp_path: Path) ->
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = storage / "points"
-    # Ray's trial table lists trials in the order the searcher created them.
-    trials = {i: read_params(exp / s.dir_name) for i, s in enumerate(read_ray_states(exp))}
+    # The driver prints one "start" line per trial, in the order Ray started them.
+    started = [line.split()[2] for line in proc.stdout.splitlines() if " start " in line]
+    dirs = {s.trial_id: s.dir_name for s in read_ray_states(exp)}
+    trials = {i: read_params(exp / dirs[t]) for i, t in enumerate(started)}
     assert sorted(trials) == list(range(5))
     # The first two trials Ray created are the enqueued points, exactly and in order.
     assert (trials[0]["lr"], trials[0]["balance"]) == (0.000123, "oversample")

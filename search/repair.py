@@ -1,7 +1,9 @@
 """Make a killed sweep's saved state safe and exact to resume.
 
-`prepare_resume` runs before `Tuner.restore`: `reconcile` (the trial table against the trial
-folders), `repair_missing_checkpoints`, and `set_num_samples` (a --resume with more trials).
+`prepare_resume` runs before `Tuner.restore`: `rebase_search_state` and `rebase_journal` (a
+moved or copied experiment's saved search names the folder it was saved in), `reconcile` (the
+trial table against the trial folders), `repair_missing_checkpoints`, and `set_num_samples` (a
+--resume with more trials).
 
 What Ray persists, and when: each trial's `result.json` row is written by the driver as the
 result arrives (the row that ends a trial carries `done: true`: ASHA's STOP, including at
@@ -48,6 +50,7 @@ from ray._common.utils import binary_to_hex, hex_to_binary
 from ray.train._internal.storage import _exists_at_fs_path
 
 from trainables.experiment import (
+    OPTUNA_JOURNAL,
     RAY_STATE_GLOB,
     RAY_STATE_PREFIX,
     TERMINAL_STATUSES,
@@ -62,6 +65,7 @@ SEARCHER_GLOB = "searcher-state-*.pkl"  # Ray's OptunaSearch.save_to_dir
 SEARCH_GEN_GLOB = "search_gen_state-*.json"  # Ray's SearchGenerator (a pickle despite .json)
 LIMITER_KEY = "name:ConcurrencyLimiter"
 ORPHANS_DIR = "orphans"
+JOURNAL_LOCK_SUFFIX = ".lock"  # optuna.storages.journal's LOCK_FILE_SUFFIX
 
 
 def prepare_resume(experiment_path: str, max_epochs: int, num_samples: int | None) -> list[str]:
@@ -69,6 +73,7 @@ def prepare_resume(experiment_path: str, max_epochs: int, num_samples: int | Non
     notes = []
     if "://" not in experiment_path:
         notes += rebase_search_state(Path(experiment_path))
+        notes += rebase_journal(Path(experiment_path))
         notes += reconcile(Path(experiment_path), max_epochs)
     notes += repair_missing_checkpoints(experiment_path)
     if num_samples and "://" not in experiment_path:
@@ -235,6 +240,55 @@ def rebase_search_state(experiment_dir: Path) -> list[str]:
     storage.experiment_dir_name = experiment_dir.name
     _atomic_write(gen_files[-1], cloudpickle.dumps(gen))
     return [f"new trials are written here, not to {recorded}"]
+
+
+def rebase_journal(experiment_dir: Path) -> list[str]:
+    """Point the saved searcher's Optuna study at the journal where the experiment is now.
+
+    Ray pickles the searcher with its study, and the study's `JournalFileBackend` names the
+    journal file it was created on: a moved experiment's searcher would read a journal that is
+    gone, a copy's would append to the original's. The backend is replaced by one on
+    `experiment_dir`'s journal (the storage object is shared by the study and every pickled
+    trial, so all of them follow). A journal lock left by a killed driver is removed: the
+    experiment's own lock, held by this resume, means no other driver writes this journal.
+    """
+    notes = []
+    journal = experiment_dir / OPTUNA_JOURNAL
+    stale_lock = journal.with_name(journal.name + JOURNAL_LOCK_SUFFIX)
+    if stale_lock.is_symlink() or stale_lock.exists():
+        stale_lock.unlink()
+        notes.append(f"removed the Optuna journal lock {stale_lock} a stopped driver left")
+    searcher_files = sorted(experiment_dir.glob(SEARCHER_GLOB))
+    if not searcher_files:
+        return notes
+    from optuna.storages.journal import JournalFileBackend
+
+    state = pickle.loads(searcher_files[-1].read_bytes())
+    storage = getattr(state.get("_ot_study"), "_storage", None)
+    backend = getattr(storage, "_backend", None)
+    if not isinstance(backend, JournalFileBackend):
+        return notes
+    recorded = Path(backend._file_path)
+    if recorded == journal:
+        return notes
+    if not journal.is_file():
+        raise FileNotFoundError(missing_journal(experiment_dir, recorded))
+    storage._backend = JournalFileBackend(str(journal))
+    _atomic_write(searcher_files[-1], pickle.dumps(state))
+    return notes + [f"the Optuna study is read from {journal}, not {recorded}"]
+
+
+def missing_journal(experiment_dir: Path, recorded: Path | str = "") -> str | None:
+    """Why a local experiment cannot resume without its Optuna journal, or None when it can
+    (the saved searcher's study lives there; a fresh one would forget every trial)."""
+    journal = experiment_dir / OPTUNA_JOURNAL
+    if journal.is_file() or not any(experiment_dir.glob(SEARCHER_GLOB)):
+        return None
+    saved = f" (its saved searcher names {recorded})" if recorded else ""
+    return (
+        f"{journal}: the experiment's Optuna study journal is missing{saved}; copy "
+        f"{OPTUNA_JOURNAL} along with the experiment folder, or start a new --name"
+    )
 
 
 def set_num_samples(experiment_dir: Path, num_samples: int) -> list[str]:

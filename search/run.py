@@ -324,6 +324,11 @@ def resume(
             f"{record.path} cannot be restored (no experiment state yet); "
             f"remove it or choose another --name"
         )
+    if "://" not in record.path:
+        from search.repair import missing_journal
+
+        if message := missing_journal(Path(record.path)):
+            parser.error(f"--resume: {message}")
     refusal, more_samples = resume_changes(parser, args, record)
     if refusal:
         parser.error(refusal)

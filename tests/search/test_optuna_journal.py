@@ -115,3 +115,63 @@ def test_a_seed_point_asked_after_the_last_save_is_enqueued_again(journal, tmp_p
     assert restored.suggest("a")["lr"] == 0.001
     states = [t.state for t in load(journal)]
     assert states == [TrialState.FAIL, TrialState.RUNNING]
+
+
+def _saved_experiment(folder) -> PrunedOptunaSearch:
+    """An experiment folder holding a journal and Ray's saved searcher (its file name as Ray's
+    `save_to_dir` writes it), with trial a finished and trial b reported once."""
+    folder.mkdir()
+    s = searcher(folder / "optuna_journal.log")
+    for trial_id in ("a", "b"):
+        s.suggest(trial_id)
+    s.on_trial_complete("a", report(s, "a", 3, 0.4))
+    report(s, "b", 1, 0.9)
+    s.save(str(folder / "searcher-state-2026-12-01_00-00-00.pkl"))
+    return s
+
+
+def _restore(folder) -> PrunedOptunaSearch:
+    restored = searcher(folder / "optuna_journal.log")
+    restored.restore(str(next(folder.glob("searcher-state-*.pkl"))))
+    return restored
+
+
+def test_a_copied_experiment_resumes_on_its_own_journal(tmp_path) -> None:
+    import shutil
+
+    from search.repair import rebase_journal
+
+    original, copy = tmp_path / "exp", tmp_path / "copy"
+    _saved_experiment(original)
+    shutil.copytree(original, copy)
+    before = (original / "optuna_journal.log").read_bytes()
+    # A killed driver's journal lock travelled with the copy.
+    (copy / "optuna_journal.log.lock").symlink_to(original / "optuna_journal.log")
+
+    notes = rebase_journal(copy)
+    assert any("removed the Optuna journal lock" in n for n in notes)
+    assert any(f"read from {copy / 'optuna_journal.log'}" in n for n in notes)
+    assert not (copy / "optuna_journal.log.lock").is_symlink()
+    assert rebase_journal(copy) == []  # done once
+
+    restored = _restore(copy)
+    restored.on_trial_complete("b", report(restored, "b", 2, 0.3))
+    restored.suggest("c")
+    # The copy's study carries on (b finished, c asked); the original's journal is untouched.
+    states = [t.state for t in load(copy / "optuna_journal.log")]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING]
+    assert (original / "optuna_journal.log").read_bytes() == before
+
+
+def test_a_moved_experiment_without_its_journal_is_refused_naming_the_file(tmp_path) -> None:
+    from search.repair import rebase_journal
+
+    original, moved = tmp_path / "exp", tmp_path / "moved"
+    _saved_experiment(original)
+    original.rename(moved)
+    (moved / "optuna_journal.log").unlink()
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"moved/optuna_journal.log: .* missing \(its saved searcher names .*exp/optuna",
+    ):
+        rebase_journal(moved)

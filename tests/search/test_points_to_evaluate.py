@@ -13,7 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from trainables.experiment import read_params, read_ray_states, read_record
 
@@ -70,10 +73,18 @@ def test_enqueued_points_are_the_first_trials_of_a_real_sweep(tmp_path: Path) ->
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = storage / "points"
-    # The driver prints one "start" line per trial, in the order Ray started them.
-    started = [line.split()[2] for line in proc.stdout.splitlines() if " start " in line]
+    # Creation order is the study's trial numbers in the journal (Ray's trial ids are random and
+    # two trials launched together start in either order); each finished study trial names the
+    # Ray trial that ran it, and that trial's own params.json must hold the same values.
+    study = optuna.load_study(
+        study_name="points",
+        storage=JournalStorage(JournalFileBackend(str(exp / "optuna_journal.log"))),
+    )
     dirs = {s.trial_id: s.dir_name for s in read_ray_states(exp)}
-    trials = {i: read_params(exp / dirs[t]) for i, t in enumerate(started)}
+    by_number = sorted(study.get_trials(), key=lambda t: t.number)
+    trials = {t.number: read_params(exp / dirs[t.user_attrs["ray_trial_id"]]) for t in by_number}
+    for t in by_number:
+        assert {k: trials[t.number][k] for k in t.params} == t.params
     assert sorted(trials) == list(range(5))
     # The first two trials Ray created are the enqueued points, exactly and in order.
     assert (trials[0]["lr"], trials[0]["balance"]) == (0.000123, "oversample")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import signal
 import socket
@@ -17,11 +16,15 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from search.watchdog import _psutil, descendants
 from trainables.experiment import (
     LOCK_FILE,
+    OPTUNA_JOURNAL,
     RAY_STATE_GLOB,
     read_record,
     read_results,
@@ -114,16 +117,6 @@ def _done(trial_dir: Path) -> bool:
     return bool(rows) and bool(rows[-1].get("done"))
 
 
-JOURNAL_NOT_REBASED = pytest.mark.xfail(
-    reason="known defect left open: a moved or copied experiment's pickled Optuna searcher still "
-    "names the journal of the folder it was saved in (optuna_journal.log, issue 13), so its "
-    "resume reads a missing journal or writes the original's; the lock, the secret scan and the "
-    "SIGKILL bookkeeping parts of these tests passed before the journal was merged",
-    strict=False,
-)
-
-
-@JOURNAL_NOT_REBASED
 def test_sigkill_with_a_stale_snapshot_resumes_exactly_leaving_no_secret_and_no_process(
     tmp_path: Path,
 ) -> None:
@@ -218,10 +211,23 @@ def test_sigkill_with_a_stale_snapshot_resumes_exactly_leaving_no_secret_and_no_
         assert epochs == list(range(1, len(epochs) + 1)), (d.name, epochs)
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["state"] == "finished" and summary["trials"] == 3
-    study = pickle.loads(sorted(exp.glob("searcher-state-*.pkl"))[-1].read_bytes())["_ot_study"]
-    assert sorted(t.state.name for t in study.trials) == sorted(
-        "COMPLETE" if len(read_results(d).rows) == 3 else "PRUNED" for d in dirs
-    )
+    # The study, read from the journal where the experiment is now (the old folder is gone):
+    # each Ray trial's end as Optuna saw it, and the trial asked just before the kill (its
+    # folder removed above) told FAIL as abandoned rather than left RUNNING.
+    assert not (storage / "kill").exists()
+    study = _study(exp, "kill")
+    ran = {
+        t.user_attrs["ray_trial_id"]: t.state.name
+        for t in study.trials
+        if "ray_trial_id" in t.user_attrs
+    }
+    assert ran == {
+        d.name.removeprefix("trial_"): "COMPLETE" if len(read_results(d).rows) == 3 else "PRUNED"
+        for d in dirs
+    }
+    abandoned = [t for t in study.trials if "ray_trial_id" not in t.user_attrs]
+    assert [t.state.name for t in abandoned] == ["FAIL"] * len(second_dirs)
+    assert all("abandoned" in t.user_attrs for t in abandoned)
     assert read_record(exp).path == str(exp)
     assert (exp / LOCK_FILE).read_text() == ""  # released
     assert _hits([moved, tmp_path / "wandb-home"], KEY) == []
@@ -238,7 +244,6 @@ def _alive(psutil, processes: dict[int, float]) -> list[int]:
     return alive
 
 
-@JOURNAL_NOT_REBASED
 def test_second_run_of_a_live_experiment_is_refused_and_a_copy_resumes_in_place(
     tmp_path: Path,
 ) -> None:
@@ -291,6 +296,19 @@ def test_second_run_of_a_live_experiment_is_refused_and_a_copy_resumes_in_place(
     )
     assert refused.returncode == 2 and "--seed 7 (the experiment has 0)" in refused.stderr
     assert "Traceback" not in refused.stderr
+    # A copy made without the Optuna journal is refused up front, naming the missing file.
+    bare = tmp_path / "bare"
+    shutil.copytree(storage, bare)
+    (bare / "busy" / OPTUNA_JOURNAL).unlink()
+    no_journal = subprocess.run(
+        _command(bare, "busy", "--resume"), cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert no_journal.returncode == 2, no_journal.stderr[-2000:]
+    assert (
+        f"{bare / 'busy' / OPTUNA_JOURNAL}: the experiment's Optuna study journal is missing"
+        in (no_journal.stderr)
+    )
+    assert "Traceback" not in no_journal.stderr
     resumed = subprocess.run(
         _command(copy, "busy", "--resume", "--num-samples", "3", *base),
         cwd=REPO,
@@ -304,3 +322,11 @@ def test_second_run_of_a_live_experiment_is_refused_and_a_copy_resumes_in_place(
     assert len(trial_dirs(copy / "busy")) == 3
     assert read_record(copy / "busy").path == str(copy / "busy")
     assert {p: p.stat().st_mtime_ns for p in exp.rglob("*")} == before
+    # Each study is in its own folder's journal: the copy's has the third trial, the original's not.
+    assert len(_study(copy / "busy", "busy").trials) == 3
+    assert len(_study(exp, "busy").trials) == 2
+
+
+def _study(experiment: Path, name: str) -> optuna.Study:
+    journal = JournalFileBackend(str(experiment / OPTUNA_JOURNAL))
+    return optuna.load_study(study_name=name, storage=JournalStorage(journal))

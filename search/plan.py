@@ -1,0 +1,279 @@
+"""What a sweep decides before Ray starts: the record of a new experiment, or the checked
+record of one to resume.
+
+`new_experiment` chooses the profile, loads and checks the space, sizes each trial's GPU share
+and writes nothing: `search.run` writes the `ExperimentRecord` only after the pre-flight
+(`run_preflight`) passed. `resume_plan` reads a record back where the experiment is now
+(`relocate`), applies what a `--resume` may change (more trials) and refuses the rest. Every
+problem here is a usage error (exit 2, one line naming the flag or file) before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxr_tune import code_version
+from search import storage
+from search.checkpoints import asha_milestones
+from search.checks import resume_changes
+from search.cli import Profile, choose_profile
+from search.gpu_memory import measure_before_packing
+from search.space import Space, load_space
+from search.tracking import resolve_mode, scrub
+from search.tuner import startup_trials
+from trainables.experiment import DATA_REPORT_FILE, ExperimentRecord, data_report_json
+
+if TYPE_CHECKING:  # the data stack (torch, scikit-learn) loads when the pre-flight runs
+    from search.preflight import Preflight
+    from trainables.data import DataReport
+
+
+def _utc_stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def default_name(args: argparse.Namespace, gpus: int) -> str:
+    return f"{args.space.stem}-{choose_profile(args.profile, gpus)[0].name}-{_utc_stamp()}"
+
+
+# --- a new experiment -------------------------------------------------------------------------
+
+
+def new_experiment(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    root: str,
+    name: str,
+    gpus: int,
+    card_bytes: int,
+) -> tuple[ExperimentRecord, Space]:
+    """Choose the profile, load and check the space, and decide everything the record holds;
+    a bad space or flag is a usage error here, before Ray starts anything."""
+    profile, why = choose_profile(args.profile, gpus)
+    print(profile_line(args, profile, why), flush=True)
+    defaults: dict[str, Any] = {"image_size": profile.image_size}
+    if profile.max_train_batches:
+        defaults["max_train_batches"] = profile.max_train_batches
+    overrides = {"data": args.data or profile.data, "seed": args.seed}
+    if args.class_map:
+        overrides["class_map"] = args.class_map
+    cpu = profile.name == "cpu"
+    space = _load(parser, args.space, defaults, overrides, profile.max_epochs, cpu, args.seed)
+    for point in space.dropped_points:
+        print(f"POINTS_TO_EVALUATE: {point} left out (outside CPU_CHOICES)", flush=True)
+    grace = args.grace_period or profile.grace_period or space.grace_period
+    if grace > space.max_epochs:
+        parser.error(f"--grace-period {grace} exceeds the {space.max_epochs} epochs of the run")
+    gpus_per_trial = _gpus_per_trial(args, gpus, card_bytes)
+    try:  # measured GPU memory per trial shape, before packing trials onto this machine's card
+        packing = card_bytes if gpus_per_trial is None and not args.address else 0
+        gpu_memory = measure_before_packing(space.define, packing)
+    except ValueError as err:
+        parser.error(str(err))
+    # checkpoints at every ASHA rung and the last epoch, so a stopped trial ends on one
+    overrides["checkpoint_epochs"] = list(
+        asha_milestones(grace, record_rf(args, profile, space), space.max_epochs)
+    )
+    space.define.overrides["checkpoint_epochs"] = overrides["checkpoint_epochs"]
+    record = make_record(
+        args, profile, space, root, name, grace, gpus_per_trial, defaults, overrides
+    )
+    record = replace(record, gpu_memory=gpu_memory)
+    announce(record)
+    return record, space
+
+
+def profile_line(args: argparse.Namespace, profile: Profile, why: str) -> str:
+    epochs = "MAX_EPOCHS" if profile.max_epochs is None else f"<= {profile.max_epochs}"
+    return (
+        f"profile: {profile.name} ({why}): data {args.data or profile.data}, "
+        f"{profile.image_size} px, {epochs} epochs, "
+        f"{args.num_samples or profile.num_samples or 'NUM_SAMPLES'} trials"
+        + ("; --profile full forces the full sweep" if profile.name == "cpu" else "")
+    )
+
+
+def _load(
+    parser: argparse.ArgumentParser,
+    space_file: str | Path,
+    defaults: dict[str, Any],
+    overrides: dict[str, Any],
+    max_epochs: int | None,
+    cpu: bool,
+    seed: int,
+) -> Space:
+    """The space file loaded and checked; its error is a usage error."""
+    try:
+        return load_space(
+            space_file,
+            defaults=defaults,
+            overrides=overrides,
+            max_epochs=max_epochs,
+            cpu=cpu,
+            seed=seed,
+        )
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def make_record(
+    args: argparse.Namespace,
+    profile: Profile,
+    space: Space,
+    root: str,
+    name: str,
+    grace: int,
+    gpus_per_trial: float | None,
+    defaults: dict[str, Any],
+    overrides: dict[str, Any],
+) -> ExperimentRecord:
+    """What the sweep decides before it starts (flags > profile > space), for cxr-tune's record."""
+    path = storage.experiment_path(root, name)
+    num_samples = args.num_samples or profile.num_samples or space.num_samples
+    return ExperimentRecord(
+        name=name,
+        storage=root,
+        path=path,
+        space=str(space.path),
+        metric=space.metric,
+        mode=space.mode,
+        max_epochs=space.max_epochs,
+        grace_period=min(grace, space.max_epochs),
+        reduction_factor=record_rf(args, profile, space),
+        num_samples=num_samples,
+        points_to_evaluate=space.points_to_evaluate,
+        tpe_startup_trials=startup_trials(num_samples, len(space.points_to_evaluate)),
+        max_concurrent=args.max_concurrent or profile.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        profile=profile.name,
+        defaults=defaults,
+        overrides=overrides,
+        wandb_mode=resolve_mode(args.wandb_mode),
+        # wandb adds wandb/ below this: runs land in STORAGE/NAME/wandb/offline-run-*
+        wandb_dir=path if not storage.is_uri(root) else str(Path("runs").resolve() / name),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        code_version=code_version(),
+        args=scrub({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}),
+    )
+
+
+def record_rf(args: argparse.Namespace, profile: Profile, space: Space) -> int:
+    """ASHA's reduction factor: the flag, else the profile's, else the space's."""
+    return args.reduction_factor or profile.reduction_factor or space.reduction_factor
+
+
+def _gpus_per_trial(args: argparse.Namespace, gpus: int, card_bytes: int) -> float | None:
+    """The --gpus-per-trial to record: 0 without GPUs, None to size each trial's share."""
+    # On an autoscaling cluster the GPU workers may not exist yet: an explicit
+    # --gpus-per-trial with --address asks for GPUs, and the autoscaler starts them.
+    want_gpus = bool(gpus) or bool(args.address and args.gpus_per_trial)
+    gpus_per_trial = args.gpus_per_trial if want_gpus else 0.0
+    if want_gpus and gpus_per_trial is None and not card_bytes:
+        gpus_per_trial = 1.0  # card size unknown: no packing
+    return gpus_per_trial
+
+
+def announce(record: ExperimentRecord) -> None:
+    gpus = "auto" if record.gpus_per_trial is None else f"{record.gpus_per_trial:g}"
+    print(
+        f"experiment {record.path}: {record.num_samples} trials, metric {record.metric} "
+        f"({record.mode}), {record.max_epochs} epochs, ASHA grace {record.grace_period} "
+        f"reduction {record.reduction_factor}, max concurrent "
+        f"{record.max_concurrent or 'auto'}, {record.cpus_per_trial:g} CPU + "
+        f"{gpus} GPU per trial, W&B {record.wandb_mode}",
+        flush=True,
+    )
+    print(
+        f"TPE: {len(record.points_to_evaluate)} enqueued point(s) first "
+        f"{record.points_to_evaluate}, random start-up until {record.tpe_startup_trials} "
+        f"trials have finished",
+        flush=True,
+    )
+
+
+# --- pre-flight and data report ---------------------------------------------------------------
+
+
+def run_preflight(parser: argparse.ArgumentParser, space: Space) -> Preflight:
+    """The data, the METRIC and every branch of the space checked before Ray starts; a problem
+    ends the command with one line and exit status 2."""
+    try:
+        from search.preflight import preflight
+
+        checked = preflight(space)
+    except ValueError as err:
+        parser.exit(2, f"error: {' '.join(str(err).split())}\n")
+    print(checked.format(), flush=True)
+    return checked
+
+
+def save_data_report(record: ExperimentRecord, reports: list[DataReport]) -> None:
+    text = data_report_json(r.to_dict() for r in reports)
+    storage.write_text(storage.join_storage(record.path, DATA_REPORT_FILE), text)
+
+
+# --- a resume ---------------------------------------------------------------------------------
+
+
+def relocate(record: ExperimentRecord, root: str, path: str) -> ExperimentRecord:
+    """The record of the experiment where it is now (--storage + --name): a copied or moved
+    experiment resumes in place; the path stored in the record is informative only."""
+    if (record.storage, record.path) == (root, path):
+        return record
+    print(
+        f"resume: the experiment was recorded at {record.path}; it resumes where it is now, {path}",
+        flush=True,
+    )
+    wandb_dir = path if record.wandb_dir in ("", record.path) else record.wandb_dir
+    return replace(record, storage=root, path=path, wandb_dir=wandb_dir)
+
+
+def resume_plan(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, record: ExperimentRecord
+) -> tuple[ExperimentRecord, Space]:
+    """The record to resume with (more trials applied) and its space, or a usage error naming
+    what a resume cannot change or what is missing."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(record.path):
+        parser.error(
+            f"{record.path} cannot be restored (no experiment state yet); "
+            f"remove it or choose another --name"
+        )
+    if not storage.is_uri(record.path):
+        from search.repair import missing_journal
+
+        if message := missing_journal(Path(record.path)):
+            parser.error(f"--resume: {message}")
+    refusal, more_samples = resume_changes(parser, args, record)
+    if refusal:
+        parser.error(refusal)
+    if more_samples:
+        print(f"resume: --num-samples {more_samples} (was {record.num_samples})", flush=True)
+        record = replace(record, num_samples=more_samples)
+    print(
+        f"resuming {record.name}: space {record.space}, {record.num_samples} trials, "
+        f"metric {record.metric} ({record.mode}); finished trials are kept",
+        flush=True,
+    )
+    space = _load(
+        parser,
+        record.space,
+        record.defaults,
+        record.overrides,
+        record.max_epochs,
+        record.profile == "cpu",
+        record.seed,
+    )
+    if (space.metric, space.mode) != (record.metric, record.mode):
+        parser.error(
+            f"--resume: {record.space} now says metric {space.metric} ({space.mode}), but the "
+            f"experiment ranks by {record.metric} ({record.mode}); a sweep cannot change its "
+            f"metric: start a new experiment with another --name"
+        )
+    return record, space

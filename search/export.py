@@ -171,6 +171,18 @@ def calibrate_on_val(model: torch.nn.Module, cfg: TrialConfig, classes: list[str
     return calibrate(logits.numpy(), data.val.labels.numpy(), split="val")
 
 
+def _metric_and_mode(experiment_dir: Path, metric: str | None, mode: str | None) -> tuple[str, str]:
+    """The ranking to export by: the flags, else the experiment record's."""
+    if not experiment_dir.is_dir():
+        raise ValueError(f"experiment directory {experiment_dir} does not exist")
+    if not metric or not mode:
+        recorded = read_record(experiment_dir)
+        if recorded is None:
+            raise ValueError(f"{experiment_dir} has no {EXPERIMENT_FILE}; pass --metric and --mode")
+        metric, mode = metric or recorded.metric, mode or recorded.mode
+    return metric, mode
+
+
 def export_best(
     experiment_dir: str | Path,
     out: str | Path,
@@ -182,13 +194,7 @@ def export_best(
     from trainables.train import load_checkpoint, model_from_checkpoint
 
     experiment_dir = Path(experiment_dir).resolve()
-    if not experiment_dir.is_dir():
-        raise ValueError(f"experiment directory {experiment_dir} does not exist")
-    if not metric or not mode:
-        recorded = read_record(experiment_dir)
-        if recorded is None:
-            raise ValueError(f"{experiment_dir} has no {EXPERIMENT_FILE}; pass --metric and --mode")
-        metric, mode = metric or recorded.metric, mode or recorded.mode
+    metric, mode = _metric_and_mode(experiment_dir, metric, mode)
     best = best_checkpoint(experiment_dir, metric, mode)
     model, cfg, classes = model_from_checkpoint(best.checkpoint_dir)
     history = list(load_checkpoint(best.checkpoint_dir)["history"])

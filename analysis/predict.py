@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cxr_tune import prog
+
 if TYPE_CHECKING:  # torch and the model code load when a prediction runs (fast --help)
     import torch
 
@@ -160,7 +162,7 @@ def format_table(rows: list[dict[str, Any]], classes: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m analysis.predict",
+        prog=prog("analysis.predict"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

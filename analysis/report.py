@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cxr_tune import prog
 from trainables.experiment import DEFAULT_WANDB_PROJECT, WANDB_MODES
 from trainables.experiment import wandb_mode as resolve_wandb_mode
 
@@ -209,7 +210,7 @@ def run_report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m analysis.report",
+        prog=prog("analysis.report"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -7,6 +7,7 @@ This package imports nothing from the project at import time, so `search/`, `ana
 from __future__ import annotations
 
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -39,3 +40,12 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{sha}{'.dirty' if dirty else ''}" if sha else __version__
+
+
+COMMAND_PREFIX = "cxr-tune "  # `cxr_tune.cli` sets sys.argv[0] to "cxr-tune COMMAND"
+
+
+def prog(module: str) -> str:
+    """The program name a module's parser shows in usage and errors: the `cxr-tune COMMAND`
+    that runs it, else `python -m MODULE`."""
+    return sys.argv[0] if sys.argv[0].startswith(COMMAND_PREFIX) else f"python -m {module}"

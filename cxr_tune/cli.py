@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cxr_tune import __version__
+from cxr_tune import COMMAND_PREFIX, __version__
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     command = COMMANDS[name]
+    sys.argv[0] = f"{COMMAND_PREFIX}{name}"  # the module's parser names the command (prog)
     if command.parser and any(a in HELP_FLAGS for a in rest):
-        sub = _resolve(command.parser)()
-        sub.prog = f"cxr-tune {name}"
-        sub.print_help()
+        _resolve(command.parser)().print_help()
         return 0
     code = _resolve(command.module)(rest)
     return int(code or 0)

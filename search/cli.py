@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cxr_tune import prog
 from search.tracking import WANDB_MODES
 from trainables.classes import parse_class_map
 from trainables.experiment import DEFAULT_WANDB_PROJECT, ExperimentRecord
@@ -99,7 +100,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m search.run",
+        prog=prog("search.run"),
         description="Hyperparameter sweep for chest X-ray classification: Optuna TPE "
         "proposes trials from a space file, ASHA stops weak ones early, Ray Tune runs them "
         "(fractional GPUs when a GPU is visible), W&B logs them, and the best checkpoint is "

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cxr_tune import prog
 from search.storage import is_uri
 from trainables.experiment import (
     EXPERIMENT_FILE,
@@ -286,7 +287,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m search.export",
+        prog=prog("search.export"),
         description="Export the best checkpoint of a finished (or interrupted) sweep as a "
         "bundle (safetensors, config.json, bundle.json) plus model.onnx checked with "
         "onnxruntime.",

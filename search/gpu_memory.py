@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cxr_tune import prog
 from trainables.cache import atomic_write_text, cache_root, file_lock
 from trainables.config import TrialConfig
 
@@ -694,7 +695,7 @@ def oom_retry_callback(cpus_per_trial: float, card_bytes: int) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m search.gpu_memory",
+        prog=prog("search.gpu_memory"),
         description="Measure one trial shape's GPU memory with a few real training steps and "
         "print it as one JSON line (the driver runs this in a short-lived subprocess).",
     )

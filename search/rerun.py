@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cxr_tune import prog
 from search import storage
 from search.cli import _bounded, _name
 from trainables.experiment import (
@@ -35,7 +36,7 @@ from trainables.experiment import (
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m search.rerun",
+        prog=prog("search.rerun"),
         description="Re-run a sweep's top configurations with new seeds (a second Ray Tune run).",
     )
     rerun = p.add_argument_group("multi-seed re-run")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cxr_tune import prog
 from trainables.vocab import PHANTOM_PRESETS
 
 
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m trainables.train",
+        prog=prog("trainables.train"),
         description="Train one TrialConfig without Ray and print a line per epoch.",
     )
     parser.add_argument(
@@ -28,14 +29,14 @@ def train_parser() -> argparse.ArgumentParser:
 
 def models_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
-        prog="python -m trainables.models",
+        prog=prog("trainables.models"),
         description="Print the model registry with parameter counts at 256 px.",
     )
 
 
 def phantom_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m trainables.phantom",
+        prog=prog("trainables.phantom"),
         description=(
             "Generate the synthetic chest X-ray phantom (NORMAL / BACTERIA / VIRAL) as an image "
             "folder OUT/{train,test}/<CLASS>/*.png|jpg plus OUT/metadata.csv. Deterministic for "

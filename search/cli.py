@@ -26,7 +26,7 @@ class Profile:
     data: str
     image_size: int  # pixels
     max_epochs: int | None  # None: the space's MAX_EPOCHS
-    num_samples: int | None  # None: the space's NUM_SAMPLES
+    num_samples: int | None  # at most this many trials (None: the space's NUM_SAMPLES)
     max_concurrent: int | None  # None: as many as the resources allow
     grace_period: int | None = None  # None: the space's
     reduction_factor: int | None = None
@@ -34,7 +34,7 @@ class Profile:
 
 
 # CPU profile, for `make run` on a 2-core machine without a GPU: the small phantom (304 train /
-# 76 val images) at 64 px, at most 10 epochs, 10 trials two at a time, only the space's
+# 76 val images) at 64 px, at most 10 epochs and 10 trials, two at a time, only the space's
 # CPU_CHOICES; ASHA keeps the space's grace period (capped at the epochs) and factor.
 # Measured: about 2-3 minutes for `make run` with spaces/transfer.py on 2 shared cores.
 CPU_PROFILE = Profile("cpu", "phantom:small", 64, 10, 10, 2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,10 +90,11 @@ def new_experiment(
 
 def profile_line(args: argparse.Namespace, profile: Profile, why: str) -> str:
     epochs = "MAX_EPOCHS" if profile.max_epochs is None else f"<= {profile.max_epochs}"
+    trials = args.num_samples or (f"<= {profile.num_samples}" if profile.num_samples else "")
     return (
         f"profile: {profile.name} ({why}): data {args.data or profile.data}, "
-        f"{profile.image_size} px, {epochs} epochs, "
-        f"{args.num_samples or profile.num_samples or 'NUM_SAMPLES'} trials"
+        f"{profile.image_size} px unless the space sets image_size, {epochs} epochs, "
+        f"{trials or 'NUM_SAMPLES'} trials"
         + ("; --profile full forces the full sweep" if profile.name == "cpu" else "")
     )
 
@@ -133,7 +135,7 @@ def make_record(
 ) -> ExperimentRecord:
     """What the sweep decides before it starts (flags > profile > space), for cxr-tune's record."""
     path = storage.experiment_path(root, name)
-    num_samples = args.num_samples or profile.num_samples or space.num_samples
+    num_samples = args.num_samples or min(profile.num_samples or math.inf, space.num_samples)
     return ExperimentRecord(
         name=name,
         storage=root,

@@ -1,0 +1,50 @@
+"""search.plan: what a new experiment's record says before Ray starts (flags > profile > space)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search.cli import build_parser
+from search.plan import new_experiment
+
+SPACE = """
+METRIC = "val_loss"
+MODE = "min"
+MAX_EPOCHS = {epochs}
+NUM_SAMPLES = {samples}
+
+
+def define(trial):
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    return {{"model": "simple_cnn_10m", "batch_size": 8}}
+"""
+
+
+def plan(tmp_path: Path, samples: int, epochs: int, *flags: str):
+    space = tmp_path / f"space_{samples}_{epochs}.py"
+    space.write_text(SPACE.format(samples=samples, epochs=epochs))
+    parser = build_parser()
+    args = parser.parse_args(["--space", str(space), "--storage", str(tmp_path), *flags])
+    record, _ = new_experiment(parser, args, str(tmp_path), "exp", gpus=0, card_bytes=0)
+    return record
+
+
+@pytest.mark.parametrize(
+    ("samples", "epochs", "flags", "expected"),
+    [
+        (3, 2, (), (3, 2)),  # a space asking for less than the CPU profile's caps gets it
+        (48, 30, (), (10, 10)),  # the CPU profile caps trials and epochs at 10
+        (48, 30, ("--num-samples", "25"), (25, 10)),  # the flag beats the profile's cap
+        (48, 30, ("--profile", "full"), (48, 30)),  # the full profile runs the space as written
+    ],
+)
+def test_trials_and_epochs_follow_flags_then_profile_caps_then_the_space(
+    tmp_path, capsys, samples, epochs, flags, expected
+) -> None:
+    record = plan(tmp_path, samples, epochs, *flags)
+    assert (record.num_samples, record.max_epochs) == expected
+    out = capsys.readouterr().out
+    assert out.startswith(f"profile: {record.profile}")
+    assert f"experiment {record.path}: {expected[0]} trials" in out

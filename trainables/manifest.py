@@ -80,8 +80,10 @@ def _check_rows(path: Path, rows: list[dict[str, str]]) -> None:
     ]
     for what, bad in problems.items():
         if bad:
+            found = sorted({r.get("split", "") for r in bad}) if "split other" in what else []
             raise ValueError(
                 f"manifest {path}: {_rows_text([int(r['_line']) for r in bad])} {what}"
+                + (f" (found {found})" if found else "")
             )
     labels = {r["label"] for r in rows}
     if len(labels) < 2:

@@ -98,7 +98,8 @@ def test_manifest_without_splits_holds_out_test_by_patient_whatever_the_split_se
         ),
         (
             lambda rows: [{**r, "split": "holdout"} if i == 1 else r for i, r in enumerate(rows)],
-            r"rows 3 have a split other than \['train', 'val', 'test'\]",
+            r"rows 3 have a split other than \['train', 'val', 'test'\] or empty "
+            r"\(found \['holdout'\]\)",
         ),
         (lambda rows: rows + [dict(rows[0])], r"rows \d+ repeat a path listed earlier"),
         (

@@ -128,7 +128,11 @@ def manifest_layout(path: Path) -> Layout:
         notes.append(f"no test rows in the manifest: held out {how}")
     if not by_split["val"]:
         del by_split["val"]
-    why = "a CSV manifest (" + ", ".join(f"{s} {len(e)}" for s, e in by_split.items()) + " rows)"
+    why = (
+        f"the CSV manifest {path.name} ("
+        + ", ".join(f"{s} {len(e)}" for s, e in by_split.items())
+        + " rows)"
+    )
     return Layout("manifest", root, {}, why, by_split, columns, notes)
 
 

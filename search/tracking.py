@@ -57,8 +57,15 @@ def resolve_mode(mode: str | None) -> str:
 
 
 def experiment_config(record: ExperimentRecord) -> dict[str, Any]:
-    """What every run of the experiment records about it in its W&B config."""
-    return scrub(record.wandb_config())
+    """What every run of the experiment records about it in its W&B config, with the classes
+    the pre-flight found in the data (W&B filters and groups runs by them)."""
+    from search.summary import data_summary
+
+    config = scrub(record.wandb_config())
+    data = data_summary(record)
+    if data and data.get("classes"):
+        config["classes"] = list(data["classes"])
+    return config
 
 
 def _settings(quiet: bool = False) -> Any:

@@ -17,6 +17,7 @@ from wandb_log import final_run, final_summary, history_rows, records_of
 from trainables.experiment import (
     best_epoch_row,
     journal_path,
+    read_data_report,
     read_record,
     read_results,
     trial_dirs,
@@ -229,6 +230,9 @@ def test_wandb_config_holds_the_whole_trial_config_and_the_experiment(sweep) -> 
         assert experiment["space"] == record.space and experiment["metric"] == "val_loss"
         assert experiment["asha"]["grace_period"] == record.grace_period
         assert experiment["profile"] == "cpu" and experiment["code_version"]
+        # The classes the pre-flight found, in the order of data_report.json.
+        assert experiment["classes"] == read_data_report(sweep["exp"])[0]["classes"]
+        assert experiment["classes"] == ["NORMAL", "BACTERIA", "VIRAL"]
         if key.startswith("trial/"):
             # Every TrialConfig field (21), not only the space's suggestions.
             assert {f.name for f in fields(TrialConfig)} <= set(config)

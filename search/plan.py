@@ -4,7 +4,9 @@ record of one to resume.
 `new_experiment` chooses the profile, loads and checks the space, sizes each trial's GPU share
 and writes nothing: `search.run` writes the `ExperimentRecord` only after the pre-flight
 (`run_preflight`) passed. `resume_plan` reads a record back where the experiment is now
-(`relocate`), applies what a `--resume` may change (more trials) and refuses the rest. Every
+(`relocate`), applies what a `--resume` may change (more trials) and refuses the rest, and runs
+the pre-flight again: data that changed since the experiment started (other classes, other
+images per class and split) is refused rather than mixed into one sweep. Every
 problem here is a usage error (exit 2, one line naming the flag or file) before any work.
 """
 
@@ -26,7 +28,12 @@ from search.gpu_memory import measure_before_packing
 from search.space import Space, load_space
 from search.tracking import resolve_mode, scrub
 from search.tuner import startup_trials
-from trainables.experiment import DATA_REPORT_FILE, ExperimentRecord, data_report_json
+from trainables.experiment import (
+    DATA_REPORT_FILE,
+    ExperimentRecord,
+    data_report_json,
+    parse_data_report,
+)
 
 if TYPE_CHECKING:  # the data stack (torch, scikit-learn) loads when the pre-flight runs
     from search.preflight import Preflight
@@ -278,4 +285,33 @@ def resume_plan(
             f"experiment ranks by {record.metric} ({record.mode}); a sweep cannot change its "
             f"metric: start a new experiment with another --name"
         )
+    checked = run_preflight(parser, space)  # the data may have moved or changed since
+    if changed := data_changes(saved_data_reports(record), checked.reports):
+        parser.exit(
+            2,
+            f"error: --resume: the data changed since the experiment started ({changed}); "
+            f"its trials would mix two datasets: restore the data or start a new --name\n",
+        )
     return record, space
+
+
+def saved_data_reports(record: ExperimentRecord) -> list[dict[str, Any]]:
+    where = storage.join_storage(record.path, DATA_REPORT_FILE)
+    text = storage.read_text(where)
+    return parse_data_report(text, where) if text else []
+
+
+def data_changes(saved: list[dict[str, Any]], now: list[DataReport]) -> str:
+    """The differences in classes and images per class and split between the data reports the
+    experiment saved and the ones the pre-flight made now ('' when none, or none was saved)."""
+    changes = []
+    for before, report in zip(saved, now, strict=False):
+        if list(before.get("classes", [])) != report.classes:
+            changes.append(f"classes {before.get('classes')} -> {report.classes}")
+            continue
+        for split, counts in report.counts.items():
+            for cls, n in counts.items():
+                was = before.get("counts", {}).get(split, {}).get(cls)
+                if was != n:
+                    changes.append(f"{split} {cls} {was} -> {n} images")
+    return "; ".join(changes[:6]) + (f"; {len(changes) - 6} more" if len(changes) > 6 else "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,37 @@ def test_the_report_tables_and_data_section_follow_the_four_classes(four, tmp_pa
     assert {f"test_acc_{k}" for k in KEYS} <= set(per_class.columns)
     page = (tmp_path / "report" / "report.md").read_text()
     assert "### Data" in page and "train/Lung_Opacity/pipe.png" in page
+
+
+def test_a_resume_on_data_that_changed_is_refused_naming_the_change(four, tmp_path):
+    """A copy of the experiment whose data lost one image since it started: the resume's
+    pre-flight sees other counts and refuses before Ray starts, naming the class."""
+    from dataclasses import replace
+
+    from trainables.experiment import EXPERIMENT_FILE, read_record
+
+    data, exp = tmp_path / "data", tmp_path / "runs" / "s"
+    shutil.copytree(four["data"], data, symlinks=True, ignore=shutil.ignore_patterns("pipe.png"))
+    shutil.copytree(four["exp"], exp)
+    record = read_record(exp)
+    copied = replace(record, overrides={**record.overrides, "data": str(data)})
+    (exp / EXPERIMENT_FILE).write_text(copied.to_json())  # the copy's record, not the original's
+    next(p for p in sorted((data / "train" / "Lung_Opacity").glob("*.png")) if p.is_file()).unlink()
+    before = sorted(d.name for d in trial_dirs(exp))
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.run", "--space", "spaces/smoke.py", "--resume"]
+        + ["--storage", str(tmp_path / "runs"), "--name", "s"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "--resume: the data changed since the experiment started" in proc.stderr
+    assert "Lung_Opacity" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr
+    assert sorted(d.name for d in trial_dirs(exp)) == before
 
 
 def test_a_two_class_csv_manifest_sweeps_to_a_bundle(tmp_path):

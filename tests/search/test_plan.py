@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from search.cli import build_parser
-from search.plan import new_experiment
+from search.plan import data_changes, new_experiment
 
 SPACE = """
 METRIC = "val_loss"
@@ -48,3 +48,20 @@ def test_trials_and_epochs_follow_flags_then_profile_caps_then_the_space(
     out = capsys.readouterr().out
     assert out.startswith(f"profile: {record.profile}")
     assert f"experiment {record.path}: {expected[0]} trials" in out
+
+
+def test_data_changes_names_other_classes_and_other_counts() -> None:
+    from trainables.data import DataReport
+
+    saved = [{"classes": ["A", "B"], "counts": {"train": {"A": 10, "B": 8}, "val": {"A": 2}}}]
+
+    def now(classes, counts):
+        return [DataReport(root="r", layout="image-folder", classes=classes, counts=counts)]
+
+    same = now(["A", "B"], {"train": {"A": 10, "B": 8}, "val": {"A": 2}})
+    assert data_changes(saved, same) == ""
+    fewer = now(["A", "B"], {"train": {"A": 9, "B": 8}, "val": {"A": 2}})
+    assert data_changes(saved, fewer) == "train A 10 -> 9 images"
+    other = now(["A", "C"], {"train": {"A": 10, "C": 8}})
+    assert data_changes(saved, other) == "classes ['A', 'B'] -> ['A', 'C']"
+    assert data_changes([], same) == ""  # an experiment saved before data reports existed

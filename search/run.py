@@ -134,18 +134,15 @@ def execute(
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created..."
         trainable = make_trainable(record.cpus_per_trial, record.gpus_per_trial, card_bytes)
         started = time.monotonic()
+        callbacks = sweep_callbacks(record)
         if restore:
             from search.repair import prepare_resume
 
             max_epochs = record.max_epochs or space.max_epochs
             for note in prepare_resume(record.path, max_epochs, record.num_samples):
                 print(f"resume: {note}", flush=True)
-            tuner = restore_tuner(settings_for(record, space), trainable)
+            tuner = restore_tuner(settings_for(record, space), trainable, callbacks)
         else:
-            callbacks = []
-            if record.gpu_memory.get("card_bytes"):  # a trial out of its share retries larger
-                card = record.gpu_memory["card_bytes"]
-                callbacks.append(oom_retry_callback(record.cpus_per_trial, card))
             tuner = build_tuner(
                 settings_for(record, space), space.define, trainable, callbacks=callbacks
             )
@@ -155,6 +152,13 @@ def execute(
             print(f"\ninterrupted; resume with:\n  {resume_command(record)}", flush=True)
             return 130
         return finish(args, record, grid, time.monotonic() - started, card_bytes)
+
+
+def sweep_callbacks(record: ExperimentRecord) -> list[Any]:
+    """The callbacks of a new and of a resumed sweep alike: with packed GPU shares, a trial out
+    of its share retries at a larger one."""
+    card = record.gpu_memory.get("card_bytes")
+    return [oom_retry_callback(record.cpus_per_trial, card)] if card else []
 
 
 def finish(

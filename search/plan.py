@@ -1,13 +1,14 @@
 """What a sweep decides before Ray starts: the record of a new experiment, or the checked
 record of one to resume.
 
-`new_experiment` chooses the profile, loads and checks the space, sizes each trial's GPU share
-and writes nothing: `search.run` writes the `ExperimentRecord` only after the pre-flight
-(`run_preflight`) passed. `resume_plan` reads a record back where the experiment is now
-(`relocate`), applies what a `--resume` may change (more trials) and refuses the rest, and runs
-the pre-flight again: data that changed since the experiment started (other classes, other
-images per class and split) is refused rather than mixed into one sweep. Every
-problem here is a usage error (exit 2, one line naming the flag or file) before any work.
+`new_experiment` chooses the profile, loads and checks the space and writes nothing;
+`search.run` then runs the pre-flight (`run_preflight`), measures the trial shapes' GPU memory
+for packing (`measure_gpu_memory`) and writes the `ExperimentRecord` only after both passed.
+`resume_plan` reads a record back where the experiment is now (`relocate`), applies what a
+`--resume` may change (more trials), refuses the rest, and runs the pre-flight again: data
+that changed since the experiment started (other classes, other images per class and split)
+is refused rather than mixed into one sweep. Every problem here is a usage error (exit 2, one
+line naming the flag or file) before any work.
 """
 
 from __future__ import annotations
@@ -77,11 +78,6 @@ def new_experiment(
     if grace > space.max_epochs:
         parser.error(f"--grace-period {grace} exceeds the {space.max_epochs} epochs of the run")
     gpus_per_trial = _gpus_per_trial(args, gpus, card_bytes)
-    try:  # measured GPU memory per trial shape, before packing trials onto this machine's card
-        packing = card_bytes if gpus_per_trial is None and not args.address else 0
-        gpu_memory = measure_before_packing(space.define, packing)
-    except ValueError as err:
-        parser.error(str(err))
     # checkpoints at every ASHA rung and the last epoch, so a stopped trial ends on one
     overrides["checkpoint_epochs"] = list(
         asha_milestones(grace, record_rf(args, profile, space), space.max_epochs)
@@ -90,9 +86,24 @@ def new_experiment(
     record = make_record(
         args, profile, space, root, name, grace, gpus_per_trial, defaults, overrides
     )
-    record = replace(record, gpu_memory=gpu_memory)
     announce(record)
     return record, space
+
+
+def measure_gpu_memory(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    record: ExperimentRecord,
+    space: Space,
+    card_bytes: int,
+) -> ExperimentRecord:
+    """The record with each trial shape's GPU memory measured on this machine's card, when
+    trials are packed onto it (after the pre-flight: bad data is refused before this runs)."""
+    try:
+        packing = card_bytes if record.gpus_per_trial is None and not args.address else 0
+        return replace(record, gpu_memory=measure_before_packing(space.define, packing))
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def profile_line(args: argparse.Namespace, profile: Profile, why: str) -> str:
@@ -217,6 +228,8 @@ def run_preflight(parser: argparse.ArgumentParser, space: Space) -> Preflight:
         checked = preflight(space)
     except ValueError as err:
         parser.exit(2, f"error: {' '.join(str(err).split())}\n")
+    except OSError as err:  # a folder the user cannot list (PermissionError names it)
+        parser.exit(2, f"error: the data cannot be read: {err.strerror}: {err.filename}\n")
     print(checked.format(), flush=True)
     return checked
 

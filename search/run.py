@@ -33,6 +33,7 @@ from search.gpu_memory import oom_retry_callback
 from search.lock import LockError, experiment_lock
 from search.plan import (
     default_name,
+    measure_gpu_memory,
     new_experiment,
     relocate,
     resume_plan,
@@ -115,6 +116,7 @@ def run_locked(
         return execute(args, record, space, card_bytes, restore=True)
     record, space = new_experiment(parser, args, root, name, gpus, card_bytes)
     checked = run_preflight(parser, space)  # exits 2 before any trial or folder exists
+    record = measure_gpu_memory(parser, args, record, space, card_bytes)
     storage.write_record(record)
     save_data_report(record, checked.reports)
     return execute(args, record, space, card_bytes, restore=False)

@@ -65,3 +65,20 @@ def test_data_changes_names_other_classes_and_other_counts() -> None:
     other = now(["A", "C"], {"train": {"A": 10, "C": 8}})
     assert data_changes(saved, other) == "classes ['A', 'B'] -> ['A', 'C']"
     assert data_changes([], same) == ""  # an experiment saved before data reports existed
+
+
+def test_a_data_folder_the_user_cannot_list_is_a_one_line_refusal(monkeypatch, capsys) -> None:
+    """Root reads every folder, so the PermissionError a user gets from listing an unreadable
+    one is raised here the way os.scandir raises it."""
+    import search.preflight
+    from search.plan import run_preflight
+
+    def unreadable(space):
+        raise PermissionError(13, "Permission denied", "/data/train/NORMAL")
+
+    monkeypatch.setattr(search.preflight, "preflight", unreadable)
+    with pytest.raises(SystemExit) as exit_:
+        run_preflight(build_parser(), space=None)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "error: the data cannot be read: Permission denied: /data/train/NORMAL\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -209,8 +210,9 @@ def data_leakage(summary: dict[str, Any], record: ExperimentRecord) -> dict[str,
     config = best["config"] if best else {**record.defaults, **record.overrides}
     try:
         leakage = leakage_for_config(TrialConfig.from_dict(config))
-    except ValueError as err:
-        return {"error": str(err)}
+    except Exception as err:  # noqa: BLE001 - an audit must never cost the summary or export
+        print(f"leakage: not checked ({type(err).__name__}: {err})", file=sys.stderr)
+        return {"error": f"{type(err).__name__}: {err}"}
     print(
         f"leakage: {len(leakage['patients_in_two_splits'])} patients in two splits, "
         f"{leakage['near_duplicate_count']} near-duplicate image pairs across splits"

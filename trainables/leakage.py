@@ -36,11 +36,12 @@ HASH_SIDE = 16  # bits per side of the hash: 256 bits
 DCT_SIDE = 64  # pixels: the image is area-resized to this before the DCT
 NEAR_DUPLICATE_BITS = 32  # of 256: at most this many differing bits is a near duplicate
 MAX_LISTED = 200  # pairs listed in full; the count is always complete
+CHUNK_ROWS = 512  # hashes compared at once: 512 x 100,000 distances, about 0.6 GB in all
 SPLITS = ("train", "val", "test")
 
 
 def perceptual_hash(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """64-bit DCT pHash per image: bool (N, 64) for uint8 images (N, 1, S, S) or (N, S, S)."""
+    """256-bit DCT pHash per image: bool (N, 256) for uint8 images (N, 1, S, S) or (N, S, S)."""
     x = torch.as_tensor(images)
     if x.ndim == 3:
         x = x.unsqueeze(1)
@@ -56,9 +57,21 @@ def perceptual_hash(images: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Differing bits between every hash of `a` (Na, 64) and of `b` (Nb, 64): int (Na, Nb)."""
-    a, b = np.asarray(a, dtype=np.int32), np.asarray(b, dtype=np.int32)
-    return a @ (1 - b).T + (1 - a) @ b.T
+    """Differing bits between every hash of `a` (Na, 256) and of `b` (Nb, 256): int (Na, Nb).
+
+    A float32 matrix product (BLAS; exact, the counts are at most 256); callers pass `a` a
+    block of rows at a time (`close_pairs`) so the matrix stays small on large datasets."""
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    return (a @ (1 - b).T + (1 - a) @ b.T).round().astype(np.int32)
+
+
+def close_pairs(a: np.ndarray, b: np.ndarray, max_bits: int, rows: int = CHUNK_ROWS):
+    """(i, j, bits) for every hash pair of `a` x `b` within `max_bits`, computed `rows` hashes
+    of `a` at a time (memory: rows x len(b) distances, not len(a) x len(b))."""
+    for start in range(0, len(a), rows):
+        dist = hamming(a[start : start + rows], b)
+        for i, j in zip(*np.nonzero(dist <= max_bits), strict=True):
+            yield start + int(i), int(j), int(dist[i, j])
 
 
 def _splits(dataset: Dataset) -> dict[str, Split]:
@@ -95,23 +108,29 @@ def near_duplicates(
     """Image pairs of two different splits within `max_bits` of each other (closest first)."""
     hashes = {name: perceptual_hash(split.images) for name, split in splits.items()}
     names = [s for s in SPLITS if s in splits]
-    pairs, checked = [], 0
+    pairs, count, checked = [], 0, 0
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
-            dist = hamming(hashes[first], hashes[second])
-            checked += dist.size
-            for a, b in zip(*np.nonzero(dist <= max_bits), strict=True):
+            checked += len(hashes[first]) * len(hashes[second])
+            for a, b, bits in close_pairs(hashes[first], hashes[second], max_bits):
+                count += 1
                 pairs.append(
                     {
                         "a_split": first,
                         "a": splits[first].paths[a],
                         "b_split": second,
                         "b": splits[second].paths[b],
-                        "bits": int(dist[a, b]),
+                        "bits": bits,
                     }
                 )
+                if len(pairs) >= 4 * MAX_LISTED:  # keep the closest only: memory stays flat
+                    pairs = _closest(pairs)
+    return {"count": count, "pairs": _closest(pairs), "pairs_checked": checked}
+
+
+def _closest(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     pairs.sort(key=lambda p: (p["bits"], p["a_split"], p["a"], p["b"]))
-    return {"count": len(pairs), "pairs": pairs[:MAX_LISTED], "pairs_checked": checked}
+    return pairs[:MAX_LISTED]
 
 
 def leakage_report(dataset: Dataset, max_bits: int = NEAR_DUPLICATE_BITS) -> dict[str, Any]:

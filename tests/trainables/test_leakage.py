@@ -15,6 +15,7 @@ from trainables.leakage import (
     DCT_SIDE,
     HASH_SIDE,
     NEAR_DUPLICATE_BITS,
+    close_pairs,
     hamming,
     leakage_for_config,
     perceptual_hash,
@@ -34,6 +35,19 @@ def test_phash_matches_a_separable_dct_and_hamming_counts_bits():
     dist = hamming(got, got)
     assert (np.diag(dist) == 0).all()
     assert dist[0, 1] == int(np.sum(got[0] != got[1]))
+
+
+def test_close_pairs_in_blocks_of_rows_are_every_pair_within_the_bound():
+    rng = np.random.default_rng(1)
+    a = rng.random((23, 256)) < 0.5
+    b = a[rng.integers(0, 23, 17)] ^ (rng.random((17, 256)) < 0.05)  # near copies, ~13 bits
+    b[:5] = rng.random((5, 256)) < 0.5  # and some unrelated hashes
+    # Independent: count differing bits pair by pair with an element-wise comparison.
+    bits = (a[:, None, :] != b[None, :, :]).sum(axis=2)
+    expected = {(i, j, int(bits[i, j])) for i, j in zip(*np.nonzero(bits <= 32), strict=True)}
+    assert expected  # the near copies are within the bound
+    for rows in (1, 4, 23, 512):  # blocks smaller than, dividing, equal to and beyond len(a)
+        assert set(close_pairs(a, b, 32, rows=rows)) == expected
 
 
 def _leakage(root):

@@ -159,5 +159,8 @@ def check_continued_from_checkpoint(
     # the newest checkpoint it had registered, which can lag the newest result row by one).
     epochs = [r["epoch"] for r in rows]
     after, before = rows[on_lost]["epoch"], rows[on_lost - 1]["epoch"]
+    # The kill came after epoch 2 or later, so a trial that restarted from scratch (epoch 1
+    # again) fails here even where one replayed epoch is allowed.
+    assert killed_after_epoch >= 2 and after >= 2, (killed_after_epoch, epochs)
     assert after == before + 1 or (replay_ok and after == before), epochs
     assert epochs[on_lost:] == list(range(int(after), int(after) + len(epochs) - on_lost)), epochs

@@ -436,7 +436,7 @@ def node_loss(autoscaling, scale_out, tmp_path_factory):
                 if (
                     node in sample.alive
                     and node != autoscaling.head_id
-                    and rows[-1]["epoch"] < MAX_EPOCHS
+                    and 2 <= rows[-1]["epoch"] < MAX_EPOCHS  # past epoch 1: a restart shows
                 ):
                     return node, rows[-1]["epoch"]
             return None
@@ -493,8 +493,8 @@ def test_every_trial_finishes_and_no_epoch_result_is_lost(node_loss):
     assert node_loss.summary["state"] == "finished"
     assert node_loss.summary["errors"] == []
     for trial, rows in node_loss.rows.items():
-        # Each epoch reported exactly once, across both nodes: none lost, none repeated.
+        # Every epoch reported, across both nodes: none lost; at most the one in flight at the
+        # node's death reported twice (Ray restores the newest checkpoint it had registered).
         epochs = [r["epoch"] for r in rows]
-        # every epoch reported; at most the one in flight at the node's death reported twice
         assert sorted(set(epochs)) == list(range(1, MAX_EPOCHS + 1)), trial
         assert len(epochs) - len(set(epochs)) <= 1, (trial, epochs)

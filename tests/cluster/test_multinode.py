@@ -218,7 +218,8 @@ class WorkerLoss:
 
 @pytest.fixture(scope="module")
 def worker_loss(cluster, tmp_path_factory):
-    """Two trials, one per node; the worker node is killed after its trial's first epoch."""
+    """Two trials, one per node; the worker node is killed after its trial's second (or a
+    later) epoch, so a trial that restarts from scratch is told apart from one that continues."""
     worker_ip = cluster.add_worker()
     storage = tmp_path_factory.mktemp("storage")
     experiment = storage / "worker-loss"
@@ -241,7 +242,7 @@ def worker_loss(cluster, tmp_path_factory):
         def worker_mid_trial() -> int:
             for rows in local_trial_rows(experiment).values():
                 epochs = [r["epoch"] for r in rows if r.get("node_ip") == worker_ip]
-                if epochs and epochs[-1] < MAX_EPOCHS:
+                if epochs and 2 <= epochs[-1] < MAX_EPOCHS:  # past epoch 1: a restart shows
                     return epochs[-1]
             return 0
 
@@ -286,9 +287,9 @@ def test_every_trial_finishes_and_no_epoch_result_is_lost(worker_loss):
     assert worker_loss.summary["state"] == "finished"
     assert worker_loss.summary["errors"] == []
     for trial, rows in worker_loss.rows.items():
-        # Each epoch reported exactly once, across both nodes: none lost, none repeated.
+        # Every epoch reported, across both nodes: none lost; at most the one in flight at the
+        # node's death reported twice (Ray restores the newest checkpoint it had registered).
         epochs = [r["epoch"] for r in rows]
-        # every epoch reported; at most the one in flight at the node's death reported twice
         assert sorted(set(epochs)) == list(range(1, MAX_EPOCHS + 1)), trial
         assert len(epochs) - len(set(epochs)) <= 1, (trial, epochs)
 

@@ -149,7 +149,7 @@ def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
         f"({_calibration(meta)}).",
         "",
         f"TTA policy: `{tta.get('policy', 'none')}` ({tta.get('chosen_by', 'not chosen')}); "
-        f"`python -m analysis.predict BUNDLE IMAGE --tta` applies it.",
+        f"`cxr-tune predict BUNDLE IMAGE --tta` applies it.",
         "",
         "## Provenance",
         "",

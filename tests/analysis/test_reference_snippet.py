@@ -56,11 +56,13 @@ def snippet() -> dict:
     return namespace
 
 
-def _bundle(out: Path, resize_mode: str) -> Path:
+def _bundle(out: Path, resize_mode: str, augment: str = "none") -> Path:
     """A seeded model whose head is scaled up, so small input differences move the
     probabilities (an untrained head would answer ~1/3 for every image)."""
     torch.manual_seed(0)
-    cfg = TrialConfig(model="simple_cnn_10m", image_size=SIZE, resize_mode=resize_mode)
+    cfg = TrialConfig(
+        model="simple_cnn_10m", image_size=SIZE, resize_mode=resize_mode, augment=augment
+    )
     model = build_model(cfg, num_classes=3).eval()
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
@@ -81,7 +83,10 @@ def _bundle(out: Path, resize_mode: str) -> Path:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
-    return {mode: _bundle(root / mode, mode) for mode in ("pad", "crop")}
+    made = {mode: _bundle(root / mode, mode) for mode in ("pad", "crop")}
+    # The seed's augmentations put equalize in every image's preprocessing (bundle "ops").
+    made["equalize"] = _bundle(root / "equalize", "pad", augment="seed")
+    return made
 
 
 def _picture(h: int, w: int, seed: int) -> np.ndarray:
@@ -143,12 +148,13 @@ def test_snippet_input_tensor_is_the_training_pipeline(snippet, bundles, images,
         np.testing.assert_allclose(got[0, 0], (expected - 0.5) / 0.5, atol=1e-6, err_msg=name)
 
 
-def test_snippet_matches_predict_on_every_image_mode(snippet, bundles, images):
-    bundle = load_bundle(bundles["pad"])
+@pytest.mark.parametrize("kind", ["pad", "equalize"])
+def test_snippet_matches_predict_on_every_image_mode(snippet, bundles, images, kind):
+    bundle = load_bundle(bundles[kind])
     rows = predict_files(bundle, list(images.values()), "none")
     spread = []
     for (name, path), row in zip(images.items(), rows, strict=True):
-        got = snippet["predict"](str(bundles["pad"]), path)
+        got = snippet["predict"](str(bundles[kind]), path)
         want = row["probabilities"]
         assert list(got) == CLASSES
         diff = max(abs(got[c] - want[c]) for c in CLASSES)
@@ -156,6 +162,25 @@ def test_snippet_matches_predict_on_every_image_mode(snippet, bundles, images):
         spread.append([want[c] for c in CLASSES])
     # The images get different answers (the naive-recipe test below shows the tolerance bites).
     assert np.ptp(np.array(spread), axis=0).max() > 10 * TOLERANCE
+
+
+def test_the_equalize_bundle_says_so_and_equalize_changes_the_answer(snippet, bundles, images):
+    """The seed-augment bundle lists equalize in its ops, and leaving it out moves the
+    probabilities far beyond the tolerance: the snippet's equalize line is what matches."""
+    import onnxruntime as ort
+
+    prep = json.loads((bundles["equalize"] / "bundle.json").read_text())["preprocessing"]
+    assert prep["ops"] == ["equalize"]
+    session = ort.InferenceSession(str(bundles["equalize"] / ONNX_FILE))
+    moved = []
+    for path in images.values():
+        x = snippet["load_input"](path, dict(prep, ops=[]))  # equalize left out
+        assert np.abs(x - snippet["load_input"](path, prep)).max() > 0.1
+        z = session.run(["logits"], {"image": x})[0][0] / 1.7
+        without = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        with_op = snippet["predict"](str(bundles["equalize"]), path)
+        moved.append(max(abs(with_op[c] - without[i]) for i, c in enumerate(CLASSES)))
+    assert max(moved) > 10 * TOLERANCE, moved
 
 
 def test_the_naive_recipe_differs_on_16_bit_which_the_snippet_fixes(snippet, bundles, images):

@@ -69,6 +69,11 @@ def preflight(space: Space) -> Preflight:
     for cfg in [*space.samples, *configs]:
         by_key.setdefault(dataset_key(cfg), cfg)
     reports, notes = [], []
+    if branches >= EXPLORE_LIMIT:
+        notes.append(
+            f"the space has more than {EXPLORE_LIMIT} define() paths: the first {branches} were "
+            f"checked; a value only a later path reaches is checked when its trial starts"
+        )
     for cfg in by_key.values():
         dataset = load_for_config(cfg)
         check_metric(space.metric, dataset.classes, where)

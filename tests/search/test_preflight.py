@@ -54,6 +54,17 @@ def test_every_branch_of_the_transfer_space_is_walked_and_checked():
     assert branches == len(configs) >= 2 * 4 * 6 * 2
 
 
+def test_a_space_with_more_paths_than_the_walk_checks_says_so(monkeypatch):
+    import search.preflight
+
+    monkeypatch.setattr(search.preflight, "EXPLORE_LIMIT", 4)
+    space = load_space(SMOKE, overrides={"data": "phantom:small", "image_size": 32})
+    checked = preflight(space)
+    assert checked.branches == 4
+    assert any("more than 4 define() paths: the first 4 were checked" in n for n in checked.notes)
+    assert "more than" in checked.format()
+
+
 def test_a_bad_choice_on_a_rare_branch_is_refused_naming_the_value(tmp_path):
     body = textwrap.indent(
         textwrap.dedent(

@@ -29,13 +29,17 @@ SIZES = ("tiny", "small", "full")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(
+    description: str, sizes: Sequence[str] = SIZES, sizes_help: str = ""
+) -> argparse.ArgumentParser:
+    """The flags every benchmark shares; a benchmark with sizes of its own passes them."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument(
         "--size",
         default="small",
-        choices=SIZES,
-        help="tiny: seconds, for the smoke test (32 px, a step or two; the figures mean "
+        choices=list(sizes),
+        help=sizes_help
+        or "tiny: seconds, for the smoke test (32 px, a step or two; the figures mean "
         "nothing); small: CPU-sized (64 px, a few steps, phantom:small); full: the GPU figures "
         "of the issue (256 px, batch 128, bf16, phantom:full)",
     )

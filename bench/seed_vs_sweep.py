@@ -15,6 +15,7 @@ bootstrap intervals and McNemar's exact paired test (analysis/stats.py), plus th
 trial CPU-seconds (each trial's training wall time x the CPUs reserved for it) each side spent.
 
     python -m bench.seed_vs_sweep --size small  # CPU: phantom:small, 32 px, 4 epochs of 6 steps
+    python -m bench.seed_vs_sweep --size medium # CPU: phantom:small, 64 px, 8 epochs of 12 steps
     python -m bench.seed_vs_sweep --size full   # GPU: phantom:full, 256 px, 10 epochs
 """
 
@@ -50,6 +51,7 @@ class Size:
 SIZES = {
     "tiny": Size(32, 1, 1, "phantom:small"),
     "small": Size(32, 4, 6, "phantom:small"),
+    "medium": Size(64, 8, 12, "phantom:small"),  # CPU, idle 2 cores: about 30 minutes
     "full": Size(256, 10, 0, "phantom:full"),  # the seed's 10 epochs (spaces/seed.py)
 }
 
@@ -262,7 +264,8 @@ def placement_for(device: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__.split("\n")[0])
+    sizes = ", ".join(f"{k} {v.image_size} px x {v.epochs} epochs" for k, v in SIZES.items())
+    p = parser(__doc__.split("\n")[0], sizes=SIZES, sizes_help=f"{sizes} (tiny: smoke only)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the size's)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="table folder")
     p.add_argument("--keep", type=Path, help="keep both experiments under this folder")

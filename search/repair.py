@@ -2,8 +2,8 @@
 
 `prepare_resume` runs before `Tuner.restore`: `rebase_search_state` and `rebase_journal` (a
 moved or copied experiment's saved search names the folder it was saved in), `reconcile` (the
-trial table against the trial folders), `repair_missing_checkpoints`, and `set_num_samples` (a
---resume with more trials).
+trial table against the trial folders), `repair_missing_checkpoints`, `align_search_counter`
+(a state uploaded part-way to a bucket), and `set_num_samples` (a --resume with more trials).
 
 What Ray persists, and when: each trial's `result.json` row is written by the driver as the
 result arrives (the row that ends a trial carries `done: true`: ASHA's STOP, including at
@@ -76,6 +76,7 @@ def prepare_resume(experiment_path: str, max_epochs: int, num_samples: int | Non
         notes += rebase_journal(Path(experiment_path))
         notes += reconcile(Path(experiment_path), max_epochs)
     notes += repair_missing_checkpoints(experiment_path)
+    notes += align_search_counter(experiment_path)
     if num_samples and "://" not in experiment_path:
         notes += set_num_samples(Path(experiment_path), num_samples)
     return notes
@@ -311,6 +312,58 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+def align_search_counter(experiment_path: str) -> list[str]:
+    """Make the saved search's trial counter agree with the trial table Ray restores from.
+
+    Ray uploads its saved state file by file (`experiment_state-*.json`, then the searcher's
+    files) to a URI storage; a driver killed between two uploads leaves a trial table newer
+    or older than the search generator's `counter`. A counter below the table's trial count
+    makes the resumed sweep create trials beyond `--num-samples`; one above it (a trial created
+    after the table was saved, never restored) makes it stop short. The counter is set to the
+    table's trial count, and the concurrency limiter keeps only trials the table still runs.
+    """
+    fs, root = pyarrow.fs.FileSystem.from_uri(_as_uri(experiment_path))
+    state_file = _newest(fs, root, RAY_STATE_PREFIX)
+    gen_file = _newest(fs, root, SEARCH_GEN_GLOB.split("*")[0])
+    if not state_file or not gen_file:
+        return []
+    with fs.open_input_stream(state_file) as stream:
+        trials = [json.loads(e[0]) for e in json.loads(stream.read().decode())["trial_data"]]
+    with fs.open_input_stream(gen_file) as stream:
+        gen = cloudpickle.loads(stream.read())
+    if not isinstance(gen, dict) or gen.get("counter") in (None, len(trials)):
+        return []
+    before, gen["counter"] = gen["counter"], len(trials)
+    gen["finished"] = gen["counter"] >= int(gen.get("total_samples") or 0)
+    limiter = gen.get(LIMITER_KEY)
+    if isinstance(limiter, dict) and "live_trials" in limiter:
+        running = {str(t["trial_id"]) for t in trials if t.get("status") not in TERMINAL_STATUSES}
+        limiter["live_trials"] = set(limiter["live_trials"]) & running
+        limiter["num_unfinished_live_trials"] = len(limiter["live_trials"])
+    _write(fs, gen_file, cloudpickle.dumps(gen))
+    return [
+        f"the search had counted {before} trial(s) but Ray's saved trial table lists "
+        f"{len(trials)} (a state saved part-way): the search goes on from {len(trials)}"
+    ]
+
+
+def _newest(fs: pyarrow.fs.FileSystem, root: str, prefix: str) -> str | None:
+    """The newest file of `root` named PREFIX<sortable time>... (Ray's saved state files)."""
+    selector = pyarrow.fs.FileSelector(root, allow_not_found=True)
+    names = [i.path for i in fs.get_file_info(selector) if i.base_name.startswith(prefix)]
+    names = [n for n in names if not n.endswith(".tmp")]
+    return max(names) if names else None
+
+
+def _write(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
+    """Local: write beside and rename. Object stores replace an object whole on upload."""
+    target = path + ".tmp" if fs.type_name == "local" else path
+    with fs.open_output_stream(target) as out:
+        out.write(data)
+    if target != path:
+        fs.move(target, path)
+
+
 def repair_missing_checkpoints(experiment_path: str) -> list[str]:
     """Repair the newest experiment state under `experiment_path` (a local path or a URI).
 
@@ -333,12 +386,7 @@ def repair_missing_checkpoints(experiment_path: str) -> list[str]:
         if note:
             notes.append(note)
     if notes:
-        # Local: write beside and rename. Object stores replace an object whole on upload.
-        target = newest + ".tmp" if fs.type_name == "local" else newest
-        with fs.open_output_stream(target) as out:
-            out.write(json.dumps(state).encode())
-        if target != newest:
-            fs.move(target, newest)
+        _write(fs, newest, json.dumps(state).encode())
     return notes
 
 

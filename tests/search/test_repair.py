@@ -85,3 +85,50 @@ def test_repair_repoints_a_trial_whose_latest_checkpoint_is_gone(experiment):
     # The trial now resumes from the newest checkpoint that still exists, and the driver says so.
     assert _latest_checkpoint(exp) == "checkpoint_000001"
     assert len(notes) == 1 and "checkpoint_000002 is gone" in notes[0]
+
+
+def _once(config):
+    tune.report({"score": config["x"]})
+
+
+@pytest.fixture(scope="module")
+def searched(experiment, tmp_path_factory):
+    """A finished 3-trial sweep with a searcher behind a ConcurrencyLimiter (Ray is the
+    `experiment` fixture's), whose saved search counts one trial fewer than its trial table:
+    the state a driver killed between two uploads of Ray's state files leaves in a bucket."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = tmp_path_factory.mktemp("searched")
+
+    def tuner():
+        searcher = OptunaSearch(metric="score", mode="max", seed=0)
+        return tune.Tuner(
+            _once,
+            param_space={"x": tune.uniform(0, 1)},
+            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, 1), num_samples=3),
+            run_config=tune.RunConfig(name="s", storage_path=str(storage), verbose=0),
+        )
+
+    tuner().fit()
+    exp = storage / "s"
+    gen_file = max(exp.glob("search_gen_state-*.json"))
+    gen = cloudpickle.loads(gen_file.read_bytes())
+    assert gen["counter"] == 3
+    gen["counter"], gen["finished"] = 2, False
+    gen_file.write_bytes(cloudpickle.dumps(gen))
+    return exp
+
+
+def test_a_search_counter_behind_the_trial_table_is_aligned_and_makes_no_extra_trial(searched):
+    from search.repair import align_search_counter
+
+    notes = align_search_counter(str(searched))
+    assert notes and "counted 2 trial(s) but Ray's saved trial table lists 3" in notes[0]
+    gen = cloudpickle.loads(max(searched.glob("search_gen_state-*.json")).read_bytes())
+    assert gen["counter"] == 3 and gen["finished"] is True
+    assert align_search_counter(str(searched)) == []  # aligned once
+    # Resumed, the sweep creates no trial beyond its 3 (a counter of 2 would have made a 4th).
+    tune.Tuner.restore(str(searched), trainable=_once, resume_errored=True).fit()
+    state = json.loads(max(searched.glob("experiment_state-*.json")).read_text())
+    assert len(state["trial_data"]) == 3

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,30 @@ class PrunedOptunaSearch(OptunaSearch):
         if isinstance(self._ot_study._storage, optuna.storages.JournalStorage):
             self._reconcile_with_journal()
 
+    def abandon(self, ray_ids: Iterable[str]) -> int:
+        """Forget trials Ray will never run (asked after its saved trial table was written):
+        each unfinished one is told FAIL as abandoned, so none stays RUNNING in the study.
+        Returns how many were forgotten."""
+        forgotten = 0
+        for ray_id in ray_ids:
+            ot_trial = self._ot_trials.pop(ray_id, None)
+            if ot_trial is not None:
+                forgotten += 1
+                self._abandon(self._ot_study._storage.get_trial(ot_trial._trial_id))
+        return forgotten
+
+    def _abandon(self, frozen: Any) -> None:
+        """FAIL a RUNNING study trial no Ray trial will finish (an enqueued point is queued
+        again, as the pickled study would still hold it)."""
+        if frozen.state != TrialState.RUNNING:
+            return
+        storage = self._ot_study._storage
+        why = "asked by a driver that stopped first"
+        storage.set_trial_user_attr(frozen._trial_id, "abandoned", why)
+        storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+        if "fixed_params" in frozen.system_attrs:
+            self._ot_study.enqueue_trial(frozen.system_attrs["fixed_params"])
+
     def _reconcile_with_journal(self) -> None:
         """Bring the restored trials in line with the journal (module docstring)."""
         storage = self._ot_study._storage
@@ -131,13 +156,7 @@ class PrunedOptunaSearch(OptunaSearch):
         for frozen in self._ot_study.get_trials(deepcopy=False):
             ray_id = known.get(frozen._trial_id)
             if ray_id is None:
-                if frozen.state == TrialState.RUNNING:
-                    storage.set_trial_user_attr(
-                        frozen._trial_id, "abandoned", "asked by a driver that stopped first"
-                    )
-                    storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
-                    if "fixed_params" in frozen.system_attrs:  # an enqueued point: keep it
-                        self._ot_study.enqueue_trial(frozen.system_attrs["fixed_params"])
+                self._abandon(frozen)
                 continue
             # The pickled trial's cache predates the journal's newer epochs.
             self._ot_trials[ray_id]._cached_frozen_trial = storage.get_trial(frozen._trial_id)

@@ -77,6 +77,7 @@ def prepare_resume(experiment_path: str, max_epochs: int, num_samples: int | Non
         notes += reconcile(Path(experiment_path), max_epochs)
     notes += repair_missing_checkpoints(experiment_path)
     notes += align_search_counter(experiment_path)
+    notes += abandon_unlisted_trials(experiment_path)
     if num_samples and "://" not in experiment_path:
         notes += set_num_samples(Path(experiment_path), num_samples)
     return notes
@@ -344,6 +345,42 @@ def align_search_counter(experiment_path: str) -> list[str]:
     return [
         f"the search had counted {before} trial(s) but Ray's saved trial table lists "
         f"{len(trials)} (a state saved part-way): the search goes on from {len(trials)}"
+    ]
+
+
+def abandon_unlisted_trials(experiment_path: str) -> list[str]:
+    """Tell the saved searcher to forget trials Ray's saved trial table does not list.
+
+    A driver killed while Ray writes its state files (or, on a bucket, between two uploads)
+    can leave a searcher saved after it asked for a trial that the table, saved before, does
+    not hold: Ray will never run that trial, so Optuna would keep it RUNNING for good. It is
+    told FAIL as abandoned (`PrunedOptunaSearch.abandon`).
+    """
+    fs, root = pyarrow.fs.FileSystem.from_uri(_as_uri(experiment_path))
+    state_file = _newest(fs, root, RAY_STATE_PREFIX)
+    searcher_file = _newest(fs, root, SEARCHER_GLOB.split("*")[0])
+    if not state_file or not searcher_file:
+        return []
+    with fs.open_input_stream(state_file) as stream:
+        trial_data = json.loads(stream.read().decode())["trial_data"]
+    listed = {str(json.loads(entry[0]).get("trial_id")) for entry in trial_data}
+    with fs.open_input_stream(searcher_file) as stream:
+        saved = pickle.loads(stream.read())
+    gone = sorted(set(saved.get("_ot_trials") or {}) - listed)
+    if not gone:
+        return []
+    from search.optuna_pruned import PrunedOptunaSearch
+
+    searcher = PrunedOptunaSearch.__new__(PrunedOptunaSearch)  # state only, as Ray restores
+    searcher.__dict__.update(saved)
+    try:
+        searcher.abandon(gone)
+    except OSError as err:  # the study's journal is not on this machine
+        return [f"trial(s) {', '.join(gone)} left RUNNING in the Optuna study: {err}"]
+    _write(fs, searcher_file, pickle.dumps(searcher.__dict__.copy()))
+    return [
+        f"trial(s) {', '.join(gone)} were asked for after Ray's last saved trial table and will "
+        f"not run: told to Optuna as abandoned (FAIL)"
     ]
 
 

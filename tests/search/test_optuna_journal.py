@@ -175,3 +175,30 @@ def test_a_moved_experiment_without_its_journal_is_refused_naming_the_file(tmp_p
         match=r"moved/optuna_journal.log: .* missing \(its saved searcher names .*exp/optuna",
     ):
         rebase_journal(moved)
+
+
+def test_trials_rays_saved_table_does_not_list_are_abandoned_not_left_running(tmp_path) -> None:
+    """The searcher was saved after it asked for b, the trial table before: Ray will never run
+    b, so the resume tells Optuna it failed (abandoned) and forgets it; a is left to run."""
+    import json
+    import pickle
+
+    from search.repair import abandon_unlisted_trials
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    s = searcher(folder / "optuna_journal.log")
+    for trial_id in ("a", "b"):
+        s.suggest(trial_id)
+    s.save(str(folder / "searcher-state-2026-12-01_00-00-00.pkl"))
+    table = {"trial_data": [[json.dumps({"trial_id": "a", "status": "RUNNING"}), "{}"]]}
+    (folder / "experiment_state-2026-12-01_00-00-00.json").write_text(json.dumps(table))
+
+    notes = abandon_unlisted_trials(str(folder))
+    assert notes and "trial(s) b were asked for after Ray's last saved trial table" in notes[0]
+    a, b = load(folder / "optuna_journal.log")
+    assert a.state == TrialState.RUNNING and "abandoned" not in a.user_attrs
+    assert b.state == TrialState.FAIL and "abandoned" in b.user_attrs
+    saved = pickle.loads(next(folder.glob("searcher-state-*.pkl")).read_bytes())
+    assert set(saved["_ot_trials"]) == {"a"}
+    assert abandon_unlisted_trials(str(folder)) == []  # done once

@@ -51,7 +51,7 @@ class Size:
 SIZES = {
     "tiny": Size(32, 1, 1, "phantom:small"),
     "small": Size(32, 4, 6, "phantom:small"),
-    "medium": Size(64, 8, 12, "phantom:small"),  # CPU, idle 2 cores: about 30 minutes
+    "medium": Size(64, 8, 12, "phantom:small"),  # CPU: about 9 minutes on 2 idle cores
     "full": Size(256, 10, 0, "phantom:full"),  # the seed's 10 epochs (spaces/seed.py)
 }
 

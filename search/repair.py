@@ -323,15 +323,11 @@ def align_search_counter(experiment_path: str) -> list[str]:
     after the table was saved, never restored) makes it stop short. The counter is set to the
     table's trial count, and the concurrency limiter keeps only trials the table still runs.
     """
-    fs, root = pyarrow.fs.FileSystem.from_uri(_as_uri(experiment_path))
-    state_file = _newest(fs, root, RAY_STATE_PREFIX)
-    gen_file = _newest(fs, root, SEARCH_GEN_GLOB.split("*")[0])
-    if not state_file or not gen_file:
+    saved = _trial_table_and(experiment_path, SEARCH_GEN_GLOB)
+    if saved is None:
         return []
-    with fs.open_input_stream(state_file) as stream:
-        trials = [json.loads(e[0]) for e in json.loads(stream.read().decode())["trial_data"]]
-    with fs.open_input_stream(gen_file) as stream:
-        gen = cloudpickle.loads(stream.read())
+    fs, trials, gen_file, data = saved
+    gen = cloudpickle.loads(data)
     if not isinstance(gen, dict) or gen.get("counter") in (None, len(trials)):
         return []
     before, gen["counter"] = gen["counter"], len(trials)
@@ -356,16 +352,12 @@ def abandon_unlisted_trials(experiment_path: str) -> list[str]:
     not hold: Ray will never run that trial, so Optuna would keep it RUNNING for good. It is
     told FAIL as abandoned (`PrunedOptunaSearch.abandon`).
     """
-    fs, root = pyarrow.fs.FileSystem.from_uri(_as_uri(experiment_path))
-    state_file = _newest(fs, root, RAY_STATE_PREFIX)
-    searcher_file = _newest(fs, root, SEARCHER_GLOB.split("*")[0])
-    if not state_file or not searcher_file:
+    table = _trial_table_and(experiment_path, SEARCHER_GLOB)
+    if table is None:
         return []
-    with fs.open_input_stream(state_file) as stream:
-        trial_data = json.loads(stream.read().decode())["trial_data"]
-    listed = {str(json.loads(entry[0]).get("trial_id")) for entry in trial_data}
-    with fs.open_input_stream(searcher_file) as stream:
-        saved = pickle.loads(stream.read())
+    fs, trials, searcher_file, data = table
+    listed = {str(t.get("trial_id")) for t in trials}
+    saved = pickle.loads(data)
     gone = sorted(set(saved.get("_ot_trials") or {}) - listed)
     if not gone:
         return []
@@ -382,6 +374,20 @@ def abandon_unlisted_trials(experiment_path: str) -> list[str]:
         f"trial(s) {', '.join(gone)} were asked for after Ray's last saved trial table and will "
         f"not run: told to Optuna as abandoned (FAIL)"
     ]
+
+
+def _trial_table_and(experiment_path: str, glob: str):
+    """(fs, the trials of the newest saved trial table, the newest file matching `glob`, its
+    bytes), local or URI storage; None when either file is missing."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(_as_uri(experiment_path))
+    state_file = _newest(fs, root, RAY_STATE_PREFIX)
+    other = _newest(fs, root, glob.split("*")[0])
+    if not state_file or not other:
+        return None
+    with fs.open_input_stream(state_file) as stream:
+        trials = [json.loads(e[0]) for e in json.loads(stream.read().decode())["trial_data"]]
+    with fs.open_input_stream(other) as stream:
+        return fs, trials, other, stream.read()
 
 
 def _newest(fs: pyarrow.fs.FileSystem, root: str, prefix: str) -> str | None:

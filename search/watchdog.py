@@ -72,15 +72,26 @@ def naming(psutil, text: str) -> dict[int, float]:
     return out
 
 
-def end(psutil, processes: dict[int, float]) -> None:
-    """SIGTERM, then SIGKILL after GRACE_S, each process that is still the one recorded."""
+def still_running(psutil, processes: dict[int, float]) -> list:
+    """The processes of `processes` (pid -> start time) that are still the ones recorded."""
     alive = []
     for pid, started in processes.items():
         try:
             proc = psutil.Process(pid)
             if abs(proc.create_time() - started) < 0.01:
-                proc.send_signal(signal.SIGTERM)
                 alive.append(proc)
+        except psutil.Error:
+            pass
+    return alive
+
+
+def end(psutil, processes: dict[int, float]) -> None:
+    """SIGTERM, then SIGKILL after GRACE_S, each process that is still the one recorded."""
+    alive = []
+    for proc in still_running(psutil, processes):
+        try:
+            proc.send_signal(signal.SIGTERM)
+            alive.append(proc)
         except psutil.Error:
             pass
     _, left = psutil.wait_procs(alive, timeout=GRACE_S)

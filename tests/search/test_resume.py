@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from search.watchdog import _psutil, descendants
+from search.watchdog import _psutil, descendants, still_running
 from trainables.experiment import read_results, trial_dirs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,18 +35,6 @@ def _finished_trials(exp: Path) -> dict[str, list[float]]:
 
 def _started_after(exp: Path, finished: dict) -> bool:
     return any(read_results(d).rows for d in trial_dirs(exp) if d.name not in finished)
-
-
-def _alive(psutil, processes: dict[int, float]) -> list[int]:
-    """The processes of `processes` (pid -> start time) still running."""
-    alive = []
-    for pid, started in processes.items():
-        try:
-            if abs(psutil.Process(pid).create_time() - started) < 0.01:
-                alive.append(pid)
-        except psutil.Error:
-            pass
-    return alive
 
 
 def _wait_for(condition, proc: subprocess.Popen, seconds: float = 300) -> None:
@@ -126,9 +114,9 @@ def test_interrupted_and_killed_sweep_resumes_without_rerunning_finished_trials(
     # The watchdog ends the Ray processes the killed driver started within seconds; the resume
     # comes after that (one still writing into a trial folder would race it).
     deadline = time.monotonic() + 30
-    while _alive(_psutil(), ours) and time.monotonic() < deadline:
+    while _alive_pids(_psutil(), ours) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _alive(_psutil(), ours) == []
+    assert _alive_pids(_psutil(), ours) == []
     before = _finished_trials(exp)
 
     # 3. Resume to the end.
@@ -168,3 +156,7 @@ def test_interrupted_and_killed_sweep_resumes_without_rerunning_finished_trials(
     assert all(t.state.name in ("FAIL", "COMPLETE", "PRUNED") for t in trials if t not in ran)
     assert all("abandoned" in t.user_attrs for t in trials if t.state.name == "FAIL")
     assert (exp / "export" / "model.onnx").is_file()
+
+
+def _alive_pids(psutil, processes: dict[int, float]) -> list[int]:
+    return [proc.pid for proc in still_running(psutil, processes)]

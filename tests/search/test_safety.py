@@ -21,7 +21,7 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from search.watchdog import _psutil, descendants
+from search.watchdog import _psutil, descendants, still_running
 from trainables.experiment import (
     LOCK_FILE,
     OPTUNA_JOURNAL,
@@ -165,12 +165,12 @@ def test_sigkill_with_a_stale_snapshot_resumes_exactly_leaving_no_secret_and_no_
     assert during == []
 
     def cleaned_up() -> bool:
-        return not _alive(psutil, ours) and not ray_folder.exists()
+        return not _alive_pids(psutil, ours) and not ray_folder.exists()
 
     while time.monotonic() - killed_at < 10 and not cleaned_up():  # seconds
         time.sleep(0.2)
     # Within a few seconds nothing the driver started is alive, and Ray's session logs are gone.
-    assert _alive(psutil, ours) == [], "processes the driver started outlived it by 10 s"
+    assert _alive_pids(psutil, ours) == [], "processes the driver started outlived it by 10 s"
     assert not ray_folder.exists()
     assert _hits([storage, tmp_path / "wandb-home"], KEY) == []
 
@@ -231,17 +231,6 @@ def test_sigkill_with_a_stale_snapshot_resumes_exactly_leaving_no_secret_and_no_
     assert read_record(exp).path == str(exp)
     assert (exp / LOCK_FILE).read_text() == ""  # released
     assert _hits([moved, tmp_path / "wandb-home"], KEY) == []
-
-
-def _alive(psutil, processes: dict[int, float]) -> list[int]:
-    alive = []
-    for pid, started in processes.items():
-        try:
-            if abs(psutil.Process(pid).create_time() - started) < 0.01:
-                alive.append(pid)
-        except psutil.Error:
-            pass
-    return alive
 
 
 def test_second_run_of_a_live_experiment_is_refused_and_a_copy_resumes_in_place(
@@ -330,3 +319,7 @@ def test_second_run_of_a_live_experiment_is_refused_and_a_copy_resumes_in_place(
 def _study(experiment: Path, name: str) -> optuna.Study:
     journal = JournalFileBackend(str(experiment / OPTUNA_JOURNAL))
     return optuna.load_study(study_name=name, storage=JournalStorage(journal))
+
+
+def _alive_pids(psutil, processes: dict[int, float]) -> list[int]:
+    return [proc.pid for proc in still_running(psutil, processes)]

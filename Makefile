@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/python -m search.run --space spaces/transfer.py $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests $(ARGS)
+	$(BIN)/python -m pytest -q --durations=25 tests $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cxr_tune search trainables analysis spaces tests bench

@@ -317,10 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cal.get("skipped"):
         print(f"not calibrated (temperature 1.0): {cal['skipped']}")
     else:
-        print(
-            f"temperature {cal['temperature']:.3f} fitted on validation: ECE "
-            f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f} ({cal['ece_bins']} bins)"
-        )
+        print(f"calibration: {cal.get('decision', f'temperature {cal['temperature']:.3f}')}")
     return 0 if math.isfinite(value) else 1
 
 

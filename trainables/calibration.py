@@ -11,7 +11,9 @@
   confidence.
 
 The exported bundle keeps the fit under `calibration` (`trainables.bundle.calibration_of`);
-`search.export` fits it on the validation split, `analysis.predict` applies it.
+`search.export` fits it on the validation split, `analysis.predict` applies it. `calibrate` keeps
+T only when it lowers the ECE of validation images it was not fitted on (two-fold cross-fitting,
+`cross_fitted_ece`); otherwise the bundle says so and applies T = 1.
 """
 
 from __future__ import annotations
@@ -104,14 +106,41 @@ def check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
+CROSS_FIT_FOLDS = 2  # validation halves: T fitted on one, judged on the other, both ways
+CROSS_FIT_SEED = 0  # which images fall in which half (fixed: one bundle, one decision)
+MIN_IMAGES_TO_JUDGE = 20  # fewer validation images than this: too few to judge, T not applied
+
+
+def cross_fitted_ece(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(ECE without scaling, ECE with a T fitted on the other fold), over held-out folds.
+
+    T is always fitted by NLL on the images it scales, so judging it on those same images
+    flatters it; each fold here is scaled by a T it never saw, as a new image would be."""
+    logits, labels = _check(logits, labels)
+    order = np.random.default_rng(CROSS_FIT_SEED).permutation(len(labels))
+    folds = np.array_split(order, CROSS_FIT_FOLDS)
+    before = after = 0.0
+    for k, held in enumerate(folds):
+        fit = np.concatenate([f for j, f in enumerate(folds) if j != k])
+        t = fit_temperature(logits[fit], labels[fit])
+        w = len(held) / len(labels)
+        before += w * expected_calibration_error(scaled_probs(logits[held]), labels[held])
+        after += w * expected_calibration_error(scaled_probs(logits[held], t), labels[held])
+    return float(before), float(after)
+
+
 def calibrate(logits: np.ndarray, labels: np.ndarray, split: str = "val") -> dict[str, Any]:
-    """Fit T on `logits` of split `split` and say what it did there: the bundle's record
-    `{temperature, fitted_on, ece_before, ece_after, nll_before, nll_after, ece_bins, images}`
-    (ECE and NLL on that same split)."""
+    """Fit T on `logits` of split `split`, and apply it only where it helps.
+
+    The record (bundle.json `calibration`): `temperature` (the one applied: the fit, or 1.0),
+    `fitted_temperature`, `applied` and `decision` (in words), `fitted_on`, ECE and NLL on the
+    split before and after the fit, `cross_fitted_ece_before/after` (the held-out judgement,
+    `cross_fitted_ece`), `ece_bins`, `images`. T is applied when its held-out ECE is lower than
+    no scaling's; a split of fewer than MIN_IMAGES_TO_JUDGE images is too small to judge."""
     logits, labels = _check(logits, labels)
     t = fit_temperature(logits, labels)
-    return {
-        "temperature": t,
+    record: dict[str, Any] = {
+        "fitted_temperature": t,
         "fitted_on": split,
         "ece_before": expected_calibration_error(scaled_probs(logits), labels),
         "ece_after": expected_calibration_error(scaled_probs(logits, t), labels),
@@ -119,4 +148,20 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, split: str = "val") -> dic
         "nll_after": nll(logits, labels, t),
         "ece_bins": ECE_BINS,
         "images": int(len(labels)),
+    }
+    if len(labels) < MIN_IMAGES_TO_JUDGE:
+        applied, why = False, f"{len(labels)} {split} images are too few to judge it"
+    else:
+        before, after = cross_fitted_ece(logits, labels)
+        record |= {"cross_fitted_ece_before": before, "cross_fitted_ece_after": after}
+        applied = after < before
+        why = (
+            f"held-out ECE {before:.4f} -> {after:.4f} ({CROSS_FIT_FOLDS}-fold cross-fitted "
+            f"on {split})"
+        )
+    verdict = "applied" if applied else "not applied"
+    return record | {
+        "temperature": t if applied else 1.0,
+        "applied": applied,
+        "decision": f"T = {t:.3f} {verdict}: {why}",
     }

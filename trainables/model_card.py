@@ -110,7 +110,8 @@ def _calibration(meta: dict[str, Any]) -> str:
         if isinstance(before, (int, float)) and isinstance(after, (int, float))
         else ""
     )
-    return f"temperature scaling fitted on the {cal.get('fitted_on', 'validation')} split{ece}"
+    fitted = f"temperature scaling fitted on the {cal.get('fitted_on', 'validation')} split{ece}"
+    return f"{fitted}; {cal['decision']}" if cal.get("decision") else fitted
 
 
 def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:

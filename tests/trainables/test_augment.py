@@ -48,12 +48,28 @@ def test_each_op_keeps_shape_dtype_and_range(name):
     assert y.min() >= 0 and y.max() <= 1  # stays in [0, 1] for normalize()
 
 
-@pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
-def test_each_set_repeats_under_a_seed(name):
-    x = _batch()
+RANDOM_SETS = sorted(n for n in AUGMENTATIONS if augment.get_set(n).random)
+FIXED_SETS = sorted(n for n in AUGMENTATIONS if not augment.get_set(n).random)
+
+
+@pytest.mark.parametrize("name", RANDOM_SETS)
+def test_each_random_set_repeats_under_a_seed_and_differs_under_another(name):
+    x = _batch(n=16)
     first = augment_batch(x, name, _gen(3))
     again = augment_batch(x, name, _gen(3))
     assert torch.equal(first, again)  # reproducible trials and TTA views
+    assert not torch.equal(first, augment_batch(x, name, _gen(4)))  # the seed is what repeats
+
+
+@pytest.mark.parametrize("name", FIXED_SETS)
+def test_each_fixed_set_ignores_the_generator_and_equals_its_preprocessing(name):
+    x = _batch()
+    out = augment_batch(x, name, _gen(3))
+    assert torch.equal(out, augment_batch(x, name, _gen(4)))  # nothing random is drawn
+    if name == "none":
+        assert torch.equal(out, x)  # no augmentation is the identity
+    else:
+        assert not torch.equal(out, x)  # its preprocessing does change the pixels
 
 
 @pytest.mark.parametrize("name", ["rotate", "hflip", "shift", "affine"])

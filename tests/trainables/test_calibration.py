@@ -89,6 +89,47 @@ def test_calibrate_lowers_ece_and_nll_and_never_changes_a_prediction():
     assert record["nll_after"] < record["nll_before"]
     scaled = scaled_probs(logits, record["temperature"])
     assert (scaled.argmax(axis=1) == logits.argmax(axis=1)).all()
+    # Over-confident by a factor 3: held-out images gain from T, so it is applied.
+    assert record["applied"] and record["temperature"] == record["fitted_temperature"]
+    assert record["cross_fitted_ece_after"] < record["cross_fitted_ece_before"]
+
+
+def test_a_temperature_that_does_not_help_held_out_images_is_not_applied():
+    rng = np.random.default_rng(5)
+    # Already calibrated: labels drawn from softmax(logits), so T = 1 is right and any fitted T
+    # only chases noise. Judged on the fold it did not see, it must not be applied.
+    logits = rng.normal(0, 2, size=(400, 3))
+    p = softmax(logits, axis=1)
+    labels = (rng.random((len(p), 1)) < p.cumsum(axis=1)).argmax(axis=1)
+    record = calibrate(logits, labels)
+    # The held-out judgement, recomputed independently: fit on one half, ECE on the other.
+    order = np.random.default_rng(0).permutation(len(labels))
+    halves = np.array_split(order, 2)
+    before = after = 0.0
+    for fit, held in ((halves[1], halves[0]), (halves[0], halves[1])):
+        t = fit_temperature(logits[fit], labels[fit])
+        before += (
+            len(held) / 400 * expected_calibration_error(scaled_probs(logits[held]), labels[held])
+        )
+        after += (
+            len(held)
+            / 400
+            * expected_calibration_error(scaled_probs(logits[held], t), labels[held])
+        )
+    assert record["cross_fitted_ece_before"] == pytest.approx(before)
+    assert record["cross_fitted_ece_after"] == pytest.approx(after)
+    assert after > before  # for this draw the fitted T makes unseen images worse ...
+    assert not record["applied"] and record["temperature"] == 1.0  # ... so it is not applied
+    assert "not applied" in record["decision"]
+    assert record["fitted_temperature"] != 1.0  # a fit was made; only its use is decided
+
+
+def test_too_few_images_to_judge_leave_the_softmax_unscaled():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 3, size=(10, 3))
+    record = calibrate(logits, rng.integers(0, 3, 10))
+    assert not record["applied"] and record["temperature"] == 1.0
+    assert "too few" in record["decision"]
 
 
 def test_bad_inputs_are_refused():

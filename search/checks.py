@@ -22,6 +22,7 @@ KEPT_ON_RESUME = (
     ("--data", "data"),
     ("--profile", "profile"),
     ("--seed", "seed"),
+    ("--sampler", "sampler"),
     ("--grace-period", "grace_period"),
     ("--reduction-factor", "reduction_factor"),
     ("--time-budget", "time_budget"),

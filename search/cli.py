@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tune import prog
+from search.space import SAMPLER_CHOICES
 from search.tracking import WANDB_MODES
 from trainables.classes import parse_class_map
 from trainables.experiment import DEFAULT_WANDB_PROJECT, ExperimentRecord
@@ -152,6 +153,13 @@ def _what_to_run(p: argparse.ArgumentParser) -> None:
         type=_bounded(int, 0, 2**31 - 1, "an integer in [0, 2**31-1]"),
         default=0,
         help="seeds TPE and every trial",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLER_CHOICES,
+        default=None,
+        help="Optuna sampler: tpe, gp (a Gaussian process), random, or auto (GP for at most "
+        "100 trials over numeric parameters, else TPE) (default: the space's SAMPLER, else auto)",
     )
     p.add_argument(
         "--grace-period",

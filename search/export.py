@@ -317,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cal.get("skipped"):
         print(f"not calibrated (temperature 1.0): {cal['skipped']}")
     else:
-        print(f"calibration: {cal.get('decision', f'temperature {cal['temperature']:.3f}')}")
+        decision = cal.get("decision") or f"temperature {cal['temperature']:.3f}"
+        print(f"calibration: {decision}")
     return 0 if math.isfinite(value) else 1
 
 

@@ -28,7 +28,7 @@ from search.cli import Profile, choose_profile
 from search.gpu_memory import measure_before_packing
 from search.space import Space, load_space
 from search.tracking import resolve_mode, scrub
-from search.tuner import startup_trials
+from search.tuner import choose_sampler, startup_trials
 from trainables.experiment import (
     DATA_REPORT_FILE,
     ExperimentRecord,
@@ -167,6 +167,7 @@ def make_record(
         num_samples=num_samples,
         points_to_evaluate=space.points_to_evaluate,
         tpe_startup_trials=startup_trials(num_samples, len(space.points_to_evaluate)),
+        sampler=choose_sampler(args.sampler or space.sampler, num_samples, space.param_kinds),
         max_concurrent=args.max_concurrent or profile.max_concurrent,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
@@ -209,7 +210,7 @@ def announce(record: ExperimentRecord) -> None:
         flush=True,
     )
     print(
-        f"TPE: {len(record.points_to_evaluate)} enqueued point(s) first "
+        f"{record.sampler.upper()}: {len(record.points_to_evaluate)} enqueued point(s) first "
         f"{record.points_to_evaluate}, random start-up until {record.tpe_startup_trials} "
         f"trials have finished",
         flush=True,

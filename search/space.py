@@ -34,6 +34,7 @@ from trainables.vocab import class_key
 DEFAULT_GRACE_PERIOD = 1  # epochs
 DEFAULT_REDUCTION_FACTOR = 3
 DEFAULT_NUM_SAMPLES = 20
+SAMPLER_CHOICES = ("auto", "tpe", "gp", "random")  # a space's SAMPLER and --sampler
 VALIDATION_SAMPLES = 5  # define() calls made by the throw-away study
 
 # Per-epoch keys `trainables.train.train` reports (docs/ARCHITECTURE.md); METRIC must be one,
@@ -177,6 +178,10 @@ class Space:
     dropped_points: list[dict[str, Any]] = field(default_factory=list)
     """The space's points outside the profile's CPU_CHOICES."""
     samples: list[TrialConfig] = field(default_factory=list)  # configs built while checking
+    sampler: str = "auto"
+    """SAMPLER: the Optuna sampler the space asks for (`search.tuner.SAMPLERS` or `auto`)."""
+    param_kinds: dict[str, str] = field(default_factory=dict)
+    """Each suggested name's kind (`float`, `int`, `categorical`) seen while checking."""
 
 
 def load_space(
@@ -223,7 +228,10 @@ def load_space(
     points, dropped = runnable_points(points, restrict)
     run_overrides = {**dict(overrides or {}), "epochs": epochs}
     space_define = SpaceDefine(path, defaults, run_overrides, restrict)
-    samples = sample_configs(space_define, where, points, seed=seed)
+    samples, kinds = walk_samples(space_define, where, points, seed=seed)
+    sampler = _constant(module, where, "SAMPLER", str, "auto")
+    if sampler not in SAMPLER_CHOICES:
+        raise ValueError(f"{where}: SAMPLER {sampler!r} must be one of {list(SAMPLER_CHOICES)}")
     return Space(
         path=path.resolve(),
         define=space_define,
@@ -236,6 +244,8 @@ def load_space(
         points_to_evaluate=points,
         dropped_points=dropped,
         samples=samples,
+        sampler=sampler,
+        param_kinds=kinds,
     )
 
 
@@ -260,6 +270,29 @@ def sample_configs(
     seed: int = 0,
 ) -> list[TrialConfig]:
     """Run `define` through a throw-away Optuna study; every sample must build a TrialConfig."""
+    return walk_samples(space_define, where, points, n=n, seed=seed)[0]
+
+
+def param_kind(distribution: Any) -> str:
+    """`categorical`, `int` or `float` for an Optuna distribution."""
+    import optuna
+
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return "categorical"
+    if isinstance(distribution, optuna.distributions.IntDistribution):
+        return "int"
+    return "float"
+
+
+def walk_samples(
+    space_define: SpaceDefine,
+    where: str,
+    points: list[dict[str, Any]] | None = None,
+    *,
+    n: int = VALIDATION_SAMPLES,
+    seed: int = 0,
+) -> tuple[list[TrialConfig], dict[str, str]]:
+    """`sample_configs` plus the kind of every name the samples suggested (`param_kind`)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -300,7 +333,8 @@ def sample_configs(
                 f"{where}: sample {i} {trial.params} is not a valid TrialConfig: {err}"
             ) from err
         study.tell(trial, 0.0)
-    return configs
+    kinds = {k: param_kind(d) for t in study.trials for k, d in t.distributions.items()}
+    return configs, kinds
 
 
 def _check_point(where: str, i: int, point: dict[str, Any], params: dict[str, Any]) -> None:

@@ -24,10 +24,26 @@ from trainables.experiment import (
 
 MAX_FAILURES = 2  # retries of a trial whose worker died, from its last checkpoint
 CHECKPOINTS_KEPT = 2  # Ray keeps the best this many by the metric plus, always, the latest one
-# grid: no searcher, `param_space` holds full configs; points: exactly `points_to_evaluate`
-SEARCHERS = ("tpe", "random", "grid", "points")
+# The Optuna samplers a sweep can search with (`build_sampler`); grid: no searcher,
+# `param_space` holds full configs; points: exactly `points_to_evaluate`
+SAMPLERS = ("tpe", "gp", "random")
+SEARCHERS = (*SAMPLERS, "grid", "points")
+GP_MAX_TRIALS = 100  # trials; Optuna's sampler guidance puts 10-100 trials in GP territory
 MIN_RANDOM_TRIALS = 3  # TPE's random start-up trials, at least (a model needs a few points)
 RANDOM_SHARE = 3  # about 1/RANDOM_SHARE of the budget is random start-up before TPE models
+
+
+def choose_sampler(requested: str, num_samples: int, param_kinds: Mapping[str, str]) -> str:
+    """The sampler a sweep uses: `requested` (a space's SAMPLER or --sampler), or for `auto`
+    the rule of Optuna's own guidance (its AutoSampler): a Gaussian process for a budget of at
+    most GP_MAX_TRIALS trials over numeric parameters only, TPE as soon as the space has a
+    categorical parameter (conditional ones are categorical choices here) or a larger budget."""
+    if requested != "auto":
+        if requested not in SAMPLERS:
+            raise ValueError(f"unknown sampler {requested!r}; expected one of {list(SAMPLERS)}")
+        return requested
+    numeric = all(kind in ("float", "int") for kind in param_kinds.values())
+    return "gp" if numeric and param_kinds and num_samples <= GP_MAX_TRIALS else "tpe"
 
 
 def startup_trials(num_samples: int, n_points: int) -> int:
@@ -94,6 +110,7 @@ def settings_for(record: ExperimentRecord, space: Space) -> TunerSettings:
         reduction_factor=record.reduction_factor or space.reduction_factor,
         max_concurrent=record.max_concurrent,
         seed=record.seed,
+        search=record.sampler,
         points_to_evaluate=tuple(record.points_to_evaluate or space.points_to_evaluate),
         n_startup_trials=record.tpe_startup_trials,
         time_budget_s=record.time_budget,
@@ -106,8 +123,8 @@ def settings_for(record: ExperimentRecord, space: Space) -> TunerSettings:
 
 
 def build_searcher(settings: TunerSettings, define: Callable) -> Any | None:
-    """Seeded TPE (multivariate, constant liar) or random sampling through Optuna, pruned
-    trials marked PRUNED; None for a grid."""
+    """An Optuna searcher over `define` with the sampler `build_sampler` names, pruned trials
+    marked PRUNED; Ray's variant generator for fixed points; None for a grid."""
     if settings.search == "grid":
         return None
     if settings.search == "points":  # full configs, each run once (search.rerun)
@@ -117,25 +134,15 @@ def build_searcher(settings: TunerSettings, define: Callable) -> Any | None:
         return BasicVariantGenerator(
             points_to_evaluate=points, max_concurrent=settings.max_concurrent or 0
         )
-    import optuna
     from ray.tune.search import ConcurrencyLimiter
 
     from search.optuna_pruned import PrunedOptunaSearch
 
-    if settings.search == "tpe":
-        sampler = optuna.samplers.TPESampler(
-            seed=settings.seed,
-            multivariate=True,
-            constant_liar=True,
-            n_startup_trials=tpe_startup(settings),
-        )
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=settings.seed)
     searcher = PrunedOptunaSearch(
         space=define,
         metric=settings.metric,
         mode=settings.mode,
-        sampler=sampler,
+        sampler=build_sampler(settings),
         points_to_evaluate=list(settings.points_to_evaluate) or None,
         max_epochs=settings.max_epochs,
         **optuna_storage(settings),
@@ -143,6 +150,29 @@ def build_searcher(settings: TunerSettings, define: Callable) -> Any | None:
     if settings.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
     return searcher
+
+
+def build_sampler(settings: TunerSettings) -> Any:
+    """The seeded Optuna sampler named by `settings.search`: TPE (multivariate, constant liar
+    for concurrent asks), a Gaussian process (Optuna's GPSampler, which conditions on running
+    trials for concurrent asks) or random sampling. TPE and GP start with the same random
+    start-up count (`tpe_startup`)."""
+    import optuna
+
+    if settings.search == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=settings.seed,
+            multivariate=True,
+            constant_liar=True,
+            n_startup_trials=tpe_startup(settings),
+        )
+    if settings.search == "gp":
+        return optuna.samplers.GPSampler(
+            seed=settings.seed,
+            n_startup_trials=tpe_startup(settings),
+            warn_independent_sampling=False,  # conditional names fall back to random, quietly
+        )
+    return optuna.samplers.RandomSampler(seed=settings.seed)
 
 
 def optuna_storage(settings: TunerSettings) -> dict[str, Any]:

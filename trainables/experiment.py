@@ -190,6 +190,9 @@ class ExperimentRecord:
     tpe_startup_trials: int | None = None
     """TPE's start-up count (Optuna's n_startup_trials): finished trials before TPE models the
     results, the enqueued points plus the random ones; None for records written before it."""
+    sampler: str = "tpe"
+    """The Optuna sampler the sweep searches with (`search.tuner.SAMPLERS`); records written
+    before the choice existed searched with TPE."""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -123,3 +123,58 @@ def test_points_search_runs_exactly_the_given_configs(space) -> None:
     # search.rerun's searcher: Ray's variant generator holding only the re-run's configs.
     assert isinstance(searcher, BasicVariantGenerator)
     assert list(searcher._points_to_evaluate) == list(points)
+
+
+def test_auto_sampler_follows_the_space_and_the_budget() -> None:
+    from search.tuner import GP_MAX_TRIALS, choose_sampler
+
+    numeric = {"lr": "float", "batch_size": "int"}
+    # A small numeric space is GP territory; a categorical or a large budget is TPE's.
+    assert choose_sampler("auto", 20, numeric) == "gp"
+    assert choose_sampler("auto", GP_MAX_TRIALS + 1, numeric) == "tpe"
+    assert choose_sampler("auto", 20, {**numeric, "model": "categorical"}) == "tpe"
+    assert choose_sampler("auto", 20, {}) == "tpe"  # nothing searched: no model to fit
+    assert choose_sampler("random", 20, numeric) == "random"  # an explicit choice is kept
+    with pytest.raises(ValueError, match="expected one of"):
+        choose_sampler("hebo", 20, numeric)
+
+
+def test_space_file_sampler_and_parameter_kinds(tmp_path) -> None:
+    src = (REPO / "spaces" / "smoke.py").read_text()
+    path = tmp_path / "gp_space.py"
+    path.write_text(src + '\nSAMPLER = "gp"\n')
+    space = load_space(path)
+    assert space.sampler == "gp"
+    transfer = load_space(REPO / "spaces" / "transfer.py")
+    # The walk records each name's kind as Optuna saw it.
+    assert transfer.param_kinds["lr"] == "float" and transfer.param_kinds["model"] == "categorical"
+    path.write_text(src + '\nSAMPLER = "cma"\n')
+    with pytest.raises(ValueError, match="SAMPLER 'cma' must be one of"):
+        load_space(path)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "random"])
+def test_each_sampler_is_seeded_and_asks_for_valid_configs(space, sampler) -> None:
+    import optuna
+
+    from search.tuner import build_sampler
+
+    settings = TunerSettings(
+        name="e", storage="/r", metric="val_loss", mode="min", max_epochs=2, num_samples=6,
+        grace_period=1, reduction_factor=3, seed=7, search=sampler, n_startup_trials=2,
+    )  # fmt: skip
+    assert build_searcher(settings, space.define) is not None
+
+    def params_of_a_study() -> list[dict]:
+        study = optuna.create_study(sampler=build_sampler(settings))
+        rows = []
+        for _ in range(4):  # past the 2 start-up trials: the model proposes the last two
+            trial = study.ask()
+            space.define(trial)
+            study.tell(trial, float(sum(len(str(v)) % 7 for v in trial.params.values())))
+            rows.append(trial.params)
+        return rows
+
+    first = params_of_a_study()
+    assert first == params_of_a_study()  # same seed, same proposals: a sweep can be replayed
+    assert all(set(p) for p in first)

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+from search.signals import keep_sigterm_handler
 from search.tracking import SECRET_ENV
 
 
@@ -41,7 +42,8 @@ def detect_gpus(address: str | None, verbose: bool = False) -> tuple[int, int]:
         return local_gpus()
     import ray
 
-    ray.init(address=address, log_to_driver=verbose, logging_level=ray_logging_level(verbose))
+    with keep_sigterm_handler():
+        ray.init(address=address, log_to_driver=verbose, logging_level=ray_logging_level(verbose))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     return gpus, cluster_card_bytes() if gpus else 0
 
@@ -118,13 +120,14 @@ def local_ray(verbose: bool = False) -> Iterator[None]:
     )
     hidden = {k: os.environ.pop(k) for k in SECRET_ENV if k in os.environ}
     try:
-        ray.init(
-            object_store_memory=200 * 2**20,  # bytes; trials pass nothing big through it
-            include_dashboard=False,
-            log_to_driver=verbose,
-            logging_level=ray_logging_level(verbose),
-            _temp_dir=temp_dir,
-        )
+        with keep_sigterm_handler():  # search.signals: SIGTERM stops the sweep as Ctrl-C does
+            ray.init(
+                object_store_memory=200 * 2**20,  # bytes; trials pass nothing big through it
+                include_dashboard=False,
+                log_to_driver=verbose,
+                logging_level=ray_logging_level(verbose),
+                _temp_dir=temp_dir,
+            )
     finally:
         os.environ.update(hidden)  # the driver keeps the key, in memory
     try:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from search import storage
+from search import signals, storage
 from search.checks import check_up_front
 from search.cli import build_parser, resume_command
 from search.cluster import detect_gpus, local_ray, quiet_ray
@@ -65,7 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # here take seconds, so those warnings would only bury the progress lines.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "30")
-    return run(argv)
+    signals.install()  # SIGTERM (Kubernetes, SLURM, `ray job stop`) stops as Ctrl-C does
+    try:
+        code = run(argv)
+    except KeyboardInterrupt:  # before or after Tune's loop, which handles its own
+        print("\ninterrupted before the sweep started or after it ended", file=sys.stderr)
+        code = signals.INTERRUPTED
+    return signals.exit_code(code)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +158,7 @@ def execute(
             grid = tuner.fit()
         except KeyboardInterrupt:
             print(f"\ninterrupted; resume with:\n  {resume_command(record)}", flush=True)
-            return 130
+            return signals.INTERRUPTED
         return finish(args, record, grid, time.monotonic() - started, card_bytes)
 
 
@@ -189,7 +195,7 @@ def finish(
             f"the sweep did not finish: nothing exported. Resume with:\n  {resume_command(record)}",
             flush=True,
         )
-        return 130
+        return signals.INTERRUPTED
     if all_failed(summary):  # whatever --export says: nothing trained
         print(
             f"every trial failed ({len(summary['errors'])} errors): see the trials' error.txt",

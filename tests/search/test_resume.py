@@ -1,4 +1,4 @@
-"""An interrupted sweep resumes: after Ctrl-C (SIGINT) and after SIGKILL of the driver."""
+"""An interrupted sweep resumes: after Ctrl-C (SIGINT), SIGTERM and SIGKILL of the driver."""
 
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ def _finished_trials(exp: Path) -> dict[str, list[float]]:
         if epochs and max(epochs) >= MAX_EPOCHS:
             out[d.name] = epochs
     return out
+
+
+def _result_rows(exp: Path) -> int:
+    return sum(len(read_results(d).rows) for d in trial_dirs(exp))
 
 
 def _started_after(exp: Path, finished: dict) -> bool:
@@ -91,7 +95,34 @@ def test_interrupted_and_killed_sweep_resumes_without_rerunning_finished_trials(
     assert "interrupted" in out and "--resume" in out and "nothing exported" in out
     assert not (exp / "export").exists()
 
-    # 2. Resume, then SIGKILL the driver's process group (driver and its Ray) mid-sweep.
+    # 2. Resume, then SIGTERM (what Kubernetes, SLURM and `ray job stop` send) once the resumed
+    # sweep has reported: the same clean stop as Ctrl-C, with exit status 143.
+    rows = _result_rows(exp)
+    (exp / "summary.json").unlink()  # the one this stop writes is checked below
+    term = subprocess.Popen(
+        base + ["--resume"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: _result_rows(exp) > rows, term)
+        term.send_signal(signal.SIGTERM)
+        out, _ = term.communicate(timeout=240)
+    finally:
+        if term.poll() is None:
+            os.killpg(term.pid, signal.SIGKILL)
+            term.wait(timeout=60)
+    assert term.returncode == 143, out[-3000:]
+    assert "SIGTERM" in out and "--resume" in out and "nothing exported" in out
+    assert "Traceback" not in out
+    assert json.loads((exp / "summary.json").read_text())["state"] == "interrupted"
+    assert not (exp / "export").exists()
+
+    # 3. Resume, then SIGKILL the driver's process group (driver and its Ray) mid-sweep.
     log = (tmp_path / "second.log").open("w")
     second = subprocess.Popen(
         base + ["--resume"],
@@ -119,7 +150,7 @@ def test_interrupted_and_killed_sweep_resumes_without_rerunning_finished_trials(
     assert _alive_pids(_psutil(), ours) == []
     before = _finished_trials(exp)
 
-    # 3. Resume to the end.
+    # 4. Resume to the end.
     third = subprocess.run(
         base + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
     )

@@ -18,7 +18,7 @@ from search.space import SAMPLER_CHOICES
 from search.tracking import WANDB_MODES
 from trainables.classes import parse_class_map
 from trainables.experiment import DEFAULT_WANDB_PROJECT, ExperimentRecord
-from trainables.vocab import parse_phantom
+from trainables.vocab import check_label_separator, parse_phantom
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,14 @@ def _class_map(text: str) -> str:
     return text
 
 
+def _label_separator(text: str) -> str:
+    try:
+        check_label_separator(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default only when it has one (not "(default: None)")."""
 
@@ -135,6 +143,13 @@ def _what_to_run(p: argparse.ArgumentParser) -> None:
         help="rename or merge the data's labels: 'seed' (every label that aliases a seed "
         "class merges into it: COVID and Viral Pneumonia -> VIRAL, as the seed's study did) "
         "or 'LABEL=CLASS,LABEL=CLASS'",
+    )
+    p.add_argument(
+        "--label-separator",
+        type=_label_separator,
+        default=None,
+        help="what joins findings in a multi-label manifest's 'labels' / 'Finding Labels' "
+        "column (default '|', as NIH ChestX-ray14 writes them)",
     )
     p.add_argument(
         "--profile",

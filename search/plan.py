@@ -70,6 +70,8 @@ def new_experiment(
     overrides = {"data": args.data or profile.data, "seed": args.seed}
     if args.class_map:
         overrides["class_map"] = args.class_map
+    if args.label_separator:
+        overrides["label_separator"] = args.label_separator
     cpu = profile.name == "cpu"
     space = _load(parser, args.space, defaults, overrides, profile.max_epochs, cpu, args.seed)
     for point in space.dropped_points:

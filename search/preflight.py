@@ -78,9 +78,10 @@ def preflight(space: Space) -> Preflight:
         dataset = load_for_config(cfg)
         check_metric(space.metric, dataset.classes, where)
         reports.append(dataset.report)
-    for data, class_map in dict.fromkeys((c.data, c.class_map) for c in by_key.values()):
+    listed = dict.fromkeys((c.data, c.class_map, c.label_separator) for c in by_key.values())
+    for data, class_map, separator in listed:
         try:
-            list_dataset(data, class_map, include_test=True)  # lists test; opens no image
+            list_dataset(data, class_map, True, separator)  # lists test; opens no image
         except ValueError as err:
             notes.append(f"the test split cannot be read, so analysis.report will refuse: {err}")
     return Preflight(reports, branches, notes)

@@ -21,6 +21,8 @@ from trainables.vocab import (
     PHANTOM_PRESETS,
     RESIZE_MODES,
     TORCHVISION_MODELS,
+    UNCERTAINTY_POLICIES,
+    check_label_separator,
     check_resize_mode,
     parse_phantom,
 )
@@ -70,6 +72,13 @@ class TrialConfig:
     """Renames or merges the data's labels before they become classes: `seed` (every label that
     aliases a seed class merges into it, e.g. COVID and Viral Pneumonia -> VIRAL) or
     `LABEL=CLASS,LABEL=CLASS`; empty keeps every label (`trainables.classes`)."""
+    label_separator: str = "|"
+    """What joins findings in a multi-label manifest's `labels` / `Finding Labels` column
+    (`trainables.multilabel`); NIH ChestX-ray14 uses '|'."""
+    uncertainty: str = "ignore"
+    """Multi-label data: what an uncertain (-1) label is in the loss, a key of
+    `trainables.vocab.UNCERTAINTY_POLICIES` (CheXpert's U-Ignore, U-Ones, U-Zeros); which wins
+    depends on the finding, so a space may search it. Single-label data ignores it."""
     amp: str = "auto"
     """Numerics: 'auto' is bf16 autocast + channels_last on CUDA and fp32 on CPU."""
     compile: bool = False
@@ -116,6 +125,8 @@ class TrialConfig:
         _check_choice("model", self.model, MODEL_NAMES)
         _check_choice("balance", self.balance, BALANCES)
         _check_choice("augment", self.augment, AUGMENTATIONS)
+        _check_choice("uncertainty", self.uncertainty, UNCERTAINTY_POLICIES)
+        check_label_separator(self.label_separator)
         if self.model not in TORCHVISION_MODELS:
             if self.frozen_depth or self.unfrozen_blocks or self.pretrained:
                 raise ValueError(

@@ -39,6 +39,7 @@ from trainables.layouts import (
     resolve_root,
 )
 from trainables.manifest import manifest_layout
+from trainables.multilabel import DEFAULT_SEPARATOR, POSITIVE, code_counts, strata
 from trainables.preprocess import (
     PREPROCESS_VERSION,
     ImageError,
@@ -68,7 +69,15 @@ __all__ = [
     "preprocess",
 ]
 
-DATASET_FIELDS = ("data", "image_size", "resize_mode", "split_seed", "val_fraction", "class_map")
+DATASET_FIELDS = (
+    "data",
+    "image_size",
+    "resize_mode",
+    "split_seed",
+    "val_fraction",
+    "class_map",
+    "label_separator",
+)
 """The `TrialConfig` fields that decide a `Dataset` (the decoded arrays and the split); they are
 also `load_dataset`'s parameter names."""
 
@@ -94,7 +103,8 @@ class Split:
     images: torch.Tensor
     """uint8 (N, 1, S, S)."""
     labels: torch.Tensor
-    """int64 (N,), indices into `Dataset.classes`."""
+    """int64 (N,), indices into `Dataset.classes`; for multi-label data int64 (N, F), one
+    `trainables.multilabel` code per finding (`Dataset.classes` are then the findings)."""
     paths: list[str]
     """Relative to `Dataset.root`, POSIX separators."""
     patients: list[str]
@@ -133,6 +143,12 @@ class DataReport:
     class_map: str = ""
     columns: list[str] = field(default_factory=list)
     """A manifest's columns (extra ones are kept here, unused)."""
+    multilabel: bool = False
+    """Several findings per image: `classes` are the findings, `counts` their positives."""
+    label_format: str = "single"
+    """'single', or a multi-label manifest's 'joined' / 'columns' (`trainables.multilabel`)."""
+    finding_counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    """Multi-label: split -> finding -> positive / negative / uncertain / unmentioned images."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,17 +169,10 @@ class DataReport:
             lines.append(
                 "classes: " + "; ".join(f"{c} <- {', '.join(s)}" for c, s in renamed.items())
             )
-        header = ["split", *self.classes, "total"]
-        rows = [header]
-        for split, counts in self.counts.items():
-            values = [counts.get(c, 0) for c in self.classes]
-            rows.append([split, *map(str, values), str(sum(values))])
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        for row in rows:
-            cells = [row[0].ljust(widths[0])] + [
-                v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)
-            ]
-            lines.append("  " + "  ".join(cells))
+        if self.multilabel:
+            lines += self._finding_table()
+        else:
+            lines += self._class_table()
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} file(s):")
             lines += [f"  {s['path']}: {s['reason']}" for s in self.skipped]
@@ -171,6 +180,42 @@ class DataReport:
             lines.append(f"ignored {self.ignored_hidden} hidden file(s)")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _class_table(self) -> list[str]:
+        header = ["split", *self.classes, "total"]
+        rows = [header]
+        for split, counts in self.counts.items():
+            values = [counts.get(c, 0) for c in self.classes]
+            rows.append([split, *map(str, values), str(sum(values))])
+        return _aligned(rows)
+
+    def _finding_table(self) -> list[str]:
+        """Per finding and split: positive / negative / uncertain / unmentioned images."""
+        splits = list(self.finding_counts)
+        rows = [["finding", *[f"{s} +/-/?/blank" for s in splits]]]
+        for finding in self.classes:
+            cells = []
+            for split in splits:
+                c = self.finding_counts[split].get(finding, {})
+                cells.append(
+                    f"{c.get('positive', 0)}/{c.get('negative', 0)}/"
+                    f"{c.get('uncertain', 0)}/{c.get('unmentioned', 0)}"
+                )
+            rows.append([finding, *cells])
+        return [f"multi-label ({self.label_format}): {len(self.classes)} findings"] + _aligned(rows)
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """A text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  "
+        + "  ".join(
+            [row[0].ljust(widths[0])]
+            + [v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)]
+        )
+        for row in rows
+    ]
 
 
 @dataclass
@@ -186,6 +231,11 @@ class Dataset:
     decoded: int
     """Files decoded by PIL in this load; 0 when everything came from the cache."""
 
+    @property
+    def multilabel(self) -> bool:
+        """Several findings per image: `classes` are findings, `Split.labels` (N, F) codes."""
+        return self.report.multilabel
+
 
 @dataclass
 class _Part:
@@ -197,6 +247,8 @@ class _Part:
     """Class names."""
     paths: list[str]
     patients: list[str | None]
+    codes: np.ndarray | None = None
+    """Multi-label: int64 (N, F) codes (`trainables.multilabel`)."""
 
 
 # ---------------------------------------------------------------------------- loading
@@ -209,6 +261,7 @@ def load_dataset(
     split_seed: int = 0,
     val_fraction: float = 0.2,
     class_map: str = "",
+    label_separator: str = DEFAULT_SEPARATOR,
     include_test: bool = False,
 ) -> Dataset:
     """Read, decode (once, through the cache), split and report a dataset.
@@ -221,7 +274,7 @@ def load_dataset(
     check_preprocessing(image_size, resize_mode)
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    layout, listing, entries, naming = list_dataset(data, class_map, include_test)
+    layout, listing, entries, naming = list_dataset(data, class_map, include_test, label_separator)
     report = _new_report(layout, listing, naming, image_size, resize_mode, class_map)
     classes = naming.classes
 
@@ -236,7 +289,7 @@ def load_dataset(
         train_idx, val_idx = np.arange(len(train_all.paths)), None
         report.notes.append("validation split: given by the manifest")
     else:
-        labels = np.array([classes.index(x) for x in train_all.labels], dtype=np.int64)
+        labels = _strata(train_all, classes)
         train_idx, val_idx, how = split_train_val(
             labels, train_all.patients, split_seed, val_fraction
         )
@@ -259,19 +312,30 @@ def load_dataset(
 
 
 def list_dataset(
-    data: str, class_map: str = "", include_test: bool = False
+    data: str,
+    class_map: str = "",
+    include_test: bool = False,
+    label_separator: str = DEFAULT_SEPARATOR,
 ) -> tuple[Layout, Listing, dict[str, list[Entry]], ClassNaming]:
     """List the dataset and name its classes without opening an image: the layout, what was
     skipped, the entries per split ('train', a manifest's 'val', 'test' with `include_test`)
     relabelled with their class, and the class naming. Refuses what no trial could train."""
     root = resolve_root(str(data))
-    layout = manifest_layout(root) if root.is_file() else detect_layout(root)
+    layout = manifest_layout(root, label_separator) if root.is_file() else detect_layout(root)
     listing = Listing()
     entries = {"train": list_split(layout, "train", listing)}
     if layout.entries is not None and "val" in layout.entries:
         entries["val"] = list_split(layout, "val", listing)
     if include_test:
         entries["test"] = list_split(layout, "test", listing)
+    if layout.findings:
+        if class_map:
+            raise ValueError(
+                f"class_map {class_map!r} renames classes, which multi-label data ({root}) does "
+                "not have; rename finding columns (or findings) in the manifest instead"
+            )
+        naming = ClassNaming(list(layout.findings), {}, {f: [f] for f in layout.findings})
+        return layout, listing, entries, naming
     train_labels = [e.label for split in ("train", "val") for e in entries.get(split, [])]
     naming = name_classes(train_labels, [e.label for e in entries.get("test", [])], class_map)
     if len(naming.classes) < 2:
@@ -310,6 +374,8 @@ def _new_report(
         sources=dict(naming.sources),
         class_map=class_map,
         columns=list(layout.columns),
+        multilabel=bool(layout.findings),
+        label_format=layout.label_format,
     )
 
 
@@ -324,12 +390,23 @@ def _load_part(
     for i, reason in failures.items():
         report.skipped.append({"path": entries[i].rel, "reason": reason})
     good = [entries[i] for i in kept]
-    return _Part(images, [e.label for e in good], [e.rel for e in good], [e.patient for e in good])
+    multilabel = bool(good) and good[0].codes is not None
+    codes = np.array([e.codes for e in good], np.int64) if multilabel else None
+    labels, paths, patients = (
+        [e.label for e in good],
+        [e.rel for e in good],
+        [e.patient for e in good],
+    )
+    return _Part(images, labels, paths, patients, codes)
 
 
 def _check_readable(part: _Part, classes: list[str], split: str, report: DataReport) -> None:
     """Refuse a split with no readable images, or (train) a class with none; say why."""
-    counts = Counter(part.labels)
+    if part.codes is not None:  # multi-label: a finding needs a positive train image
+        positives = (part.codes == POSITIVE).sum(0)
+        counts = Counter({c: int(n) for c, n in zip(classes, positives, strict=True)})
+    else:
+        counts = Counter(part.labels)
     empty = [c for c in classes if counts[c] == 0] if split == "train" else []
     if part.paths and not empty:
         return
@@ -342,6 +419,9 @@ def _check_readable(part: _Part, classes: list[str], split: str, report: DataRep
 
 def _count(report: DataReport, classes: list[str], splits: dict[str, Split | None]) -> None:
     """Images per split and class into `report.counts`; train and val need every class."""
+    if report.multilabel:
+        _count_findings(report, classes, splits)
+        return
     for name, split in splits.items():
         if split is not None:
             report.counts[name] = {c: int((split.labels == i).sum()) for i, c in enumerate(classes)}
@@ -355,15 +435,47 @@ def _count(report: DataReport, classes: list[str], splits: dict[str, Split | Non
                 )
 
 
+def _count_findings(
+    report: DataReport, findings: list[str], splits: dict[str, Split | None]
+) -> None:
+    """Positives per finding into `report.counts`, every code into `report.finding_counts`.
+    Train needs a positive of each finding; a finding with one class in val has no AUROC
+    there, which the metrics leave out of the mean (`trainables.multilabel`), noted here."""
+    for name, split in splits.items():
+        if split is not None:
+            report.finding_counts[name] = code_counts(split.labels.numpy(), findings)
+            report.counts[name] = {f: c["positive"] for f, c in report.finding_counts[name].items()}
+    val = report.finding_counts["val"]
+    one_class = [
+        f for f, c in val.items() if not c["positive"] or not c["negative"] + c["unmentioned"]
+    ]
+    if one_class:
+        report.notes.append(
+            f"findings {one_class} have one class in val: no AUROC there, left out of the mean"
+        )
+
+
+def _strata(part: _Part, classes: list[str]) -> np.ndarray:
+    """What the validation split stratifies on: the class, or (multi-label) the image's rarest
+    positive finding (`trainables.multilabel.strata`)."""
+    if part.codes is not None:
+        return strata(part.codes)
+    return np.array([classes.index(x) for x in part.labels], dtype=np.int64)
+
+
 def _whole(part: _Part, classes: list[str]) -> Split:
     return _make_split(part, classes, np.arange(len(part.paths)))
 
 
 def _make_split(part: _Part, classes: list[str], idx: np.ndarray) -> Split:
     chosen = np.ascontiguousarray(part.images[idx])
+    if part.codes is not None:
+        labels = torch.from_numpy(np.ascontiguousarray(part.codes[idx]))
+    else:
+        labels = torch.tensor([classes.index(part.labels[i]) for i in idx], dtype=torch.int64)
     return Split(
         images=torch.from_numpy(chosen).unsqueeze(1),
-        labels=torch.tensor([classes.index(part.labels[i]) for i in idx], dtype=torch.int64),
+        labels=labels,
         paths=[part.paths[i] for i in idx],
         patients=[part.patients[i] if part.patients[i] is not None else part.paths[i] for i in idx],
     )

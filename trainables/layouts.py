@@ -58,6 +58,8 @@ class Entry:
     label: str
     """The label as found (folder name, manifest value); `trainables.classes` names classes."""
     patient: str | None
+    codes: tuple[int, ...] | None = None
+    """Multi-label: one code per finding of `Layout.findings` (`trainables.multilabel`)."""
 
 
 @dataclass
@@ -74,6 +76,10 @@ class Layout:
     columns: list[str] = field(default_factory=list)
     """A manifest's columns."""
     notes: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    """A multi-label manifest's findings (empty for one class per image)."""
+    label_format: str = "single"
+    """'single', or a multi-label manifest's 'joined' / 'columns' (`trainables.multilabel`)."""
 
 
 @dataclass

@@ -5,8 +5,10 @@
     images/00000013_005.png,No Finding,13,test
 
 - `path` (required): the image file, relative to the CSV's folder (or absolute).
-- `label` (required): one class per row (multi-label targets are out of scope); labels become
-  classes by the rules of `trainables.classes`, as folder names do.
+- `label`: one class per row; labels become classes by the rules of `trainables.classes`, as
+  folder names do. A label joining findings (`Effusion|Infiltration`) is refused: multi-label
+  data gives a `labels` / `Finding Labels` column (findings joined by `|`, `No Finding` for
+  none) or one column per finding (1, 0, -1 uncertain, blank), read by `trainables.multilabel`.
 - `patient_id` (optional): rows of one patient never fall into two splits.
 - `split` (optional): `train`, `val`, `test` or empty. Empty rows are train. Without test rows,
   a seeded (`TEST_SPLIT_SEED`), stratified `TEST_FRACTION` of train is held out as test, grouped
@@ -28,9 +30,18 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from trainables.layouts import SPLIT_NAMES, Entry, Layout
+from trainables.multilabel import (
+    DEFAULT_SEPARATOR,
+    LabelFormat,
+    detect_format,
+    joined_text,
+    row_codes,
+    strata,
+)
 from trainables.splits import split_train_val
 
-REQUIRED_COLUMNS = ("path", "label")
+REQUIRED_COLUMNS = ("path",)
+LABEL_COLUMNS = "'label', 'labels' / 'Finding Labels', or one column per finding"
 OPTIONAL_COLUMNS = ("patient_id", "split")
 TEST_FRACTION = 0.2  # of the train rows, held out as test when the manifest gives none
 TEST_SPLIT_SEED = 0  # fixed: the held-out test set must not move with a trial's split_seed
@@ -58,17 +69,17 @@ def read_rows(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     if missing:
         raise ValueError(
             f"manifest {path} lacks the columns {missing} (it has {columns}); expected "
-            f"{list(REQUIRED_COLUMNS)} and optionally {list(OPTIONAL_COLUMNS)}"
+            f"{list(REQUIRED_COLUMNS)}, {LABEL_COLUMNS}, and optionally {list(OPTIONAL_COLUMNS)}"
         )
     if not rows:
         raise ValueError(f"manifest {path} has no rows")
     return rows, columns
 
 
-def _check_rows(path: Path, rows: list[dict[str, str]]) -> None:
+def _check_rows(path: Path, rows: list[dict[str, str]], fmt: LabelFormat) -> None:
     """Refuse empty labels, unknown splits, repeated files, one class; rows named."""
     problems = {
-        "have an empty label": [r for r in rows if not r["label"]],
+        "have an empty label": [r for r in rows if fmt.column and not r[fmt.column]],
         "have an empty path": [r for r in rows if not r["path"]],
         f"have a split other than {list(SPLIT_NAMES)} or empty": [
             r for r in rows if r.get("split", "") not in ("", *SPLIT_NAMES)
@@ -85,8 +96,8 @@ def _check_rows(path: Path, rows: list[dict[str, str]]) -> None:
                 f"manifest {path}: {_rows_text([int(r['_line']) for r in bad])} {what}"
                 + (f" (found {found})" if found else "")
             )
-    labels = {r["label"] for r in rows}
-    if len(labels) < 2:
+    labels = {r["label"] for r in rows} if fmt.kind == "single" else set()
+    if fmt.kind == "single" and len(labels) < 2:
         raise ValueError(
             f"manifest {path}: the label column has one class {sorted(labels)} "
             f"({_rows_text([int(r['_line']) for r in rows])}); need two"
@@ -108,19 +119,24 @@ def _check_patients(path: Path, rows: list[dict[str, str]]) -> None:
             )
 
 
-def manifest_layout(path: Path) -> Layout:
-    """The manifest's entries per split (no file is opened: missing ones are skipped later)."""
+def manifest_layout(path: Path, separator: str = DEFAULT_SEPARATOR) -> Layout:
+    """The manifest's entries per split (no file is opened: missing ones are skipped later).
+    `separator` joins findings in a `labels` / `Finding Labels` column."""
     rows, columns = read_rows(path)
-    _check_rows(path, rows)
+    fmt = detect_format(path, columns, rows, separator, REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
+    _check_rows(path, rows, fmt)
     _check_patients(path, rows)
     root = path.parent
     by_split: dict[str, list[Entry]] = {s: [] for s in SPLIT_NAMES}
     for r in rows:
         rel = PurePosixPath(r["path"]).as_posix()
-        entry = Entry(rel, root / rel, r["label"], r.get("patient_id") or None)
+        codes = row_codes(fmt, r) if fmt.multilabel else None
+        label = joined_text(codes, fmt.findings) if codes is not None else r["label"]
+        entry = Entry(rel, root / rel, label, r.get("patient_id") or None, codes)
         by_split[r.get("split") or "train"].append(entry)
-    extra = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-    notes = [f"manifest {path.name}: {len(rows)} rows, columns {columns}"]
+    used = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, fmt.column, *fmt.findings)
+    extra = [c for c in columns if c not in used]
+    notes = [f"manifest {path.name}: {len(rows)} rows, columns {columns}, {fmt.describe()}"]
     if extra:
         notes.append(f"extra manifest columns {extra} kept in the report, not used")
     if not by_split["test"]:
@@ -133,12 +149,15 @@ def manifest_layout(path: Path) -> Layout:
         + ", ".join(f"{s} {len(e)}" for s, e in by_split.items())
         + " rows)"
     )
-    return Layout("manifest", root, {}, why, by_split, columns, notes)
+    return Layout("manifest", root, {}, why, by_split, columns, notes, fmt.findings, fmt.kind)
 
 
 def _hold_out_test(train: list[Entry]) -> tuple[list[Entry], list[Entry], str]:
-    names = sorted({e.label for e in train})
-    labels = np.array([names.index(e.label) for e in train], dtype=np.int64)
+    if train and train[0].codes is not None:  # multi-label: the rarest positive finding
+        labels = strata(np.array([e.codes for e in train], dtype=np.int64))
+    else:
+        names = sorted({e.label for e in train})
+        labels = np.array([names.index(e.label) for e in train], dtype=np.int64)
     keep, held, how = split_train_val(
         labels, [e.patient for e in train], TEST_SPLIT_SEED, TEST_FRACTION
     )

@@ -75,6 +75,21 @@ BALANCES: dict[str, str] = {
 }
 """Class balance strategies (seed section 1.3), implemented by `trainables.balance`."""
 
+UNCERTAINTY_POLICIES: dict[str, str] = {
+    "ignore": "U-Ignore: uncertain labels are left out of the loss",
+    "ones": "U-Ones: uncertain labels count as positive",
+    "zeros": "U-Zeros: uncertain labels count as negative",
+}
+"""What multi-label training does with a CheXpert-style uncertain (-1) label
+(`TrialConfig.uncertainty`; `trainables.multilabel.train_targets`)."""
+
+
+def check_label_separator(separator: str) -> None:
+    """What may join findings in a multi-label manifest's column (`TrialConfig.label_separator`)."""
+    if not isinstance(separator, str) or not separator.strip() or len(separator) > 3:
+        raise ValueError(f"label_separator must be 1 to 3 characters, not blank, got {separator!r}")
+
+
 AUGMENTATIONS: dict[str, str] = {
     "none": "no augmentation",
     "seed": "the seed's set (section 2): equalize (preprocessing), rotate, flip, shift",

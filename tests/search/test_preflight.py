@@ -127,7 +127,7 @@ def _bad_data(tmp_path: Path, case: str) -> tuple[Path, str]:
             writer = csv.writer(fh)
             writer.writerow(["path", "finding"])
             writer.writerows([[p.relative_to(root).as_posix(), "x"] for p in root.rglob("*.png")])
-        return manifest, f"manifest {manifest} lacks the columns ['label']"
+        return manifest, f"manifest {manifest} has no label column and no finding columns"
     raise AssertionError(case)
 
 

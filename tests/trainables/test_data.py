@@ -122,7 +122,7 @@ def test_dataset_key_changes_with_exactly_the_fields_that_change_the_dataset():
     assert dataset_key(replace(cfg, lr=0.5, model="resnet18", seed=3)) == dataset_key(cfg)
     # ... and each data field gives another (the Ray trainable and the report cache by it).
     changed = {"data": "/x", "image_size": 64, "resize_mode": "crop", "split_seed": 1}
-    changed.update(val_fraction=0.3, class_map="seed")
+    changed.update(val_fraction=0.3, class_map="seed", label_separator=";")
     assert set(changed) == set(DATASET_FIELDS)
     for name, value in changed.items():
         assert dataset_key(replace(cfg, **{name: value})) != dataset_key(cfg), name

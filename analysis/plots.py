@@ -22,6 +22,7 @@ from torch import nn  # noqa: E402
 from analysis.load import COMPLETED, ERRORED, STOPPED, Experiment, TrialRecord  # noqa: E402
 from trainables.augment import normalize, to_float  # noqa: E402
 from trainables.cache import atomic_write_bytes  # noqa: E402
+from trainables.experiment import asha_milestones  # noqa: E402
 from trainables.models import feature_layer  # noqa: E402
 
 DPI = 110
@@ -153,18 +154,12 @@ def tsne_figure(
 
 
 def rungs(exp: Experiment) -> list[int]:
-    """ASHA's milestones in epochs: grace_period * reduction_factor**k below max_epochs."""
+    """ASHA's rungs in epochs for the experiment's record (`trainables.experiment`'s rule)."""
     record = exp.record
-    grace = int(record.grace_period or 1) if record else 1
-    factor = float(record.reduction_factor or 0) if record else 0.0
     top = exp.max_epochs or max((t.epochs for t in exp.trials), default=1)
-    if factor <= 1:
+    if record is None or not record.reduction_factor or (record.grace_period or 1) > top:
         return []
-    out, r = [], grace
-    while r < top:
-        out.append(int(r))
-        r = int(round(r * factor))
-    return out
+    return list(asha_milestones(int(record.grace_period or 1), int(record.reduction_factor), top))
 
 
 def asha_figure(exp: Experiment, path: Path) -> Path:

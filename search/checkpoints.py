@@ -19,22 +19,11 @@ from typing import Any
 
 from search.gpu_memory import MemoryTable, key_for
 from trainables.config import TrialConfig
+from trainables.experiment import asha_milestones
+
+__all__ = ["asha_milestones"]  # the rung rule lives with the experiment record
 
 MAX_CHECKPOINT_SHARE = 0.02  # checkpoints may cost at most this share of a trial's epochs
-
-
-def asha_milestones(grace_period: int, reduction_factor: int, max_t: int) -> tuple[int, ...]:
-    """The epochs at which Ray's ASHAScheduler (one bracket) decides, ascending: grace * rf**k
-    below max_t (Ray's own formula, so a trial stopped at a rung ends on a checkpoint)."""
-    if grace_period < 1 or reduction_factor < 2 or max_t < grace_period:
-        raise ValueError(
-            f"need grace_period >= 1, reduction_factor >= 2 and max_t >= grace_period, got "
-            f"{grace_period}, {reduction_factor}, {max_t}"
-        )
-    import numpy as np
-
-    rungs = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
-    return tuple(sorted(int(grace_period * reduction_factor**k) for k in range(rungs)))
 
 
 def checkpoint_every(save_s: float, epoch_s: float, max_share: float = MAX_CHECKPOINT_SHARE) -> int:

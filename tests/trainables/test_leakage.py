@@ -1,5 +1,5 @@
-"""Leakage: planted duplicates across splits are found, a patient in two splits is reported, and
-a clean folder (and the clean phantom) reports nothing."""
+"""Leakage: planted duplicates across splits are found, a patient in two splits is reported, a
+clean folder (and the clean phantom) reports nothing, and the audit is cached with the data."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from trainables.leakage import (
     DCT_SIDE,
     HASH_SIDE,
     NEAR_DUPLICATE_BITS,
-    close_pairs,
+    find_audit,
     hamming,
+    leakage_file_text,
     leakage_for_config,
+    parse_leakage_file,
     perceptual_hash,
 )
 
@@ -37,21 +39,8 @@ def test_phash_matches_a_separable_dct_and_hamming_counts_bits():
     assert dist[0, 1] == int(np.sum(got[0] != got[1]))
 
 
-def test_close_pairs_in_blocks_of_rows_are_every_pair_within_the_bound():
-    rng = np.random.default_rng(1)
-    a = rng.random((23, 256)) < 0.5
-    b = a[rng.integers(0, 23, 17)] ^ (rng.random((17, 256)) < 0.05)  # near copies, ~13 bits
-    b[:5] = rng.random((5, 256)) < 0.5  # and some unrelated hashes
-    # Independent: count differing bits pair by pair with an element-wise comparison.
-    bits = (a[:, None, :] != b[None, :, :]).sum(axis=2)
-    expected = {(i, j, int(bits[i, j])) for i, j in zip(*np.nonzero(bits <= 32), strict=True)}
-    assert expected  # the near copies are within the bound
-    for rows in (1, 4, 23, 512):  # blocks smaller than, dividing, equal to and beyond len(a)
-        assert set(close_pairs(a, b, 32, rows=rows)) == expected
-
-
-def _leakage(root):
-    return leakage_for_config(TrialConfig(data=str(root), image_size=32))
+def _leakage(root, image_size=32):
+    return leakage_for_config(TrialConfig(data=str(root), image_size=image_size))
 
 
 def test_a_clean_folder_has_no_leakage(tmp_path, cold_cache):
@@ -93,3 +82,35 @@ def test_the_clean_phantom_has_no_leakage():
     report = _leakage("phantom:small")
     assert report["patients_in_two_splits"] == []
     assert report["near_duplicate_count"] == 0
+
+
+def test_the_audit_is_cached_by_content_and_reused(tmp_path, cold_cache, monkeypatch):
+    root = make_folder(tmp_path / "data")
+    first = _leakage(root)
+    assert first["from_cache"] is False and first["pairs_checked"] > 0
+    # The second audit of the same content is read back: searching again would fail here.
+    import trainables.leakage as leakage
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the cached audit was recomputed")
+
+    monkeypatch.setattr(leakage, "find_close_pairs", no_search)
+    again = _leakage(root, image_size=96)  # the image size does not change what is audited
+    assert again["from_cache"] is True
+    assert {k: v for k, v in again.items() if k not in ("from_cache", "settings")} == {
+        k: v for k, v in first.items() if k not in ("from_cache", "settings")
+    }
+    # Changed content (one test image rewritten) is a new key: audited afresh.
+    noise(root / "test" / "NORMAL" / "person1_normal_0.png", seed=777)
+    with pytest.raises(AssertionError, match="recomputed"):
+        _leakage(root)
+
+
+def test_the_experiment_file_holds_audits_found_by_their_settings(tmp_path, cold_cache):
+    audit = _leakage(make_folder(tmp_path / "data"))
+    audits = parse_leakage_file(leakage_file_text([audit]), "x/leakage.json")
+    cfg = TrialConfig(data=str(tmp_path / "data"), image_size=128)
+    assert find_audit(audits, cfg) == audit
+    assert find_audit(audits, TrialConfig(data=str(tmp_path / "data"), split_seed=3)) is None
+    with pytest.raises(ValueError, match="x/leakage.json: expected version 1"):
+        parse_leakage_file('{"audits": []}', "x/leakage.json")

@@ -29,6 +29,7 @@ import torch
 
 from trainables.classes import CLASS_ALIASES, ClassNaming, class_of_folder, name_classes
 from trainables.decode_cache import decode_cached
+from trainables.dicom import screen_entries
 from trainables.layouts import (
     PEDIATRIC_CLASS_DIRS,
     Entry,
@@ -149,6 +150,8 @@ class DataReport:
     """'single', or a multi-label manifest's 'joined' / 'columns' (`trainables.multilabel`)."""
     finding_counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     """Multi-label: split -> finding -> positive / negative / uncertain / unmentioned images."""
+    dicom: dict[str, dict[str, int]] = field(default_factory=dict)
+    """DICOM files listed, per 'photometric', 'bits_stored' and 'transfer_syntax' value."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -178,6 +181,9 @@ class DataReport:
             lines += [f"  {s['path']}: {s['reason']}" for s in self.skipped]
         if self.ignored_hidden:
             lines.append(f"ignored {self.ignored_hidden} hidden file(s)")
+        for what, counts in self.dicom.items():
+            shown = ", ".join(f"{v} {n}" for v, n in counts.items())
+            lines.append(f"DICOM files by {what.replace('_', ' ')}: {shown}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -328,6 +334,8 @@ def list_dataset(
         entries["val"] = list_split(layout, "val", listing)
     if include_test:
         entries["test"] = list_split(layout, "test", listing)
+    # DICOM headers (pixels unread): skip what is no grayscale image, group by PatientID.
+    entries = {split: screen_entries(found, listing) for split, found in entries.items()}
     if layout.findings:
         if class_map:
             raise ValueError(
@@ -376,6 +384,7 @@ def _new_report(
         columns=list(layout.columns),
         multilabel=bool(layout.findings),
         label_format=layout.label_format,
+        dicom=dict(listing.dicom),
     )
 
 

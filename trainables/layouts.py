@@ -41,7 +41,20 @@ __all__ = ["CLASS_ALIASES", "Entry", "Layout", "Listing", "class_of_folder", "de
 PEDIATRIC_CLASS_DIRS = ("NORMAL", "PNEUMONIA")
 SPLIT_NAMES = ("train", "val", "test")
 IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".pgm", ".ppm"}
+    {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".dcm",
+        ".dicom",
+        ".pgm",
+        ".ppm",
+    }
 )
 _PERSON_RE = re.compile(r"^person(\d+)_", re.IGNORECASE)
 _PEDIATRIC_PNEUMONIA_RE = re.compile(r"^person(\d+)_(bacteria|virus)_", re.IGNORECASE)
@@ -90,6 +103,9 @@ class Listing:
     """{'path', 'reason'} for every file that was not used."""
     ignored_hidden: int = 0
     notes: list[str] = field(default_factory=list)
+    dicom: dict[str, dict[str, int]] = field(default_factory=dict)
+    """DICOM files per header field ('photometric', 'bits_stored', 'transfer_syntax') and value
+    (`trainables.dicom.screen_entries`)."""
 
     def skip(self, rel: str, reason: str) -> None:
         self.skipped.append({"path": rel, "reason": reason})

@@ -3,7 +3,9 @@
 `preprocess` applies EXIF orientation, converts any PIL mode to grayscale (16-bit and float
 images scaled by their own range), pads or center-crops to a square and resizes (Lanczos).
 `decode_file` opens one file and preprocesses it; every failure is an `ImageError` naming the
-file. `PREPROCESS_VERSION` keys the decode cache: bump it when the output changes.
+file. DICOM files go to `trainables.dicom`, which turns them into display values and hands
+them to the same steps. `PREPROCESS_VERSION` keys the decode cache: bump it when the output
+changes.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from trainables.pixels import ImageError, scale_to_uint8
 from trainables.vocab import check_resize_mode
 
 # Bump when `preprocess` changes its output, so old decoded arrays are not reused.
-PREPROCESS_VERSION = 1
+# 2: DICOM files decode (version 1 cached every DICOM file as a failure).
+PREPROCESS_VERSION = 2
 # Modes scaled by their own min..max (PIL's convert("L") would clip them at 255).
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # Modes with an alpha band PIL's getbands() spells "a" (premultiplied).
@@ -29,10 +33,6 @@ PAD_VALUE = 0  # the padding colour (black), uint8
 RESAMPLE = Image.Resampling.LANCZOS
 REDUCING_GAP = 3.0  # Pillow resize(reducing_gap=): reduce() by an integer factor first, to >= 3x
 JPEG_DRAFT_FACTOR = 2  # JPEG only: libjpeg may decode at 1/2^k while keeping >= 2x the target
-
-
-class ImageError(ValueError):
-    """A file that cannot be decoded as an image; the message names the file."""
 
 
 def preprocess(img: Image.Image, image_size: int, resize_mode: str) -> np.ndarray:
@@ -72,7 +72,10 @@ def describe_steps(image_size: int, resize_mode: str) -> list[dict[str, Any]]:
         else {"op": "crop", "placement": "centre; top = (h - side) // 2, "
               "left = (w - side) // 2, side = min(h, w)"}
     )  # fmt: skip
+    from trainables.dicom import describe as describe_dicom  # pydicom only when asked
+
     return [
+        describe_dicom(),
         {"op": "jpeg_draft", "size": [JPEG_DRAFT_FACTOR * image_size] * 2,
          "rule": "Image.draft(None, size) before load(); a no-op for other formats"},
         {"op": "exif_transpose", "rule": "PIL.ImageOps.exif_transpose"},
@@ -102,11 +105,7 @@ def check_preprocessing(image_size: int, resize_mode: str) -> None:
 
 def _to_gray(img: Image.Image) -> np.ndarray:
     if img.mode in HIGH_DEPTH_MODES:
-        values = np.asarray(img).astype(np.float64)
-        lo, hi = float(values.min()), float(values.max())
-        if hi <= lo:  # a constant image carries no contrast to keep
-            return np.zeros(values.shape, dtype=np.uint8)
-        return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return scale_to_uint8(np.asarray(img))
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if "A" in img.getbands() or img.mode in PREMULTIPLIED_ALPHA_MODES:
@@ -124,6 +123,10 @@ def decode_image(path: Path, image_size: int, resize_mode: str) -> np.ndarray:
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: zero-byte file")
+        from trainables.dicom import is_dicom, read_gray  # pydicom only when needed
+
+        if is_dicom(path):  # display values in 8 bits, then the same square as any image
+            return preprocess(Image.fromarray(read_gray(path)), image_size, resize_mode)
         with Image.open(path) as img:
             w, h = img.size
             if w * h > (Image.MAX_IMAGE_PIXELS or float("inf")):

@@ -1,12 +1,14 @@
-"""The README's reference snippet (PIL + numpy + onnxruntime, no cxr-tune import), taken from
-README.md itself, against `analysis.predict` on every image mode, and the exported bundle's
-self-description (bundle.json steps, ONNX metadata_props, MODEL_CARD.md)."""
+"""The README's reference snippet (PIL + pydicom + numpy + onnxruntime, no cxr-tune import),
+taken from README.md itself, against `analysis.predict` on every image mode and on DICOM files,
+and the exported bundle's self-description (bundle.json steps, ONNX metadata_props,
+MODEL_CARD.md)."""
 
 from __future__ import annotations
 
 import ast
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import onnx
 import pytest
 import torch
 from PIL import Image
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from analysis.predict import main as predict_main
 from analysis.predict import predict_files
@@ -23,6 +26,9 @@ from trainables.config import TrialConfig
 from trainables.model_card import MODEL_CARD_FILE
 from trainables.models import build_model
 from trainables.preprocess import decode_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainables"))
+from dicom_files import chest, dataset, film, save  # noqa: E402
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CLASSES = ["NORMAL", "BACTERIA", "VIRAL"]
@@ -37,7 +43,7 @@ def snippet_source() -> str:
     return match.group(1)
 
 
-def test_the_snippet_imports_only_pil_numpy_onnxruntime_and_json():
+def test_the_snippet_imports_only_pil_pydicom_numpy_onnxruntime_and_json():
     tree = ast.parse(snippet_source())
     modules = {
         (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
@@ -45,8 +51,8 @@ def test_the_snippet_imports_only_pil_numpy_onnxruntime_and_json():
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in node.names
     }
-    assert modules == {"json", "numpy", "onnxruntime", "PIL"}
-    assert len(snippet_source().splitlines()) <= 60  # short enough to read and copy
+    assert modules == {"json", "numpy", "onnxruntime", "PIL", "pydicom"}
+    assert len(snippet_source().splitlines()) <= 75  # short enough to read and copy
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +225,8 @@ def test_onnx_metadata_and_model_card(bundles):
     meta = json.loads((path / "bundle.json").read_text())
     assert meta["tta"]["policy"] == "none" and meta["calibration"]["temperature"] == 1.7
     steps = [s["op"] for s in meta["preprocessing"]["steps"]]
-    assert steps == ["jpeg_draft", "exif_transpose", "to_gray", "pad", "resize"]
+    assert steps == ["dicom", "jpeg_draft", "exif_transpose", "to_gray", "pad", "resize"]
+    assert "apply_voi_lut" in meta["preprocessing"]["steps"][0]["voi_lut"]
     assert meta["preprocessing"]["steps"][-1]["reducing_gap"] == 3.0
     card = (path / MODEL_CARD_FILE).read_text()
     assert "Research use only" in card and "not be used for clinical decisions" in card
@@ -242,3 +249,52 @@ def test_bare_tta_uses_the_bundles_policy_and_variants_are_accepted(
     assert "tta1:v1x1" in capsys.readouterr().out
     assert predict_main([str(path), image, "--tta", "tta1:v5x1"]) == 2
     assert "must be 1 to 2" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def dicoms(tmp_path_factory) -> dict[str, Path]:
+    """DICOM files of a non-square chest (150 x 110, above 3x the target): a MONOCHROME1
+    15-bit film uncompressed, as JPEG 2000 lossless and without a suffix; a signed, rescaled,
+    windowed MONOCHROME2 image as RLE."""
+    folder = tmp_path_factory.mktemp("dicom")
+    display = chest(150, seed=11)[:, 20:130]
+    mono1 = dataset(film(display, 15), "MONOCHROME1", 15)
+    signed = np.round((display * 2 - 1) * 1800).astype(np.int16)
+    mono2 = dataset(signed, "MONOCHROME2", 12, RescaleSlope=2, RescaleIntercept=-100,
+                    WindowCenter=300.0, WindowWidth=2500.0)  # fmt: skip
+    return {
+        "film.dcm": save(mono1, folder / "film.dcm"),
+        "film_j2k.dcm": save(mono1, folder / "film_j2k.dcm", JPEG2000Lossless),
+        "IM000001": save(mono1, folder / "IM000001"),
+        "signed_rle.dcm": save(mono2, folder / "signed_rle.dcm", RLELossless),
+    }
+
+
+@pytest.mark.parametrize("kind", ["pad", "crop", "equalize"])
+def test_snippet_reproduces_predict_on_dicom_files(snippet, bundles, dicoms, kind):
+    prep = json.loads((bundles[kind] / "bundle.json").read_text())["preprocessing"]
+    rows = predict_files(load_bundle(bundles[kind]), list(dicoms.values()), "none")
+    spread = []
+    for (name, path), row in zip(dicoms.items(), rows, strict=True):
+        expected = decode_file(path, SIZE, prep["resize_mode"]).astype(np.float32) / 255
+        got = snippet["load_input"](path, prep)
+        if kind != "equalize":  # same uint8 square as training
+            np.testing.assert_allclose(got[0, 0], (expected - 0.5) / 0.5, atol=1e-6, err_msg=name)
+        probs = snippet["predict"](str(bundles[kind]), path)
+        diff = max(abs(probs[c] - row["probabilities"][c]) for c in CLASSES)
+        assert diff < TOLERANCE, f"{name}: snippet {probs} vs predict {row['probabilities']}"
+        spread.append([row["probabilities"][c] for c in CLASSES])
+    # The film and the windowed image get different answers: the tolerance bites.
+    assert np.ptp(np.array(spread), axis=0).max() > 10 * TOLERANCE
+
+
+def test_a_monochrome1_film_predicts_identically_from_its_lossless_encodings(bundles, dicoms):
+    """Uncompressed, JPEG 2000 lossless and suffix-less copies of one MONOCHROME1 15-bit film:
+    the same pixels, the same prediction; and it is read the right way up."""
+    bundle = load_bundle(bundles["pad"])
+    names = ["film.dcm", "film_j2k.dcm", "IM000001"]
+    rows = predict_files(bundle, [dicoms[n] for n in names], "none")
+    assert rows[0]["probabilities"] == rows[1]["probabilities"] == rows[2]["probabilities"]
+    square = decode_file(dicoms["film_j2k.dcm"], 110, "crop")  # no resize: the film's pixels
+    lungs, middle = square[70:100, 20:35].mean(), square[70:100, 52:58].mean()
+    assert lungs < 80 < 150 < middle, (lungs, middle)  # dense tissue bright: not a negative

@@ -1,0 +1,241 @@
+"""DICOM files: which files are DICOM, what their headers say, and their display values.
+
+The one owner of DICOM reading (pydicom). A file is DICOM when its name ends in one of
+`DICOM_SUFFIXES` or, for any other name that is not a known image suffix (hospital exports
+often have none), when it carries the ``DICM`` marker at byte 128 (`pydicom.misc.is_dicom`).
+
+- Listing (`screen_entries`) reads headers only (``stop_before_pixels``): it counts DICOM files
+  per photometric interpretation, bits stored and transfer syntax, skips with its reason what
+  is not a single-frame grayscale image (multi-frame, colour, a structured report or
+  presentation state without pixels, a transfer syntax no installed plugin decodes, naming the
+  package that would), and gives a file without a manifest/metadata patient id the hash of
+  its PatientID as a grouping key (`patient_key`). No other header value is kept.
+- Decoding (`read_gray`) follows `DECODE_RULES`: pydicom's modality LUT (rescale slope and
+  intercept or a Modality LUT Sequence), then its VOI LUT (a VOI LUT Sequence first, else the
+  first window; neither: values unchanged), MONOCHROME1 negated (its low values are white),
+  then the shared 16-bit rule of `trainables.preprocess` (own min..max to 0..255) and the same
+  pad/crop/resize as any image. `describe` records these rules in bundle.json.
+
+No identifier (PatientName, PatientID, BirthDate, AccessionNumber, ...) leaves this module:
+skip reasons name the SOP class, photometric interpretation, frame count or transfer syntax.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+from pydicom.misc import is_dicom as has_dicm_marker
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+
+from trainables.layouts import IMAGE_SUFFIXES, Entry, Listing
+from trainables.pixels import ImageError, scale_to_uint8
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+INVERTED = "MONOCHROME1"  # stores dense tissue dark: negated before scaling
+VOI_INDEX = 0  # the first window (or VOI LUT) when a file lists several
+PATIENT_KEY_PREFIX = "dicom-"
+_PATIENT_SALT = b"cxr-tune: DICOM PatientID as an opaque grouping key\0"
+# Transfer syntax keyword -> what to install when pydicom has no decoder for it here.
+DECODER_PACKAGES: dict[str, str] = {
+    "JPEG2000Lossless": "pylibjpeg and pylibjpeg-openjpeg (MIT; pip install 'cxr-tune[dicom]')",
+    "JPEG2000": "pylibjpeg and pylibjpeg-openjpeg (MIT; pip install 'cxr-tune[dicom]')",
+    "HTJ2KLossless": "pylibjpeg and pylibjpeg-openjpeg (MIT; pip install 'cxr-tune[dicom]')",
+    "HTJ2KLosslessRPCL": "pylibjpeg and pylibjpeg-openjpeg (MIT; pip install 'cxr-tune[dicom]')",
+    "HTJ2K": "pylibjpeg and pylibjpeg-openjpeg (MIT; pip install 'cxr-tune[dicom]')",
+    "JPEGLossless": "pylibjpeg and pylibjpeg-libjpeg (GPL-3.0; pip install "
+    "'cxr-tune[dicom-gpl]') or python-gdcm (BSD)",
+    "JPEGLosslessSV1": "pylibjpeg and pylibjpeg-libjpeg (GPL-3.0; pip install "
+    "'cxr-tune[dicom-gpl]') or python-gdcm (BSD)",
+    "JPEGLSLossless": "pylibjpeg and pylibjpeg-libjpeg (GPL-3.0), pyjpegls (BSD) or python-gdcm",
+    "JPEGLSNearLossless": "pylibjpeg and pylibjpeg-libjpeg (GPL-3.0), pyjpegls (BSD) or "
+    "python-gdcm",
+    "JPEGExtended12Bit": "pylibjpeg and pylibjpeg-libjpeg (GPL-3.0) or python-gdcm (BSD)",
+}
+DECODE_RULES: dict[str, Any] = {
+    "detect": f"name ends in {list(DICOM_SUFFIXES)}, or b'DICM' at byte 128 of a file whose "
+    f"suffix is no other image format's",
+    "read": "pydicom.dcmread(path); ds.pixel_array (any installed decoder plugin)",
+    "accepted": f"one frame, SamplesPerPixel 1, PhotometricInterpretation in {list(GRAYSCALE)}",
+    "modality_lut": "pydicom.pixels.apply_modality_lut(arr, ds)",
+    "voi_lut": f"pydicom.pixels.apply_voi_lut(arr, ds, index={VOI_INDEX}) (the VOI LUT Sequence "
+    "first, else the first WindowCenter/WindowWidth, else unchanged)",
+    "invert": f"{INVERTED}: values negated (v = -v) before scaling",
+    "to_uint8": "float64; np.round((v - min) * 255 / (max - min)) to uint8; all 0 if max == min",
+    "then": "the uint8 image (PIL mode L) goes through exif_transpose, to_gray, pad or crop and "
+    "resize as any image; jpeg_draft does not apply",
+}
+
+
+@dataclass(frozen=True)
+class Header:
+    """What listing keeps of one DICOM header; never a name, date or identifier."""
+
+    photometric: str
+    bits_stored: str
+    transfer_syntax: str
+    problem: str | None
+    """Why the file is not used, or None."""
+    patient_key: str | None
+    """`patient_key` of its PatientID (None without one)."""
+
+
+def is_dicom(path: Path) -> bool:
+    """By suffix, else (a name without a known image suffix) by the DICM marker."""
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix in IMAGE_SUFFIXES:
+        return False
+    try:
+        return bool(has_dicm_marker(path))
+    except OSError:
+        return False  # unreadable: the image decoder says why
+
+
+def patient_key(patient_id: str) -> str:
+    """An opaque, stable grouping key for a PatientID (salted sha256; the ID is not kept)."""
+    digest = hashlib.sha256(_PATIENT_SALT + patient_id.encode("utf-8", "replace")).hexdigest()
+    return PATIENT_KEY_PREFIX + digest[:16]
+
+
+def _syntax(ds: pydicom.Dataset) -> pydicom.uid.UID | None:
+    meta = getattr(ds, "file_meta", None)
+    return meta.get("TransferSyntaxUID") if meta is not None else None
+
+
+@lru_cache(maxsize=64)
+def missing_decoder(uid: str) -> str | None:
+    """None when pydicom can decode `uid` here, else what to install (or why it cannot)."""
+    uid = pydicom.uid.UID(uid)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return f"transfer syntax {uid.name} has no pixel decoder in pydicom"
+    if decoder.is_available:
+        return None
+    hint = DECODER_PACKAGES.get(uid.keyword) or "; ".join(decoder.missing_dependencies)
+    return f"transfer syntax {uid.name} has no installed decoder: install {hint}"
+
+
+def image_problem(ds: pydicom.Dataset) -> str | None:
+    """Why `ds` is not a single-frame grayscale image this project decodes, or None."""
+    if "Rows" not in ds or "Columns" not in ds or "PhotometricInterpretation" not in ds:
+        sop = ds.get("SOPClassUID")
+        what = f"a {sop.name}" if sop is not None else "a DICOM object"
+        return f"not an image: {what} without pixel data"
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        return f"multi-frame DICOM ({frames} frames): only single-frame images are used"
+    photometric = str(ds.PhotometricInterpretation)
+    if photometric not in GRAYSCALE or int(ds.get("SamplesPerPixel") or 1) != 1:
+        return f"colour DICOM ({photometric}): only {' or '.join(GRAYSCALE)} images are used"
+    syntax = _syntax(ds)
+    if syntax is None:
+        return "DICOM file without a TransferSyntaxUID in its file meta"
+    return missing_decoder(str(syntax))
+
+
+def _header_of(ds: pydicom.Dataset) -> Header:
+    syntax = _syntax(ds)
+    pid = str(ds.get("PatientID") or "").strip()
+    return Header(
+        photometric=str(ds.get("PhotometricInterpretation") or "none"),
+        bits_stored=str(ds.get("BitsStored") or "none"),
+        transfer_syntax=syntax.name if syntax is not None else "none",
+        problem=image_problem(ds),
+        patient_key=patient_key(pid) if pid else None,
+    )
+
+
+def read_header(path: Path) -> Header:
+    """The header of one DICOM file, pixels not read; ImageError names an unreadable file."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        raise ImageError(f"{path}: not a DICOM file (no DICM marker at byte 128)") from None
+    except OSError as err:
+        raise ImageError(f"{path}: cannot be read ({err})") from None
+    except Exception as err:  # pydicom raises many kinds on a damaged header
+        raise ImageError(f"{path}: corrupt DICOM header ({type(err).__name__}: {err})") from None
+    return _header_of(ds)
+
+
+def screen_entries(entries: list[Entry], listing: Listing) -> list[Entry]:
+    """Keep non-DICOM entries and usable DICOM ones; count DICOM headers into `listing.dicom`,
+    skip the rest with their reason, and group files without a patient id by PatientID."""
+    kept = []
+    counts = {k: Counter(v) for k, v in listing.dicom.items()}
+    for e in entries:
+        if not is_dicom(e.path):
+            kept.append(e)
+            continue
+        try:
+            header = read_header(e.path)
+        except ImageError as err:
+            listing.skip(e.rel, str(err).removeprefix(f"{e.path}: "))
+            continue
+        for field, value in (
+            ("photometric", header.photometric),
+            ("bits_stored", header.bits_stored),
+            ("transfer_syntax", header.transfer_syntax),
+        ):
+            counts.setdefault(field, Counter())[value] += 1
+        if header.problem:
+            listing.skip(e.rel, header.problem)
+            continue
+        if e.patient is None and header.patient_key:
+            e.patient = header.patient_key
+        kept.append(e)
+    listing.dicom = {k: dict(sorted(c.items())) for k, c in counts.items()}
+    return kept
+
+
+def display_values(ds: pydicom.Dataset) -> np.ndarray:
+    """Stored values -> float64 display values (brighter = denser), by `DECODE_RULES`."""
+    values = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds, index=VOI_INDEX)
+    values = np.asarray(values, dtype=np.float64)
+    return -values if str(ds.PhotometricInterpretation) == INVERTED else values
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """One DICOM file -> its uint8 display image (`trainables.preprocess` squares and resizes
+    it as any image); ImageError names the file."""
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise ImageError(f"{path}: not a DICOM file (no DICM marker at byte 128)") from None
+    except OSError as err:
+        raise ImageError(f"{path}: cannot be read ({err})") from None
+    except Exception as err:
+        raise ImageError(f"{path}: corrupt DICOM file ({type(err).__name__}: {err})") from None
+    problem = image_problem(ds) or ("PixelData" not in ds and "DICOM file without PixelData")
+    if problem:
+        raise ImageError(f"{path}: {problem}")
+    pixels = int(ds.Rows) * int(ds.Columns)
+    if pixels > (Image.MAX_IMAGE_PIXELS or float("inf")):
+        raise ImageError(
+            f"{path}: {ds.Columns}x{ds.Rows} pixels is over Pillow's decompression-bomb limit "
+            f"(Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS})"
+        )
+    try:
+        values = display_values(ds)
+    except Exception as err:  # a decoder plugin's own error on damaged data
+        raise ImageError(
+            f"{path}: corrupt DICOM pixel data ({type(err).__name__}: {err})"
+        ) from None
+    return scale_to_uint8(values)
+
+
+def describe() -> dict[str, Any]:
+    """The DICOM step of bundle.json's preprocessing steps."""
+    return {"op": "dicom", **DECODE_RULES}

@@ -28,6 +28,7 @@ from scipy.spatial import Delaunay, QhullError
 
 from trainables.config import TrialConfig
 from trainables.device import EVAL_BATCH
+from trainables.markdown import md_code
 from trainables.train import predict_proba
 
 PATCH = 8  # the occluding patch is S / PATCH pixels wide
@@ -214,7 +215,7 @@ def audit_section(doc, evaluator, best) -> Audit:
     )
     doc.heading("Shortcut audit")
     doc.text(
-        f"Occlusion saliency of the best trial `{best.trial.trial_id}` on {len(picks)} test "
+        f"Occlusion saliency of the best trial {md_code(best.trial.trial_id)} on {len(picks)} test "
         f"images (up to {PER_CLASS_AUDITED} per class, seeded): each cell of a {PATCH} x {PATCH} "
         "grid filled in turn with the image's median grey; the drop in the "
         "predicted class's probability is the evidence at those pixels. The body is the convex "

@@ -37,6 +37,7 @@ from trainables.calibration import (  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.data import Dataset  # noqa: E402
 from trainables.experiment import EXPORT_DIR  # noqa: E402
+from trainables.markdown import md_code  # noqa: E402
 from trainables.train import model_from_checkpoint, predict_logits  # noqa: E402
 
 
@@ -151,7 +152,8 @@ def calibration_section(
         else ""
     )
     doc.text(
-        f"Temperature scaling of the best trial `{best.trial.trial_id}`: one scalar T divides "
+        f"Temperature scaling of the best trial {md_code(best.trial.trial_id)}: one scalar T "
+        "divides "
         f"the logits; T = {cal.temperature:.3f} minimises the negative log-likelihood on the "
         f"{len(cal.val_labels)} validation images (the test split is not used to fit it). "
         f"Expected calibration error (top-label, {ECE_BINS} equal-width confidence bins, "

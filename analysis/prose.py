@@ -10,13 +10,14 @@ from collections.abc import Sequence
 import pandas as pd
 
 from analysis import plots, tables
-from analysis.document import Document
+from analysis.document import Document, file_link
 from analysis.evaluate import Evaluator
 from analysis.load import COMPLETED, Experiment, TrialRecord
 from analysis.tables import TrialEval
 from analysis.tta import SEED_POLICIES
 from trainables.data import DataReport
 from trainables.experiment import read_data_report
+from trainables.markdown import md_code, md_text
 from trainables.train import model_from_checkpoint
 
 # fANOVA on fewer complete trials than this ranks parameters mostly by noise.
@@ -63,32 +64,34 @@ def intro_section(
     statuses = ", ".join(f"{n} {s}" for s, n in counts.items())
     ci = best.test.intervals["acc"]
     cfg = best.trial.params
-    doc.heading(f"Results: experiment `{exp.name}`", 1)
+    doc.heading(f"Results: experiment {md_code(exp.name)}", 1)
     doc.table(
         "headline",
-        f"The best trial by `{exp.metric}` ({exp.mode}) on validation, evaluated once on the "
-        "test split: accuracy and macro precision with 95 % bootstrap intervals, without TTA"
-        + ("" if chosen == "none" else f" and with `{chosen}`, the policy chosen on validation"),
+        f"The best trial by {md_code(exp.metric)} ({exp.mode}) on validation, evaluated once on "
+        "the test split: accuracy and macro precision with 95 % bootstrap intervals, without TTA"
+        + ("" if chosen == "none" else f" and with {md_code(chosen)}, chosen on validation"),
         headline_table(best, chosen),
         css="t headline",
     )
     doc.text(
-        f"The sweep ran {len(exp.trials)} trials ({statuses}), ranked by `{exp.metric}` "
-        f"({exp.mode}) at each trial's best checkpoint. The best trial, `{best.trial.trial_id}` "
-        f"(`{cfg.get('model')}`, balance `{cfg.get('balance')}`, augment "
-        f"`{cfg.get('augment', 'none')}`, lr {_num(cfg.get('lr'))}), reached {exp.metric} "
+        f"The sweep ran {len(exp.trials)} trials ({statuses}), ranked by {md_code(exp.metric)} "
+        f"({exp.mode}) at each trial's best checkpoint. The best trial, "
+        f"{md_code(best.trial.trial_id)} ({md_code(cfg.get('model'))}, balance "
+        f"{md_code(cfg.get('balance'))}, augment {md_code(cfg.get('augment', 'none'))}, lr "
+        f"{md_text(_num(cfg.get('lr')))}), reached {md_text(exp.metric)} "
         f"{best.trial.best_score:.4f} at epoch {best.trial.best_epoch} and scores "
         f"**{ci.format()} %** test accuracy without TTA on {len(best.test.labels)} test images."
     )
     doc.text(
         "Every accuracy is shown as `value [low, high]`: the 95 % percentile-bootstrap interval "
         "over test images (2,000 seeded resamples). Precision is macro-averaged over the "
-        f"{len(best.classes)} classes ({', '.join(best.classes)}), as the seed reports it; "
+        f"{len(best.classes)} classes ({', '.join(map(md_code, best.classes))}), as the seed "
+        "reports it; "
         "per-class accuracy is the recall of that class."
     )
     if exp.missing:
         doc.heading("What this report cannot cover", 3)
-        doc.text("\n".join(f"- {m}" for m in exp.missing))
+        doc.text("\n".join(f"- {md_text(m)}" for m in exp.missing))
 
 
 def data_section(doc: Document, exp: Experiment) -> None:
@@ -99,13 +102,18 @@ def data_section(doc: Document, exp: Experiment) -> None:
         return
     report = DataReport.from_dict(reports[0])
     doc.heading("Data", 3)
-    renamed = "; ".join(f"{c} ← {', '.join(s)}" for c, s in report.sources.items() if s != [c])
+    renamed = "; ".join(
+        f"{md_code(c)} ← {', '.join(map(md_code, s))}"
+        for c, s in report.sources.items()
+        if s != [c]
+    )
     doc.text(
-        f"`{report.root}` ({report.layout}: {report.why}), {len(report.classes)} classes "
-        f"({', '.join(report.classes)}{'; ' + renamed if renamed else ''}), "
-        f"{report.image_size} px {report.resize_mode}. "
-        f"{len(report.skipped)} file(s) skipped, {report.ignored_hidden} hidden file(s) ignored."
-        + "".join(f"\n- {n}" for n in report.notes)
+        f"{md_code(report.root)} ({md_text(report.layout)}: {md_text(report.why)}), "
+        f"{len(report.classes)} classes ({', '.join(map(md_code, report.classes))}"
+        f"{'; ' + renamed if renamed else ''}), {report.image_size} px "
+        f"{md_text(report.resize_mode)}. {len(report.skipped)} file(s) skipped, "
+        f"{report.ignored_hidden} hidden file(s) ignored."
+        + "".join(f"\n- {md_text(n)}" for n in report.notes)
     )
     counts = pd.DataFrame(
         [{"split": s, **c, "total": sum(c.values())} for s, c in report.counts.items()]
@@ -124,7 +132,7 @@ def _best_row(table: pd.DataFrame, key: str) -> pd.Series | None:
 
 def _missing(table: pd.DataFrame, key: str) -> str:
     gone = table[table["status"] != tables.EVALUATED][key].tolist()
-    return f" Not covered by this sweep: {', '.join(f'`{g}`' for g in gone)}." if gone else ""
+    return f" Not covered by this sweep: {', '.join(map(md_code, gone))}." if gone else ""
 
 
 def balance_section(doc: Document, t: dict[str, pd.DataFrame]) -> None:
@@ -136,7 +144,7 @@ def balance_section(doc: Document, t: dict[str, pd.DataFrame]) -> None:
     )
     if top is not None:
         line += (
-            f" Highest test accuracy: `{top['balance']}` with {_pct(top['test_acc'])} "
+            f" Highest test accuracy: {md_code(top['balance'])} with {_pct(top['test_acc'])} "
             f"(95 % CI {_pct(top['test_acc_low'])} to {_pct(top['test_acc_high'])}); a gap "
             "smaller than the intervals are wide is no evidence that one strategy is better."
         )
@@ -154,7 +162,7 @@ def architecture_section(doc: Document, t: dict[str, pd.DataFrame]) -> None:
     top = _best_row(t["table3_architectures"], "model")
     line = "The best trial of each architecture in the model registry."
     if top is not None:
-        line += f" Highest test accuracy: `{top['model']}` with {_pct(top['test_acc'])}."
+        line += f" Highest test accuracy: {md_code(top['model'])} with {_pct(top['test_acc'])}."
     doc.text(line + _missing(t["table3_architectures"], "model"))
     doc.table("table3_architectures", "Table 3: architectures compared", t["table3_architectures"])
     doc.table(
@@ -171,22 +179,23 @@ def tta_section(doc: Document, t: dict[str, pd.DataFrame], best: TrialEval, chos
     for _, row in table[table["policy"] != "none"].iterrows():
         gain = row["test_acc"] - table.loc[table["policy"] == "none", "test_acc"].iloc[0]
         lines.append(
-            f"- `{row['policy']}` ({row['cost']} passes per image): test accuracy "
+            f"- {md_code(row['policy'])} ({row['cost']} passes per image): test accuracy "
             f"{100 * gain:+.1f} points against no TTA, {row['wrong_to_right']} predictions fixed "
-            f"and {row['right_to_wrong']} broken; McNemar: {row['verdict']}."
+            f"and {row['right_to_wrong']} broken; McNemar: {md_text(row['verdict'])}."
         )
     doc.text(
-        f"All policies run on the best trial `{best.trial.trial_id}`. `tta1` and `tta2` are the "
+        f"All policies run on the best trial {md_code(best.trial.trial_id)}. `tta1` and `tta2` "
+        "are the "
         "seed's (the plain image averaged with one draw of each of two views). The policy chosen "
         f"on the validation split among {len(t['tta_selection_val'])} candidates is "
-        f"`{chosen}`; the test split was not used to choose it."
+        f"{md_code(chosen)}; the test split was not used to choose it."
     )
     doc.text("\n".join(lines))
     shown = chosen if chosen != "none" else SEED_POLICIES[-1]
     path = doc.csv("predictions", tables.predictions_table(best, shown))
     doc.text(
-        f"Every test image's class and probabilities without TTA and with `{shown}` are in "
-        f"[{path.name}]({path.name}) (paths relative to `{best.data_root}`)."
+        f"Every test image's class and probabilities without TTA and with {md_code(shown)} are "
+        f"in {file_link(path.name)} (paths relative to {md_code(best.data_root)})."
     )
     doc.table("table4_tta", "Table 4: no TTA against each TTA policy", table)
     doc.table(
@@ -221,7 +230,8 @@ def figures_section(
     path = plots.curves_figure(top, doc.out / "curves.png", exp.metric, exp.mode)
     doc.figure(
         path,
-        f"Loss, accuracy and the sweep's metric `{exp.metric}` per epoch of the top {len(top)} "
+        f"Loss, accuracy and the sweep's metric {md_code(exp.metric)} per epoch of the top "
+        f"{len(top)} "
         "trials by that metric",
     )
     model, cfg, _ = model_from_checkpoint(best.trial.best_checkpoint)
@@ -244,13 +254,14 @@ def sweep_section(doc: Document, exp: Experiment, t: dict[str, pd.DataFrame]) ->
     path = plots.asha_figure(exp, doc.out / "asha.png")
     doc.figure(
         path,
-        f"ASHA: each trial's validation `{exp.metric}` per epoch, coloured by how it ended, and "
+        f"ASHA: each trial's validation {md_code(exp.metric)} per epoch, coloured by how it "
+        "ended, and "
         "how many epochs each trial ran",
     )
     try:
         importance = plots.importance_table(exp)
     except (ValueError, RuntimeError) as err:
-        doc.text(f"Parameter importance not computed: {err}.")
+        doc.text(f"Parameter importance not computed: {md_text(err)}.")
     else:
         t["importance"] = importance
         complete = sum(t.status == COMPLETED for t in exp.trials)
@@ -262,6 +273,8 @@ def sweep_section(doc: Document, exp: Experiment, t: dict[str, pd.DataFrame]) ->
                 "mostly noise: read it as a hint of where to search next, not as a finding."
             )
         path = plots.importance_figure(importance, exp.metric, doc.out / "importance.png")
-        doc.figure(path, f"fANOVA importance of the searched parameters for {exp.metric}")
+        doc.figure(path, f"fANOVA importance of the searched parameters for {md_code(exp.metric)}")
         doc.table("importance", "Parameter importance (Optuna fANOVA)", importance)
-    doc.table("trials", f"All trials, best first by `{exp.metric}` ({exp.mode})", t["trials"])
+    doc.table(
+        "trials", f"All trials, best first by {md_code(exp.metric)} ({exp.mode})", t["trials"]
+    )

@@ -43,6 +43,7 @@ def build_report(
     from analysis.evaluate import Evaluator
     from analysis.tta import TTA_POLICIES
     from trainables.balance import BALANCES
+    from trainables.markdown import md_code
     from trainables.models import MODELS
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,7 +85,7 @@ def build_report(
     prose.figures_section(doc, exp, evaluator, best_eval, chosen, top_k)
     prose.sweep_section(doc, exp, t)
     reruns.rerun_section(doc, exp, t)
-    doc.text(f"Evaluation took {time.perf_counter() - started:.0f} s on `{device}`.")
+    doc.text(f"Evaluation took {time.perf_counter() - started:.0f} s on {md_code(device)}.")
     return doc, t
 
 

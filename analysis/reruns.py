@@ -24,6 +24,7 @@ from analysis.load import Experiment
 from analysis.stats import ALPHA, Interval
 from trainables import experiment as files
 from trainables.experiment import RerunPlan
+from trainables.markdown import md_code, md_text
 
 SHOWN_PARAMS = ("model", "balance", "augment", "lr", "weight_decay", "frozen_depth")
 
@@ -144,7 +145,7 @@ def verdict(plan: RerunPlan, scores: Sequence[RerunScores]) -> str:
     )
     return (
         f"Across seeds {plan.seeds} the sweep's ranking of its top {len(scores)} "
-        f"configurations by mean {plan.metric} {words}, {gap}."
+        f"configurations by mean {md_code(plan.metric)} {words}, {gap}."
     )
 
 
@@ -164,9 +165,10 @@ def rerun_section(doc: Document, exp: Experiment, t: dict[str, pd.DataFrame]) ->
         try:
             plan, scores = load_rerun(folder)
         except ValueError as err:
-            doc.text(f"Re-run `{folder.name}` not read: {err}.")
+            doc.text(f"Re-run {md_code(folder.name)} not read: {md_text(err)}.")
             continue
         name = f"rerun_{plan.name}"
         t[name] = rerun_table(plan, scores)
-        doc.table(name, f"Re-run `{plan.name}`: {plan.metric} over seeds {plan.seeds}", t[name])
+        caption = f"Re-run {md_code(plan.name)}: {md_code(plan.metric)} over seeds {plan.seeds}"
+        doc.table(name, caption, t[name])
         doc.text(verdict(plan, scores))

@@ -24,6 +24,7 @@ import pandas as pd
 from analysis.load import Experiment, TrialRecord
 from analysis.stats import Interval, classification_intervals, mcnemar
 from analysis.tta import TTAPolicy, flip_counts
+from trainables.markdown import md_cell, md_code, md_text
 from trainables.vocab import class_key
 
 SIZE_MODELS = ("simple_cnn", "simple_cnn_10m")  # Table 5: the seed's 134M CNN and its 10M CNN
@@ -310,9 +311,8 @@ def compact(shown: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         gone = frame[frame["status"] != EVALUATED]
         if 0 < len(gone) < len(frame):
             key = frame.columns[0]
-            listed = "; ".join(
-                f"`{k}` ({s})" for k, s in zip(gone[key], gone["status"], strict=True)
-            )
+            pairs = zip(gone[key], gone["status"], strict=True)
+            listed = "; ".join(f"{md_code(k)} ({md_text(s)})" for k, s in pairs)
             notes.append(f"No numbers for {listed}.")
             frame = frame[frame["status"] == EVALUATED]
     if "status" in frame and (frame["status"] == EVALUATED).all():
@@ -324,7 +324,7 @@ def compact(shown: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             if frame[c].nunique(dropna=False) == 1 and not _is_result(str(c))
         ]
         if constant:
-            same = ", ".join(f"{c} {frame[c].iloc[0]}" for c in constant)
+            same = ", ".join(f"{md_text(c)} {md_text(frame[c].iloc[0])}" for c in constant)
             notes.append(f"Same in every row: {same}.")
             frame = frame.drop(columns=constant)
     percent = [c for c in frame.columns[1:] if str(c).endswith("(%)")]
@@ -343,10 +343,10 @@ def _is_result(label: str) -> bool:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of a display table (no tabulate needed)."""
-    header = [str(c) for c in table.columns]
+    """A GitHub-flavoured Markdown table of a display table (no tabulate needed); every header
+    and cell through `md_cell`, so a name from the data keeps the table's shape."""
+    header = [md_cell(c) for c in table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, row in table.iterrows():
-        cells = [str(v).replace("|", "\\|").replace("\n", " ") for v in row.tolist()]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(md_cell(v) for v in row.tolist()) + " |")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,9 @@ _PROBE = """<script>
 </script>"""
 
 
+_CSP_META = re.compile(r'<meta http-equiv="Content-Security-Policy"[^>]*>\n?')
+
+
 def browser() -> str | None:
     """The Chromium executable on PATH, or None."""
     return next((found for name in BROWSERS if (found := shutil.which(name))), None)
@@ -71,8 +75,10 @@ def screenshot(page: Path, out: Path, width: int = WIDTH, height: int = HEIGHT) 
 
 
 def layout(page: Path, width: int = WIDTH, height: int = HEIGHT) -> dict:
-    """The page's layout at that window size (see `_PROBE`), from a probed copy of `page`."""
-    text = page.read_text()
+    """The page's layout at that window size (see `_PROBE`), from a probed copy of `page`. The
+    copy leaves out the page's Content-Security-Policy, which (rightly) forbids the probe's
+    script; the stylesheet, and so the layout, is the page's own."""
+    text = _CSP_META.sub("", page.read_text(), count=1)
     with tempfile.TemporaryDirectory() as tmp:
         probed = Path(tmp) / page.name
         probed.write_text(text.replace("</body>", _PROBE + "\n</body>", 1))

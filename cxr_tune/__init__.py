@@ -12,34 +12,52 @@ from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+"""The folder the project's packages (`cxr_tune`, `search`, `trainables`, `analysis`) are
+imported from: the checkout, or site-packages when installed. Subprocesses and Ray's trial
+workers import them from here, whatever the user's working folder holds."""
+PACKAGE = "cxr-tune"
 
 try:
-    __version__ = metadata.version("cxr-tune")
+    __version__ = metadata.version(PACKAGE)
 except metadata.PackageNotFoundError:  # run from a checkout that was never installed
     __version__ = "0+unknown"
 
 
-def code_version() -> str:
-    """The package version plus, in a git checkout, the commit and whether the tree was dirty
-    (`0.1.0+g048edb3.dirty`): what the experiment record and W&B config carry."""
+def code_version() -> dict[str, str | None]:
+    """What made a result: the package, its version, and the git commit (with '-dirty' when
+    tracked files changed) only when the code runs from the project's own checkout, i.e. `REPO`
+    is the top of a git work tree. An installed copy inside someone else's repository (a venv
+    in the user's project) has no commit of its own: None there."""
+    return {"package": PACKAGE, "version": __version__, "git_commit": _checkout_commit()}
+
+
+def version_label(version: dict[str, str | None]) -> str:
+    """`code_version()` in one word, as the experiment record and W&B carry it:
+    `0.1.0+g048edb3.dirty` from a checkout, `0.1.0` installed."""
+    commit = version.get("git_commit")
+    if not commit:
+        return str(version.get("version"))
+    sha, dirty = commit.removesuffix("-dirty"), commit.endswith("-dirty")
+    return f"{version.get('version')}+g{sha[:7]}{'.dirty' if dirty else ''}"
+
+
+def _checkout_commit() -> str | None:
     try:
-        sha = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
+        top = _git("rev-parse", "--show-toplevel")
+        if Path(top).resolve() != REPO:  # a repository around an installed copy is not ours
+            return None
+        commit = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return __version__
-    return f"{__version__}+g{sha}{'.dirty' if dirty else ''}" if sha else __version__
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def _git(*args: str) -> str:
+    proc = subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=5, check=True
+    )
+    return proc.stdout.strip()
 
 
 COMMAND_PREFIX = "cxr-tune "  # `cxr_tune.cli` sets sys.argv[0] to "cxr-tune COMMAND"

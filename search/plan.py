@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr_tune import code_version
+from cxr_tune import code_version, version_label
 from search import storage
 from search.checkpoints import asha_milestones
 from search.checks import resume_changes
@@ -180,7 +180,7 @@ def make_record(
         # wandb adds wandb/ below this: runs land in STORAGE/NAME/wandb/offline-run-*
         wandb_dir=path if not storage.is_uri(root) else str(Path("runs").resolve() / name),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        code_version=code_version(),
+        code_version=version_label(code_version()),
         args=scrub({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}),
     )
 

@@ -25,10 +25,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cxr_tune import code_version
 from trainables.augment import MEAN, STD, preprocessing_ops
 from trainables.cache import atomic_dir, atomic_write_text
 from trainables.config import TrialConfig
-from trainables.model_card import MODEL_CARD_FILE, code_version, render_model_card
+from trainables.model_card import MODEL_CARD_FILE, render_model_card
 from trainables.models import build_model, count_parameters
 from trainables.preprocess import describe_steps
 from trainables.vocab import RESIZE_MODES

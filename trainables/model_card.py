@@ -2,50 +2,26 @@
 
 What data the model saw, its validation metrics (and test metrics with 95 % intervals once
 `analysis.report` has evaluated it), the TTA policy and calibration it is served with, the code
-version that made it, the licence and its intended use: research only.
+version that made it, the licence and its intended use: research only. Every value taken from
+bundle.json or config.json goes in through `trainables.markdown`: the card shows a class
+or path as spelled and no name can add a link, a tag or a heading to it.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cxr_tune import PACKAGE
+from trainables.markdown import md_cell, md_code, md_text
+
 MODEL_CARD_FILE = "MODEL_CARD.md"
-PACKAGE = "cxr-tune"
 LICENCE = "MIT (the LICENSE file of the cxr-tune repository)"
 INTENDED_USE = (
     "Research use only. This model is not a medical device and must not be used for clinical "
     "decisions, diagnosis, triage or screening. It was trained and selected on the data named "
     "below only; its behaviour on other scanners, populations or image pipelines is unknown."
 )
-
-
-def code_version() -> dict[str, str | None]:
-    """The installed package version and, when this source tree is a git checkout, its commit
-    (with '-dirty' when it has uncommitted changes); None where unknown."""
-    try:
-        version: str | None = metadata.version(PACKAGE)
-    except metadata.PackageNotFoundError:
-        version = None
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = _git(root, "rev-parse", "HEAD")
-        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, ""
-    if commit and dirty:
-        commit += "-dirty"
-    return {"package": PACKAGE, "version": version, "git_commit": commit}
-
-
-def _git(root: Path, *args: str) -> str:
-    proc = subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5, check=True
-    )
-    return proc.stdout.strip()
 
 
 _METRIC_NAMES = {"acc": "accuracy", "precision": "macro precision"}
@@ -61,29 +37,30 @@ def _metrics_lines(meta: dict[str, Any]) -> list[str]:
     if source:
         experiment = Path(str(source.get("experiment"))).name
         lines.append(
-            f"Selected by `{source.get('metric')}` ({source.get('mode')}) = "
-            f"{source.get('value')} on the validation split: trial `{source.get('trial_id')}`, "
-            f"`{source.get('checkpoint')}` of experiment `{experiment}`."
+            f"Selected by {md_code(source.get('metric'))} ({md_text(source.get('mode'))}) = "
+            f"{md_text(source.get('value'))} on the validation split: trial "
+            f"{md_code(source.get('trial_id'))}, {md_code(source.get('checkpoint'))} of "
+            f"experiment {md_code(experiment)}."
         )
     val = meta.get("metrics", {})
     shown = {k: v for k, v in val.items() if k.startswith("val_") and isinstance(v, float)}
     if shown:
         lines.append("")
         lines.append("| validation metric (selected epoch) | value |\n|---|---|")
-        lines.extend(f"| `{k}` | {v:.4f} |" for k, v in sorted(shown.items()))
+        lines.extend(f"| {md_cell(k)} | {v:.4f} |" for k, v in sorted(shown.items()))
     test = meta.get("evaluation", {})
     if test:
         lines.append("")
         lines.append(
-            f"Test split ({test.get('images')} images of `{test.get('data')}`, evaluated once by "
-            f"`analysis.report`), 95 % percentile-bootstrap intervals:"
+            f"Test split ({md_text(test.get('images'))} images of {md_code(test.get('data'))}, "
+            "evaluated once by `analysis.report`), 95 % percentile-bootstrap intervals:"
         )
         lines.append("")
         lines.append("| test metric | TTA | value [95 % CI] |\n|---|---|---|")
         for row in test.get("metrics", []):
             name = _METRIC_NAMES.get(row["metric"], row["metric"])
             lines.append(
-                f"| {name} | `{row['tta']}` | {_pct(row['value'])} "
+                f"| {md_cell(name)} | {md_cell(row['tta'])} | {_pct(row['value'])} "
                 f"[{_pct(row['low'])}, {_pct(row['high'])}] |"
             )
     else:
@@ -110,8 +87,43 @@ def _calibration(meta: dict[str, Any]) -> str:
         if isinstance(before, (int, float)) and isinstance(after, (int, float))
         else ""
     )
-    fitted = f"temperature scaling fitted on the {cal.get('fitted_on', 'validation')} split{ece}"
-    return f"{fitted}; {cal['decision']}" if cal.get("decision") else fitted
+    split = md_text(cal.get("fitted_on", "validation"))
+    fitted = f"temperature scaling fitted on the {split} split{ece}"
+    return f"{fitted}; {md_text(cal['decision'])}" if cal.get("decision") else fitted
+
+
+SKIPPED_SHOWN = 20  # skipped files listed in the card; bundle.json `data` holds them all
+
+
+def _data_report_lines(report: Any) -> list[str]:
+    """The sweep's data report (a `trainables.data.DataReport` dict) as Markdown: where the
+    data came from, images per class and split, and the files skipped with their reasons."""
+    if not isinstance(report, dict):
+        return [f"- {md_text(line)}" for line in str(report).strip().splitlines()]
+    classes = [str(c) for c in report.get("classes", [])]
+    lines = [
+        f"Data report: {md_code(report.get('root'))} ({md_text(report.get('layout'))}), "
+        f"{len(classes)} classes, {md_text(report.get('image_size'))} px "
+        f"{md_text(report.get('resize_mode'))}; images per class and split:",
+        "",
+        "| split | " + " | ".join(map(md_cell, classes)) + " | total |",
+        "|---" * (len(classes) + 2) + "|",
+    ]
+    for split, counts in (report.get("counts") or {}).items():
+        values = [counts.get(c, 0) for c in classes]
+        total = sum(v for v in values if isinstance(v, (int, float)))
+        lines.append(f"| {md_cell(split)} | " + " | ".join(map(md_cell, [*values, total])) + " |")
+    skipped = report.get("skipped") or []
+    if skipped:
+        lines += ["", f"{len(skipped)} file(s) skipped:", ""]
+        lines += [
+            f"- {md_code(s.get('path'))}: {md_text(s.get('reason'))}"
+            for s in skipped[:SKIPPED_SHOWN]
+            if isinstance(s, dict)
+        ]
+        if len(skipped) > SKIPPED_SHOWN:
+            lines.append(f"- and {len(skipped) - SKIPPED_SHOWN} more (bundle.json `data`)")
+    return lines
 
 
 def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
@@ -121,7 +133,8 @@ def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
     version = meta.get("code_version", {})
     data_report = meta.get("data") or meta.get("data_report")
     lines = [
-        f"# Model card: {config.get('model')} ({', '.join(meta.get('classes', []))})",
+        f"# Model card: {md_text(config.get('model'))} "
+        f"({', '.join(map(md_text, meta.get('classes', [])))})",
         "",
         "## Intended use",
         "",
@@ -129,33 +142,35 @@ def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
         "",
         "## Data",
         "",
-        f"Trained on `{config.get('data')}` (validation: a seeded, stratified "
-        f"{config.get('val_fraction')} of train, split seed {config.get('split_seed')}, grouped "
+        f"Trained on {md_code(config.get('data'))} (validation: a seeded, stratified "
+        f"{md_text(config.get('val_fraction'))} of train, split seed "
+        f"{md_text(config.get('split_seed'))}, grouped "
         "by patient where ids exist). `phantom:*` data are synthetic chest X-ray phantoms, not "
         "patient images.",
     ]
     if data_report:
-        lines += ["", "Data report (images per class and split, skipped files):", ""]
-        text = data_report if isinstance(data_report, str) else json.dumps(data_report, indent=1)
-        lines += ["```", text.strip(), "```"]
+        lines += ["", *_data_report_lines(data_report)]
     lines += ["", "## Metrics", "", *_metrics_lines(meta)]
     lines += [
         "",
         "## Serving",
         "",
-        f"Input: `image` float32 (batch, 1, {prep.get('image_size')}, {prep.get('image_size')}); "
+        f"Input: `image` float32 (batch, 1, {md_text(prep.get('image_size'))}, "
+        f"{md_text(prep.get('image_size'))}); "
         "the preprocessing steps are listed in `bundle.json` (`preprocessing.steps`) and "
         "reproduced by the README's reference snippet. Output: `logits`; probabilities are "
         f"`softmax(logits / temperature)` with temperature {_temperature(meta):.4g} "
         f"({_calibration(meta)}).",
         "",
-        f"TTA policy: `{tta.get('policy', 'none')}` ({tta.get('chosen_by', 'not chosen')}); "
+        f"TTA policy: {md_code(tta.get('policy', 'none'))} "
+        f"({md_text(tta.get('chosen_by', 'not chosen'))}); "
         f"`cxr-tune predict BUNDLE IMAGE --tta` applies it.",
         "",
         "## Provenance",
         "",
-        f"Code: {version.get('package', PACKAGE)} {version.get('version') or '(version unknown)'}"
-        f", git commit {version.get('git_commit') or 'unknown'}. Config: `config.json`.",
+        f"Code: {md_text(version.get('package', PACKAGE))} "
+        f"{md_text(version.get('version') or '(version unknown)')}, git commit "
+        f"{md_text(version.get('git_commit') or 'unknown')}. Config: `config.json`.",
         "",
         "## Licence",
         "",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -22,7 +23,7 @@ from torch import nn  # noqa: E402
 from analysis.load import COMPLETED, ERRORED, STOPPED, Experiment, TrialRecord  # noqa: E402
 from trainables.augment import normalize, to_float  # noqa: E402
 from trainables.cache import atomic_write_bytes  # noqa: E402
-from trainables.experiment import asha_milestones  # noqa: E402
+from trainables.experiment import asha_milestones, journal_path  # noqa: E402
 from trainables.models import feature_layer  # noqa: E402
 
 DPI = 110
@@ -198,60 +199,69 @@ def asha_figure(exp: Experiment, path: Path) -> Path:
 
 
 def importance_table(exp: Experiment, seed: int = 0) -> pd.DataFrame:
-    """fANOVA importance of each searched parameter for the trials' best scores.
+    """fANOVA importance of each searched parameter, from the sweep's own Optuna journal.
 
-    The Optuna study is rebuilt from files: one finished trial per scored Ray trial, with the
-    parameters that vary across the sweep. Floats spanning over a decade (learning rates) get a
-    log-scale distribution, as spaces suggest them. Raises ValueError when there is too little
-    to fit (fewer than 2 scored trials or no varying parameter).
+    The study `NAME/optuna_journal.log` holds every trial with the distributions the space
+    suggested (no guessing of ranges or log scales). With at least 2 COMPLETE trials it is
+    Optuna's own `get_param_importances` on the study, the figure optuna-dashboard shows; with
+    fewer, trials ASHA pruned count too, with the value Optuna keeps for them (their last
+    intermediate value). `table.attrs["trials"]` says which. Raises ValueError when there is
+    too little to fit or no journal.
     """
     import optuna
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+    from optuna.trial import TrialState
 
-    scored = [t for t in exp.trials if t.best_score is not None]
-    if len(scored) < 2:
-        raise ValueError(f"parameter importance needs at least 2 scored trials, got {len(scored)}")
-    # The trial's full config, so a parameter a space suggests only for some models (frozen
-    # depth) carries the value the others actually trained with.
-    frame = pd.DataFrame([t.config.to_dict() if t.config else t.params for t in scored])
-    distributions = {}
-    for name in frame.columns:
-        values = frame[name]
-        if values.isna().any() or values.map(lambda v: isinstance(v, (dict, list))).any():
-            continue
-        if values.nunique() < 2:
-            continue
-        if values.map(lambda v: isinstance(v, (str, bool))).any():
-            distributions[name] = CategoricalDistribution(sorted(values.unique().tolist(), key=str))
-        elif values.map(lambda v: isinstance(v, int)).all():
-            distributions[name] = IntDistribution(int(values.min()), int(values.max()))
-        else:
-            low, high = float(values.min()), float(values.max())
-            log = low > 0 and high / low > 10
-            distributions[name] = FloatDistribution(low, high, log=log)
-    if not distributions:
-        raise ValueError("parameter importance needs a parameter that varies across trials")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if exp.mode == "max" else "minimize")
-    for trial, params in zip(scored, frame.to_dict("records"), strict=True):
-        study.add_trial(
-            optuna.trial.create_trial(
-                params={k: _plain(params[k]) for k in distributions},
-                distributions=distributions,
-                value=float(trial.best_score),
-            )
+    study = _journal_study(exp)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    used, which = complete, f"the study's {len(complete)} complete trials, as optuna-dashboard"
+    if len(complete) < 2:
+        used = [t for t in (*complete, *pruned) if t.value is not None]
+        which = (
+            f"{len(complete)} complete and {len(used) - len(complete)} pruned trials (pruned ones"
+            " with their last value; optuna-dashboard uses complete trials only)"
         )
-    importances = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
-    return pd.DataFrame({"parameter": list(importances), "importance": list(importances.values())})
+        if len(used) < 2:
+            raise ValueError(f"parameter importance needs 2 scored trials, got {len(used)}")
+        study = _as_complete(study.direction, used)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        importances = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
+    except RuntimeError as err:  # Optuna: no parameter varies, or none is shared by all trials
+        raise ValueError(f"parameter importance cannot be fitted: {err}") from err
+    table = pd.DataFrame({"parameter": list(importances), "importance": list(importances.values())})
+    table.attrs["trials"] = which
+    return table
 
 
-def _plain(value: object) -> object:
-    return value.item() if hasattr(value, "item") else value
+def _journal_study(exp: Experiment):
+    """The experiment's Optuna study, read from its journal (Optuna's public storage API)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = journal_path(exp.path)
+    if not path.is_file():
+        raise ValueError(f"no Optuna journal at {path}")
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    names = optuna.get_all_study_names(storage)
+    name = exp.name if exp.name in names else (names[0] if len(names) == 1 else None)
+    if name is None:
+        raise ValueError(f"{path} holds no study named {exp.name!r} (it holds {names})")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _as_complete(direction, trials) -> Any:
+    """An in-memory study holding `trials` as complete ones, with their own distributions."""
+    import optuna
+
+    study = optuna.create_study(direction=direction)
+    for t in trials:
+        study.add_trial(
+            optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value)
+        )
+    return study
 
 
 def importance_figure(table: pd.DataFrame, metric: str, path: Path) -> Path:

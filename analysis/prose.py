@@ -265,10 +265,10 @@ def sweep_section(doc: Document, exp: Experiment, t: dict[str, pd.DataFrame]) ->
     else:
         t["importance"] = importance
         complete = sum(t.status == COMPLETED for t in exp.trials)
+        doc.text(f"Importance is fitted on {importance.attrs['trials']}.")
         if complete < IMPORTANCE_MIN_COMPLETE:
             doc.text(
-                f"**Caution:** importance is fitted on {len(exp.trials)} trials, {complete} of "
-                f"them complete (trials ASHA stopped count with their best score so far). "
+                f"**Caution:** {complete} of the sweep's {len(exp.trials)} trials are complete. "
                 f"Under about {IMPORTANCE_MIN_COMPLETE} complete trials fANOVA's ranking is "
                 "mostly noise: read it as a hint of where to search next, not as a finding."
             )

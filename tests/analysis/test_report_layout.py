@@ -94,8 +94,28 @@ def test_importance_on_few_trials_carries_a_caveat(smoke_report):
     assert "importance" in tables  # the smoke sweep varies lr and balance
     complete = sum(t.status == COMPLETED for t in exp.trials)
     texts = " ".join(str(v) for kind, v in doc.blocks if kind == "text")
-    assert f"on {len(exp.trials)} trials, {complete} of them complete" in texts
+    assert f"{complete} of the sweep's {len(exp.trials)} trials are complete" in texts
     assert "Caution" in texts
+    # Fitted on the sweep's own journal: its trials, its distributions (optuna-dashboard's).
+    assert "Importance is fitted on " in texts and "trials" in texts
+
+
+def test_importance_comes_from_the_sweeps_journal_as_optuna_computes_it(smoke_report):
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    exp, _, tables, _ = smoke_report
+    storage = JournalStorage(JournalFileBackend(str(exp.path / "optuna_journal.log")))
+    study = optuna.load_study(study_name=exp.name, storage=storage)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        pytest.skip(f"the shared smoke sweep has {len(complete)} complete trials this run")
+    expected = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    got = tables["importance"].set_index("parameter")["importance"].to_dict()
+    assert got == pytest.approx(dict(expected))  # the figure optuna-dashboard shows
 
 
 def test_the_report_records_the_chosen_policy_in_the_exported_bundle(smoke_report):

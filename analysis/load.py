@@ -27,22 +27,6 @@ STOPPED = "stopped early"  # ended before max_epochs without error (ASHA)
 ERRORED = "errored"  # raised; error.txt in the trial dir
 UNFINISHED = "unfinished"  # still pending or running when the files were written
 
-# Ray's own columns in result.json that are not metrics.
-_RAY_COLUMNS = {
-    "config",
-    "date",
-    "hostname",
-    "node_ip",
-    "pid",
-    "timestamp",
-    "done",
-    "trial_id",
-    "experiment_tag",
-    "time_since_restore",
-    "iterations_since_restore",
-    "should_checkpoint",
-}
-
 
 @dataclass
 class TrialRecord:

@@ -81,7 +81,7 @@ def build_report(
     prose.tta_section(doc, t, best_eval, chosen)
     t["calibration"] = calibration.calibration_section(doc, exp, evaluator, best_eval).table()
     audit.audit_section(doc, evaluator, best_eval)
-    t.update(leakage.leakage_section(doc, best_eval.trial.config))
+    t.update(leakage.leakage_section(doc, best_eval.trial.config, exp.path))
     prose.figures_section(doc, exp, evaluator, best_eval, chosen, top_k)
     prose.sweep_section(doc, exp, t)
     reruns.rerun_section(doc, exp, t)

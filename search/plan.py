@@ -225,21 +225,27 @@ def announce(record: ExperimentRecord) -> None:
 def run_preflight(parser: argparse.ArgumentParser, space: Space) -> Preflight:
     """The data, the METRIC and every branch of the space checked before Ray starts; a problem
     ends the command with one line and exit status 2."""
-    try:
-        from search.preflight import preflight
+    from search.preflight import audit_leakage, preflight
 
+    try:
         checked = preflight(space)
     except ValueError as err:
         parser.exit(2, f"error: {' '.join(str(err).split())}\n")
     except OSError as err:  # a folder the user cannot list (PermissionError names it)
         parser.exit(2, f"error: the data cannot be read: {err.strerror}: {err.filename}\n")
     print(checked.format(), flush=True)
+    checked.leakage = audit_leakage(checked.configs, lambda line: print(line, flush=True))
     return checked
 
 
-def save_data_report(record: ExperimentRecord, reports: list[DataReport]) -> None:
-    text = data_report_json(r.to_dict() for r in reports)
+def save_data_report(record: ExperimentRecord, checked: Preflight) -> None:
+    """The pre-flight's data reports and leakage audits, kept in the experiment."""
+    from trainables.leakage import LEAKAGE_FILE, leakage_file_text
+
+    text = data_report_json(r.to_dict() for r in checked.reports)
     storage.write_text(storage.join_storage(record.path, DATA_REPORT_FILE), text)
+    text = leakage_file_text(checked.leakage)
+    storage.write_text(storage.join_storage(record.path, LEAKAGE_FILE), text)
 
 
 # --- a resume ---------------------------------------------------------------------------------

@@ -11,6 +11,10 @@ folder is written:
    listed, validated and decoded with the code the trials run (`trainables.data.load_for_config`),
    which fills the decode cache, so the trials start warm.
 3. The space's METRIC against the data's classes (`search.space.check_metric`).
+4. `audit_leakage`: patients and near-duplicate images across train / validation / test
+   (`trainables.leakage`), once per dataset (cached with the data), so the user sees leakage
+   before any trial runs; `search.run` keeps the result in the experiment for summary.json
+   and the report.
 
 A problem is a `ValueError` naming the file, folder or value and what was expected; `search.run`
 turns it into exit status 2 before any trial or experiment folder exists.
@@ -18,13 +22,15 @@ turns it into exit status 2 before any trial or experiment folder exists.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from search.space import RUN_KEYS, Space, SpaceDefine, check_metric
 from trainables.config import TrialConfig, field_names
 from trainables.data import DataReport, dataset_key, list_dataset, load_for_config
+from trainables.leakage import audit_settings, describe_audit, leakage_for_config
 from trainables.vocab import AMP_MODES, AUGMENTATIONS, BALANCES, MODEL_NAMES, RESIZE_MODES
 
 REGISTRIES: dict[str, Sequence[str]] = {
@@ -46,6 +52,10 @@ class Preflight:
     branches: int
     """define() paths walked."""
     notes: list[str] = field(default_factory=list)
+    configs: list[TrialConfig] = field(default_factory=list)
+    """One config per dataset setting (the run's own first)."""
+    leakage: list[dict[str, Any]] = field(default_factory=list)
+    """`audit_leakage`'s audits, once it ran."""
 
     def format(self) -> str:
         first, *others = self.reports
@@ -84,7 +94,29 @@ def preflight(space: Space) -> Preflight:
             list_dataset(data, class_map, True, separator)  # lists test; opens no image
         except ValueError as err:
             notes.append(f"the test split cannot be read, so analysis.report will refuse: {err}")
-    return Preflight(reports, branches, notes)
+    return Preflight(reports, branches, notes, list(by_key.values()))
+
+
+def audit_leakage(
+    configs: Sequence[TrialConfig], say: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """The leakage audit of each data setting `configs` train on, once each (read from the
+    cache when this content was audited before), with progress lines. An audit that fails is
+    recorded with its error and never stops the sweep; Ctrl-C stops it (KeyboardInterrupt)."""
+    audits: dict[str, dict[str, Any]] = {}
+    for cfg in configs:
+        settings = audit_settings(cfg)
+        key = json.dumps(settings, sort_keys=True)
+        if key in audits:
+            continue
+        say(f"leakage audit of {cfg.data} (train / val / test at 64 px, cached with the data)")
+        try:
+            audit = leakage_for_config(cfg, progress=lambda text: say(f"  leakage audit: {text}"))
+        except Exception as err:  # noqa: BLE001 - an audit never costs the sweep
+            audit = {"settings": settings, "error": f"{type(err).__name__}: {err}"}
+        say(describe_audit(audit))
+        audits[key] = audit
+    return list(audits.values())
 
 
 class _Probe:

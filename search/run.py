@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -124,7 +125,7 @@ def run_locked(
     checked = run_preflight(parser, space)  # exits 2 before any trial or folder exists
     record = measure_gpu_memory(parser, args, record, space, card_bytes)
     storage.write_record(record)
-    save_data_report(record, checked.reports)
+    save_data_report(record, checked)
     return execute(args, record, space, card_bytes, restore=False)
 
 
@@ -154,11 +155,15 @@ def execute(
             tuner = build_tuner(
                 settings_for(record, space), space.define, trainable, callbacks=callbacks
             )
+        handler = signal.getsignal(signal.SIGINT)
         try:
             grid = tuner.fit()
         except KeyboardInterrupt:
             print(f"\ninterrupted; resume with:\n  {resume_command(record)}", flush=True)
             return signals.INTERRUPTED
+        # Tune leaves its SIGINT handler installed when fit returns without a Ctrl-C: it would
+        # swallow the next Ctrl-C (summary, export). Python's handler stops them at once.
+        signal.signal(signal.SIGINT, handler)
         return finish(args, record, grid, time.monotonic() - started, card_bytes)
 
 

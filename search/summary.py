@@ -202,19 +202,21 @@ def data_summary(record: ExperimentRecord) -> dict[str, Any] | None:
 
 
 def data_leakage(summary: dict[str, Any], record: ExperimentRecord) -> dict[str, Any]:
-    """summary.json's `leakage` (`trainables.leakage`) for the data the best trial trained on
-    (the record's data settings when nothing scored); an error is recorded, never raised."""
-    from trainables.leakage import leakage_for_config
+    """summary.json's `leakage`: the pre-flight's audit (`trainables.leakage`, kept in the
+    experiment) of the data the best trial trained on (the record's data settings when nothing
+    scored). Read, never recomputed: a missing audit is recorded as an error, never raised."""
+    from trainables.leakage import LEAKAGE_FILE, describe_audit, find_audit, parse_leakage_file
 
     best = summary.get("best")
     config = best["config"] if best else {**record.defaults, **record.overrides}
+    where = join_storage(record.path, LEAKAGE_FILE)
     try:
-        leakage = leakage_for_config(TrialConfig.from_dict(config))
-    except Exception as err:  # noqa: BLE001 - an audit must never cost the summary or export
-        print(f"leakage: not checked ({type(err).__name__}: {err})", file=sys.stderr)
-        return {"error": f"{type(err).__name__}: {err}"}
-    print(
-        f"leakage: {len(leakage['patients_in_two_splits'])} patients in two splits, "
-        f"{leakage['near_duplicate_count']} near-duplicate image pairs across splits"
-    )
+        text = read_text(where)
+        audits = parse_leakage_file(text, where) if text else []
+        leakage = find_audit(audits, TrialConfig.from_dict(config))
+    except ValueError as err:
+        leakage = {"error": str(err)}
+    if leakage is None:
+        leakage = {"error": f"{where} holds no audit of this data setting: cxr-tune report runs it"}
+    print(describe_audit(leakage), file=sys.stderr if "error" in leakage else sys.stdout)
     return leakage

@@ -40,7 +40,7 @@ from scipy.fft import dctn
 
 from trainables.cache import atomic_write_text, cache_root, file_lock
 from trainables.config import TrialConfig
-from trainables.data import Dataset, Split, load_for_config
+from trainables.data import DATASET_FIELDS, Dataset, Split, load_for_config
 from trainables.near_duplicates import distances, find_close_pairs, pack
 
 HASH_IMAGE_SIZE = 64  # pixels: the decoded size the hash is computed from
@@ -51,7 +51,7 @@ MAX_LISTED = 200  # pairs listed in full; the count is always complete
 HASH_CHUNK = 2048  # images hashed at once: 2048 x 64 x 64 float64 DCT, about 70 MB
 SPLITS = ("train", "val", "test")
 AUDIT_VERSION = 2  # of the cached audit: its rule and record; another version recomputes
-AUDIT_FIELDS = ("data", "resize_mode", "split_seed", "val_fraction", "class_map")
+AUDIT_FIELDS = tuple(name for name in DATASET_FIELDS if name != "image_size")
 """The `TrialConfig` fields that decide what is audited (the image size does not: the hash is
 computed from a `HASH_IMAGE_SIZE` px decode)."""
 LEAKAGE_FILE = "leakage.json"  # in the experiment: the pre-flight's audits
@@ -232,6 +232,18 @@ def _read_cached(path: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.pop("version", None) != AUDIT_VERSION:
         return None
     return record
+
+
+def describe_audit(audit: dict[str, Any]) -> str:
+    """The console line for an audit (the pre-flight's and the summary's)."""
+    if "error" in audit:
+        return f"leakage: not checked ({audit['error']})"
+    how = "from the cache" if audit.get("from_cache") else f"{audit.get('seconds', 0):.1f} s"
+    return (
+        f"leakage: {len(audit['patients_in_two_splits'])} patients in two splits, "
+        f"{audit['near_duplicate_count']:,} near-duplicate image pairs across splits "
+        f"(of {audit['pairs_checked']:,} pairs; {how})"
+    )
 
 
 def leakage_file_text(audits: list[dict[str, Any]]) -> str:

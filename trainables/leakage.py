@@ -85,7 +85,7 @@ def hash_images(images: torch.Tensor | np.ndarray, progress: Progress | None = N
         out[start : start + HASH_CHUNK] = perceptual_hash(images[start : start + HASH_CHUNK])
         if progress is not None and time.monotonic() - last >= PROGRESS_EVERY:
             last = time.monotonic()
-            progress(f"hashed {start + HASH_CHUNK:,} of {len(images):,} images")
+            progress(f"hashed {min(start + HASH_CHUNK, len(images)):,} of {len(images):,} images")
     return out
 
 

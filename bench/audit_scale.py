@@ -4,8 +4,9 @@
 
 Hashes only, no images: random 256-bit hashes in three splits (64 / 16 / 20 %, about the pair
 count of the issue's measurement at 112k) with 1 % planted near duplicates (copies of another
-hash with 0-32 bits flipped), searched at the audit's bound (`NEAR_DUPLICATE_BITS`). Each
-measurement runs in a fresh process (its peak RSS is the measurement's own):
+hash with 0-32 bits flipped), searched at the audit's bound
+(`trainables.leakage.NEAR_DUPLICATE_BITS`). Each measurement runs in a fresh process that
+imports numpy only (its peak RSS is the measurement's own):
 
 - `index`: `trainables.near_duplicates.find_close_pairs` as the audit calls it (`auto`);
 - `exhaustive`: the same module's blocked popcount over every pair, at the sizes it can afford;
@@ -32,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.leakage import NEAR_DUPLICATE_BITS
 from trainables.near_duplicates import find_close_pairs
 
 SPLIT_SHARES = (0.64, 0.16, 0.20)
@@ -40,7 +40,7 @@ PLANTED = 0.01  # of the hashes: near copies of another
 GOAL_S = 60.0  # seconds for 377k hashes on 2 cores
 
 
-def hashes(n: int, case: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def hashes(n: int, case: str, max_bits: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(bool (n, 256) hashes, sorted split labels) for 'random' (with planted copies) or 'alike'."""
     rng = np.random.default_rng(seed)
     groups = np.sort(rng.choice(3, n, p=SPLIT_SHARES))
@@ -50,7 +50,7 @@ def hashes(n: int, case: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     copies = int(n * PLANTED)
     source, target = rng.choice(n, copies), rng.choice(n, copies)
     bits[target] = bits[source]
-    flips = rng.integers(0, NEAR_DUPLICATE_BITS + 1, copies)
+    flips = rng.integers(0, max_bits + 1, copies)
     for t, k in zip(target.tolist(), flips.tolist(), strict=True):
         bits[t, rng.choice(256, k, replace=False)] ^= True
     return bits, groups
@@ -74,16 +74,17 @@ def previous_search(bits: np.ndarray, groups: np.ndarray, max_bits: int) -> int:
     return count
 
 
-def measure(n: int, method: str) -> dict:
-    """One measurement in this process: seconds, peak RSS, the count, what the search did."""
-    bits, groups = hashes(n, "alike" if method == "alike" else "random")
+def measure(n: int, method: str, max_bits: int) -> dict:
+    """One measurement in this process (which imports numpy, not torch: its peak RSS is the
+    search's): seconds, peak RSS, the count, what the search did."""
+    bits, groups = hashes(n, "alike" if method == "alike" else "random", max_bits)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     if method == "previous":
-        count, kept, used, candidates = previous_search(bits, groups, NEAR_DUPLICATE_BITS), 0, "", 0
+        count, kept, used, candidates = previous_search(bits, groups, max_bits), 0, "", 0
     else:
         search = "exhaustive" if method == "exhaustive" else "auto"
-        found = find_close_pairs(bits, groups, NEAR_DUPLICATE_BITS, method=search)
+        found = find_close_pairs(bits, groups, max_bits, method=search)
         count, kept, used = found.count, len(found.pairs), found.method
         candidates = found.candidates
     seconds = time.perf_counter() - started
@@ -103,9 +104,9 @@ def measure(n: int, method: str) -> dict:
     }
 
 
-def run_one(n: int, method: str) -> dict:
+def run_one(n: int, method: str, max_bits: int) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "bench.audit_scale", "--one", str(n), method],
+        [sys.executable, "-m", "bench.audit_scale", "--one", str(n), method, str(max_bits)],
         capture_output=True,
         text=True,
         check=True,
@@ -128,11 +129,13 @@ def main() -> None:
     p.add_argument("--exhaustive-max", type=int, default=50_000, help="largest N compared fully")
     p.add_argument("--alike-max", type=int, default=50_000, help="largest all-alike N")
     p.add_argument("--json", type=Path, help="also write every figure to this JSON file")
-    p.add_argument("--one", nargs=2, metavar=("N", "METHOD"), help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(int(args.one[0]), args.one[1])))
+        print(json.dumps(measure(int(args.one[0]), args.one[1], int(args.one[2]))))
         return
+    from trainables.leakage import NEAR_DUPLICATE_BITS  # the audit's bound (imports torch)
+
     rows: list[dict] = []
     print("| N | method | search | seconds | peak RSS MB | matches | kept | candidates | pairs |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -143,7 +146,7 @@ def main() -> None:
         if n <= args.alike_max:
             methods.append("alike")
         for method in methods:
-            r = run_one(n, method)
+            r = run_one(n, method, NEAR_DUPLICATE_BITS)
             rows.append(r)
             print(
                 f"| {n:,} | {method} | {r['search']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} "

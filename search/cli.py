@@ -82,6 +82,13 @@ def _data(text: str) -> str:
     return str(path.resolve())
 
 
+def _plugin(text: str) -> str:
+    path = Path(text).expanduser().resolve()
+    if not path.is_file() or path.suffix != ".py":
+        raise argparse.ArgumentTypeError(f"{text} is not a Python file")
+    return str(path)
+
+
 def _class_map(text: str) -> str:
     try:
         parse_class_map(text)
@@ -185,6 +192,19 @@ def _what_to_run(p: argparse.ArgumentParser) -> None:
         "--reduction-factor",
         type=_bounded(int, 2, 100, "an integer in [2, 100]"),
         help="ASHA keeps the top 1/factor at each rung (default: the space's)",
+    )
+    p.add_argument(
+        "--plugin",
+        type=_plugin,
+        default=None,
+        help="a Python file that registers your own model builders with "
+        "trainables.models.register_model; the space can then choose them by name",
+    )
+    p.add_argument(
+        "--allow-missing-weights",
+        action="store_true",
+        help="a pretrained weight set whose file cannot be downloaded (offline) is left out "
+        "of the search, with a warning, instead of ending the command",
     )
     p.add_argument(
         "--time-budget",

@@ -72,6 +72,8 @@ def new_experiment(
         overrides["class_map"] = args.class_map
     if args.label_separator:
         overrides["label_separator"] = args.label_separator
+    if getattr(args, "plugin", None):
+        overrides["plugin"] = args.plugin
     cpu = profile.name == "cpu"
     space = _load(parser, args.space, defaults, overrides, profile.max_epochs, cpu, args.seed)
     for point in space.dropped_points:
@@ -106,6 +108,34 @@ def measure_gpu_memory(
         return replace(record, gpu_memory=measure_before_packing(space.define, packing))
     except ValueError as err:
         parser.error(str(err))
+
+
+def fetch_models(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    record: ExperimentRecord,
+    space: Space,
+) -> tuple[ExperimentRecord, Space]:
+    """Every model checked and every pretrained file fetched before Ray starts
+    (`search.pretrained`); a file that cannot be fetched is one line and exit status 2, unless
+    --allow-missing-weights (recorded, so a resume keeps it) leaves its weight set out."""
+    from search.pretrained import drop_missing, prepare_models
+
+    allow = bool(getattr(args, "allow_missing_weights", False))
+    allow = allow or bool(record.args.get("allow_missing_weights"))
+    try:
+        plan = prepare_models(space, allow)
+    except ValueError as err:
+        parser.exit(2, f"error: {' '.join(str(err).split())}\n")
+    if plan.dropped:
+        space = drop_missing(space, plan)
+        points = space.points_to_evaluate
+        record = replace(
+            record,
+            points_to_evaluate=points,
+            tpe_startup_trials=startup_trials(record.num_samples or 1, len(points)),
+        )
+    return replace(record, weights=plan.record()), space
 
 
 def profile_line(args: argparse.Namespace, profile: Profile, why: str) -> str:
@@ -308,6 +338,7 @@ def resume_plan(
             f"metric: start a new experiment with another --name"
         )
     checked = run_preflight(parser, space)  # the data may have moved or changed since
+    record, space = fetch_models(parser, args, record, space)  # files on this machine again
     if changed := data_changes(saved_data_reports(record), checked.reports):
         parser.exit(
             2,

@@ -31,10 +31,12 @@ from search.space import RUN_KEYS, Space, SpaceDefine, check_metric
 from trainables.config import TrialConfig, field_names
 from trainables.data import DataReport, dataset_key, list_dataset, load_for_config
 from trainables.leakage import audit_settings, describe_audit, leakage_for_config
-from trainables.vocab import AMP_MODES, AUGMENTATIONS, BALANCES, MODEL_NAMES, RESIZE_MODES
+from trainables.vocab import AMP_MODES, AUGMENTATIONS, BALANCES, RESIZE_MODES, WEIGHTS
 
+# `model` is checked by TrialConfig (built-in, timm:NAME, or a plugin's) and by
+# `search.pretrained.check_models` (the plugin registers it, timm knows it).
 REGISTRIES: dict[str, Sequence[str]] = {
-    "model": MODEL_NAMES,
+    "weights": list(WEIGHTS),
     "balance": list(BALANCES),
     "augment": list(AUGMENTATIONS),
     "resize_mode": RESIZE_MODES,
@@ -157,10 +159,16 @@ class _Probe:
         pass
 
 
-def explore(define: SpaceDefine, where: str) -> tuple[list[TrialConfig], int]:
+def explore(
+    define: SpaceDefine, where: str, restricted: bool = False
+) -> tuple[list[TrialConfig], int]:
     """Every categorical branch of `define` (both numeric ends), each as a TrialConfig; every
-    categorical value checked against its registry. Returns (configs, define() paths walked)."""
-    unrestricted = SpaceDefine(define.path, define.defaults, define.overrides)
+    categorical value checked against its registry. Returns (configs, define() paths walked).
+    `restricted` walks only the choices the run keeps (CPU_CHOICES): what its trials can be."""
+    restrict = define.restrict if restricted else None
+    unrestricted = SpaceDefine(
+        define.path, define.defaults, define.overrides, restrict, define.weight_files
+    )
     configs: list[TrialConfig] = []
     stack, pushed, calls = [[]], {()}, 0
     while stack and calls < EXPLORE_LIMIT:

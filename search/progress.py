@@ -59,7 +59,7 @@ def make_progress_callback(metric: str, mode: str, max_epochs: int, num_samples:
 
 def describe(config: dict[str, Any]) -> str:
     """The config's main choices in one short line (floats to two significant digits)."""
-    keys = ("model", "balance", "augment", "frozen_depth", "pretrained", "lr", "weight_decay")
+    keys = ("model", "balance", "augment", "frozen_depth", "weights", "lr", "weight_decay")
     parts = []
     for k in keys:
         if k in config:

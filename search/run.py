@@ -34,6 +34,7 @@ from search.gpu_memory import oom_retry_callback
 from search.lock import LockError, experiment_lock
 from search.plan import (
     default_name,
+    fetch_models,
     measure_gpu_memory,
     new_experiment,
     relocate,
@@ -123,6 +124,7 @@ def run_locked(
         return execute(args, record, space, card_bytes, restore=True)
     record, space = new_experiment(parser, args, root, name, gpus, card_bytes)
     checked = run_preflight(parser, space)  # exits 2 before any trial or folder exists
+    record, space = fetch_models(parser, args, record, space)  # pretrained files, once
     record = measure_gpu_memory(parser, args, record, space, card_bytes)
     storage.write_record(record)
     save_data_report(record, checked)

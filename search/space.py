@@ -21,6 +21,8 @@ or a choice `TrialConfig` refuses shows up as one clear `ValueError` naming the 
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,11 +107,15 @@ class SpaceDefine:
         defaults: Mapping[str, Any] | None = None,
         overrides: Mapping[str, Any] | None = None,
         restrict: Mapping[str, Sequence[Any]] | None = None,
+        weight_files: Mapping[str, str] | None = None,
     ) -> None:
         self.path = str(Path(path).resolve())
         self.defaults = dict(defaults or {})
         self.overrides = dict(overrides or {})
         self.restrict = {k: list(v) for k, v in (restrict or {}).items()}
+        self.weight_files = dict(weight_files or {})
+        """'MODEL/WEIGHTS' -> the local file the driver fetched; each trial gets its own as
+        weights_path, so it reads that file and its config records which file it was."""
         self._define: Callable[[Any], Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -118,10 +124,11 @@ class SpaceDefine:
             "defaults": self.defaults,
             "overrides": self.overrides,
             "restrict": self.restrict,
+            "weight_files": self.weight_files,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"weight_files": {}, **state})
         self._define = None
 
     def __call__(self, trial: Any) -> dict[str, Any]:
@@ -138,11 +145,16 @@ class SpaceDefine:
         merged = {k: v for k, v in self.defaults.items() if k not in suggested}
         merged.update(returned)
         merged.update({k: v for k, v in self.overrides.items() if k not in suggested})
+        values = {**merged, **trial.params}
+        key = f"{values.get('model')}/{values.get('weights')}"
+        if key in self.weight_files and not values.get("weights_path"):
+            merged["weights_path"] = self.weight_files[key]
         return merged
 
 
 class _Restricted:
-    """A trial whose `suggest_categorical` keeps only the allowed choices of some names."""
+    """A trial whose `suggest_categorical` keeps only the allowed choices of some names (the
+    CPU profile's CPU_CHOICES; weight sets the driver could not fetch, when allowed to drop)."""
 
     def __init__(self, trial: Any, allowed: Mapping[str, Sequence[Any]]) -> None:
         self._trial = trial
@@ -198,6 +210,7 @@ def load_space(
     path = Path(path)
     module = load_module(path)
     where = f"space file {path}"
+    defaults = {**registered_plugin(path), **dict(defaults or {})}
     define = getattr(module, "define", None)
     if not callable(define):
         raise ValueError(f"{where} has no define(trial) function")
@@ -247,6 +260,20 @@ def load_space(
         sampler=sampler,
         param_kinds=kinds,
     )
+
+
+def registered_plugin(path: Path) -> dict[str, str]:
+    """{'plugin': the space file} when the space registers its own models (register_model at
+    import), so trials, the GPU measurement and the bundle import it to rebuild them."""
+    models = sys.modules.get("trainables.models")  # not imported: nothing was registered
+    if models is None:
+        return {}
+    mine = Path(path).resolve()
+    for builder in models.MODELS.values():
+        source = inspect.getsourcefile(builder)
+        if source and Path(source).resolve() == mine:
+            return {"plugin": str(mine)}
+    return {}
 
 
 def runnable_points(

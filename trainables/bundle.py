@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,9 @@ from trainables.augment import MEAN, STD, preprocessing_ops
 from trainables.cache import atomic_dir, atomic_write_text
 from trainables.config import TrialConfig
 from trainables.model_card import MODEL_CARD_FILE, render_model_card
-from trainables.models import build_model, count_parameters
+from trainables.models import build_model, count_parameters, model_source
 from trainables.preprocess import describe_steps
-from trainables.vocab import RESIZE_MODES
+from trainables.vocab import CXR_SCALE, CXR_WEIGHTS, RESIZE_MODES
 
 BUNDLE_FORMAT = "cxr-tune-bundle"
 BUNDLE_VERSION = 1
@@ -75,6 +75,7 @@ def preprocessing_of(cfg: TrialConfig) -> dict[str, Any]:
         # deterministic ops (trainables.augment) after `steps` and scaling, before mean/std
         "ops": list(preprocessing_ops(cfg.augment)),
         "steps": describe_steps(cfg.image_size, cfg.resize_mode),
+        "weights": weights_preprocessing(cfg),
         "tensor": {
             "name": "image",
             "dtype": "float32",
@@ -82,6 +83,23 @@ def preprocessing_of(cfg: TrialConfig) -> dict[str, Any]:
             "rule": "(ops(uint8 * scale) - mean) / std",
         },
     }
+
+
+def weights_preprocessing(cfg: TrialConfig) -> dict[str, Any]:
+    """What the starting weights add to the preprocessing: for torchxrayvision's (cxr), the
+    input size they were trained at and their [-1024, 1024] input scaling, which the model's
+    first op applies (`trainables.models.InputScale`), so `tensor.rule` stays the input."""
+    record: dict[str, Any] = {"name": cfg.weights}
+    if cfg.weights == "cxr":
+        name, size = CXR_WEIGHTS[cfg.model]
+        record.update(
+            source=f"torchxrayvision {name}",
+            input_size=size,
+            input_range=[-CXR_SCALE, CXR_SCALE],
+            applied_in_model=f"x * {CXR_SCALE:g} after (x - mean) / std: [-1, 1] -> "
+            f"[-{CXR_SCALE:g}, {CXR_SCALE:g}], torchxrayvision's own normalize(img, 255)",
+        )
+    return record
 
 
 # Serving defaults a bundle carries until something better is known: no TTA (analysis.report
@@ -124,6 +142,8 @@ def save_bundle(
         "history": [_finite(h) for h in history],
         **SERVING_DEFAULTS,
         "code_version": code_version(),
+        # how to rebuild the model (built-in, timm, or a plugin file + name); refuses otherwise
+        "model_source": model_source(cfg),
         **(extra or {}),
     }
     staged = out.with_name(out.name + ".new")
@@ -162,7 +182,7 @@ def load_bundle(path: str | Path) -> Bundle:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{weights} cannot be read as safetensors: {err}") from None
-    model = build_model(replace(cfg, pretrained=False), num_classes=len(meta["classes"]))
+    model = build_model(cfg, num_classes=len(meta["classes"]), load_weights=False)
     _load_state(model, state, weights)
     model.eval()
     known = {"format", "version", "classes", "preprocessing", "metrics", "history"}

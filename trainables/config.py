@@ -17,11 +17,15 @@ from trainables.vocab import (
     AMP_MODES,
     AUGMENTATIONS,
     BALANCES,
+    CXR_WEIGHTS,
     MODEL_NAMES,
+    MODEL_WEIGHTS,
     PHANTOM_PRESETS,
     RESIZE_MODES,
+    TIMM_PREFIX,
     TORCHVISION_MODELS,
     UNCERTAINTY_POLICIES,
+    WEIGHTS,
     check_label_separator,
     check_resize_mode,
     parse_phantom,
@@ -33,7 +37,8 @@ __all__ = ["AMP_MODES", "PHANTOM_PRESETS", "RESIZE_MODES", "TrialConfig", "field
 @dataclass(frozen=True)
 class TrialConfig:
     model: str = "simple_cnn_10m"
-    """Architecture, a name of `trainables.vocab.MODEL_NAMES` (built by `trainables.models`)."""
+    """Architecture: a name of `trainables.vocab.MODEL_NAMES`, `timm:NAME` (any
+    `timm.create_model` name, extra `timm`), or a name the `plugin` file registers."""
     balance: str = "oversample"
     """Class balance strategy, a key of `trainables.vocab.BALANCES` (seed section 1.3)."""
     augment: str = "none"
@@ -43,10 +48,16 @@ class TrialConfig:
     unfrozen_blocks: int = 0
     """Blocks at the end of the last frozen stage left trainable. The seed's ResNet50 is
     frozen_depth=5, unfrozen_blocks=1 (everything frozen but layer4[2] and the head)."""
-    pretrained: bool = False
-    """Load ImageNet weights (torchvision backbones) from `weights_path` or the torch cache."""
+    weights: str = "none"
+    """The weight set the backbone starts from, a key of `trainables.vocab.WEIGHTS`: none,
+    imagenet (torchvision or timm) or cxr (torchxrayvision; needs its input size as image_size).
+    Old configs' `pretrained: true` reads as `imagenet` (`from_dict`)."""
     weights_path: str = ""
-    """A local weights file for `pretrained`; empty means the torch hub cache. Never downloaded."""
+    """The local file `weights` loads; empty means the library's own cache. A trial never
+    downloads: the sweep's driver fetches every file first and sets this (`trainables.weights`)."""
+    plugin: str = ""
+    """A Python file that registers `model` with `trainables.models.register_model` (a user's
+    own model); imported before the model is built, so trials and bundles can rebuild it."""
     lr: float = 1e-4
     """Adam learning rate (the seed's 1e-4)."""
     weight_decay: float = 5e-5
@@ -122,17 +133,12 @@ class TrialConfig:
         parse_class_map(self.class_map)
         # The registries' names come from `vocab`, so this module never imports models (which
         # imports this one): there is no import cycle, and no torch import either.
-        _check_choice("model", self.model, MODEL_NAMES)
+        _check_model(self.model, self.plugin)
         _check_choice("balance", self.balance, BALANCES)
         _check_choice("augment", self.augment, AUGMENTATIONS)
         _check_choice("uncertainty", self.uncertainty, UNCERTAINTY_POLICIES)
         check_label_separator(self.label_separator)
-        if self.model not in TORCHVISION_MODELS:
-            if self.frozen_depth or self.unfrozen_blocks or self.pretrained:
-                raise ValueError(
-                    f"frozen_depth, unfrozen_blocks and pretrained apply only to "
-                    f"{sorted(TORCHVISION_MODELS)}; model {self.model!r} takes none of them"
-                )
+        _check_weights(self)
         if self.unfrozen_blocks and not self.frozen_depth:
             raise ValueError(
                 "unfrozen_blocks needs frozen_depth >= 1 (there is nothing to unfreeze)"
@@ -142,6 +148,7 @@ class TrialConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
         """Build from a plain dict; unknown keys are refused with the list of valid ones."""
         valid = {f.name: f for f in fields(cls)}
+        values = _legacy_pretrained(values)
         unknown = sorted(set(values) - set(valid))
         if unknown:
             raise ValueError(f"unknown TrialConfig keys {unknown}; valid keys are {sorted(valid)}")
@@ -194,6 +201,68 @@ def _coerce(type_name: Any, key: str, value: Any) -> Any:
             raise ValueError(f"{key} must be a string, got {value!r}")
         return value
     return value
+
+
+def _legacy_pretrained(values: dict[str, Any]) -> dict[str, Any]:
+    """Configs written before `weights` existed say `pretrained: true|false`. The rule:
+    `pretrained: true` means `weights: imagenet` (the only pretrained weights there were);
+    `pretrained: false` adds nothing; both keys disagreeing is refused."""
+    if "pretrained" not in values:
+        return values
+    values = dict(values)
+    legacy = values.pop("pretrained")
+    if hasattr(legacy, "item"):
+        legacy = legacy.item()
+    if not isinstance(legacy, bool):
+        raise ValueError(f"pretrained must be true or false, got {legacy!r}")
+    if legacy:
+        if values.get("weights", "imagenet") != "imagenet":
+            raise ValueError(
+                f"pretrained: true (read as weights 'imagenet') disagrees with weights "
+                f"{values['weights']!r}; keep only weights"
+            )
+        values["weights"] = "imagenet"
+    return values
+
+
+def _check_model(model: str, plugin: str) -> None:
+    if model in MODEL_NAMES:
+        return
+    if model.startswith(TIMM_PREFIX) and len(model) > len(TIMM_PREFIX):
+        return
+    if not plugin and model:
+        raise ValueError(
+            f"unknown model {model!r}; expected one of {sorted(MODEL_NAMES)}, "
+            f"'{TIMM_PREFIX}NAME' (a timm model) or a model a plugin file registers (plugin)"
+        )
+    if not model.isidentifier():
+        raise ValueError(f"model {model!r} must be a Python identifier (a builder's name)")
+
+
+def _check_weights(cfg: TrialConfig) -> None:
+    """Freezing and weights only where the model has stages and weight sets; cxr weights at the
+    input size they were trained at."""
+    _check_choice("weights", cfg.weights, WEIGHTS)
+    timm = cfg.model.startswith(TIMM_PREFIX)
+    plugin = cfg.model not in MODEL_NAMES and not timm
+    backbone = cfg.model in TORCHVISION_MODELS or timm
+    if not backbone and not plugin and (cfg.frozen_depth or cfg.unfrozen_blocks):
+        raise ValueError(
+            f"frozen_depth and unfrozen_blocks apply only to {sorted(TORCHVISION_MODELS)} and "
+            f"timm models; model {cfg.model!r} takes neither"
+        )
+    offered = ("none", "imagenet") if timm else MODEL_WEIGHTS.get(cfg.model, ("none",))
+    if cfg.weights not in offered:
+        raise ValueError(
+            f"model {cfg.model!r} has no weights {cfg.weights!r}; expected one of {list(offered)}"
+        )
+    if cfg.weights == "cxr":
+        name, size = CXR_WEIGHTS[cfg.model]
+        if cfg.image_size != size:
+            raise ValueError(
+                f"weights 'cxr' of {cfg.model} (torchxrayvision's {name}) take {size} px "
+                f"inputs; set image_size={size} (got {cfg.image_size})"
+            )
 
 
 def _check_choice(name: str, value: Any, choices: Any) -> None:

@@ -200,6 +200,10 @@ class ExperimentRecord:
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
     """The space's known-good configurations (POINTS_TO_EVALUATE) the searcher tries first, in
     order; those the run profile cannot train (outside CPU_CHOICES) are left out."""
+    weights: dict[str, Any] = field(default_factory=dict)
+    """The pretrained files the driver fetched before the sweep, {files: {'MODEL/WEIGHTS':
+    {file, sha256, url, library}}, dropped: {'MODEL/WEIGHTS': why}} (`search.pretrained`);
+    each trial's config names its own file as weights_path."""
     tpe_startup_trials: int | None = None
     """TPE's start-up count (Optuna's n_startup_trials): finished trials before TPE models the
     results, the enqueued points plus the random ones; None for records written before it."""

@@ -15,14 +15,32 @@ unfrozen_blocks=1: only layer4[2] and the head train. The head always trains.
 Frozen BatchNorm layers stay in eval mode during training (`Backbone.train` puts them back), so
 their running statistics keep the values they were frozen with instead of drifting to the batch.
 
-`pretrained=True` loads torchvision's ImageNet weights from `cfg.weights_path` or the torch hub
-cache, never from the network, and makes the first convolution one-channel by summing its RGB
-filters (a gray image x gives the same response as the RGB image (x, x, x)).
+`cfg.weights` picks the starting weights (`trainables.weights` finds the local file; nothing
+is downloaded here): `imagenet` loads torchvision's ImageNet weights and makes the first
+convolution one-channel by summing its RGB filters (a gray image x gives the same response as the
+RGB image (x, x, x)); `cxr` loads torchxrayvision's one-channel chest X-ray backbone, whose
+inputs are scaled to [-1024, 1024]: the model's first op (`InputScale`) multiplies the seed's
+[-1, 1] input by 1024, so every caller (training, TTA, predict, ONNX) feeds it unchanged. The
+pretrained head is always replaced by the seed's head.
+
+`timm:NAME` builds `timm.create_model(NAME, in_chans=1, num_classes=0)` with the seed's head;
+its frozen_depth k freezes every parameter up to the end of the k-th entry of the model's
+`feature_info` (for a ResNet: act1 = the stem, layer1..layer4), and unfrozen_blocks leaves the
+last blocks (children) of that entry's module trainable.
+
+A user's own model: a Python file calls `register_model` on a builder `fn(cfg, num_classes)`;
+`cfg.plugin` names the file, which `build_model` imports (`load_plugin`) before it looks the
+name up, so trials, the GPU measurement, export and bundles rebuild it from config.json.
 """
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
+import importlib.util
+import inspect
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +51,8 @@ import torchvision
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from trainables.config import TrialConfig
-from trainables.vocab import MODEL_NAMES, TORCHVISION_MODELS
+from trainables.vocab import CXR_SCALE, MODEL_NAMES, TIMM_PREFIX, TORCHVISION_MODELS
+from trainables.weights import local_file, read_state_dict, read_xrv_state
 
 ModelBuilder = Callable[[TrialConfig, int], nn.Module]
 MODELS: dict[str, ModelBuilder] = {}
@@ -41,21 +60,99 @@ SEED_FROZEN = {"frozen_depth": 5, "unfrozen_blocks": 1}  # the seed's ResNet50 f
 
 
 def register_model(fn: ModelBuilder) -> ModelBuilder:
-    """Add a builder `fn(cfg, num_classes) -> nn.Module` to MODELS under its function name."""
-    if fn.__name__ in MODELS:
-        raise ValueError(f"model {fn.__name__!r} is registered twice")
-    if fn.__name__ not in MODEL_NAMES:
-        # TrialConfig validates against vocab.MODEL_NAMES: a model missing there is unusable.
-        raise ValueError(f"model {fn.__name__!r} is not in trainables.vocab.MODEL_NAMES")
-    MODELS[fn.__name__] = fn
+    """Add a builder `fn(cfg, num_classes) -> nn.Module` to MODELS under its function name.
+
+    A name may be registered again only by the same function of the same file (a plugin or
+    space file imported twice); a built-in name or another builder's name is refused."""
+    name = fn.__name__
+    if name.startswith(TIMM_PREFIX) or not name.isidentifier():
+        raise ValueError(f"model name {name!r} must be a Python identifier")
+    if name in MODELS and _origin(MODELS[name]) != _origin(fn):
+        raise ValueError(
+            f"model {name!r} is registered twice ({_origin(MODELS[name])} and {_origin(fn)})"
+        )
+    MODELS[name] = fn
     return fn
 
 
-def build_model(cfg: TrialConfig, num_classes: int = 3) -> nn.Module:
-    """The model `cfg` describes, with freezing and pretrained weights applied."""
-    if cfg.model not in MODELS:
-        raise ValueError(f"unknown model {cfg.model!r}; expected one of {sorted(MODELS)}")
-    return MODELS[cfg.model](cfg, num_classes)
+def _origin(fn: Callable) -> str:
+    return f"{inspect.getsourcefile(fn)}:{fn.__qualname__}"
+
+
+def model_source(cfg: TrialConfig) -> dict[str, str]:
+    """How to rebuild `cfg.model` from files: built-in, timm, or the plugin file (path, SHA-256)
+    and builder name. ValueError when it cannot be rebuilt from a file (registered in a
+    session that no file records)."""
+    if cfg.model in MODEL_NAMES:
+        return {"kind": "builtin", "model": cfg.model}
+    if cfg.model.startswith(TIMM_PREFIX):
+        import timm
+
+        return {"kind": "timm", "model": cfg.model, "timm": timm.__version__}
+    path = Path(cfg.plugin)
+    if not path.is_file():
+        raise ValueError(
+            f"model {cfg.model!r} cannot be rebuilt: its plugin file {cfg.plugin!r} is missing"
+        )
+    module = load_plugin(cfg.plugin)
+    builder = MODELS.get(cfg.model)
+    if builder is None or Path(inspect.getsourcefile(builder) or "") != Path(module.__file__):
+        raise ValueError(
+            f"model {cfg.model!r} cannot be rebuilt: {cfg.plugin} does not register it "
+            f"(register_model in that file)"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"kind": "plugin", "model": cfg.model, "plugin": str(path), "sha256": digest}
+
+
+_PLUGINS: dict[str, object] = {}
+
+
+def load_plugin(path: str) -> object:
+    """Import a user's model file once per process (it calls `register_model`)."""
+    resolved = str(Path(path).expanduser().resolve())
+    if resolved in _PLUGINS:
+        return _PLUGINS[resolved]
+    if not Path(resolved).is_file():
+        raise ValueError(f"plugin file {path} does not exist")
+    tag = hashlib.sha256(resolved.encode()).hexdigest()[:8]
+    name = f"cxr_plugin_{Path(resolved).stem}_{tag}"
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"plugin file {path} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # pickling and torch.onnx find its classes by module name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # any import-time error of user code
+        del sys.modules[name]
+        raise ValueError(f"plugin file {path} does not load: {type(err).__name__}: {err}") from err
+    _PLUGINS[resolved] = module
+    return module
+
+
+# False while a model is rebuilt for weights that come next (checkpoint, bundle): the pretrained
+# file is not read, but the architecture (e.g. cxr's InputScale) is the one `cfg.weights` gives.
+_LOAD_WEIGHTS: contextvars.ContextVar[bool] = contextvars.ContextVar("load_weights", default=True)
+
+
+def build_model(cfg: TrialConfig, num_classes: int = 3, load_weights: bool = True) -> nn.Module:
+    """The model `cfg` describes, with freezing and (unless `load_weights` is False, for a
+    model whose trained weights are loaded next) its pretrained weights applied."""
+    token = _LOAD_WEIGHTS.set(load_weights)
+    try:
+        if cfg.model.startswith(TIMM_PREFIX):
+            return timm_model(cfg, num_classes)
+        if cfg.plugin:
+            load_plugin(cfg.plugin)
+        if cfg.model not in MODELS:
+            where = f" (plugin {cfg.plugin})" if cfg.plugin else ""
+            raise ValueError(
+                f"unknown model {cfg.model!r}{where}; expected one of {sorted(MODELS)}"
+            )
+        return MODELS[cfg.model](cfg, num_classes)
+    finally:
+        _LOAD_WEIGHTS.reset(token)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -201,11 +298,6 @@ def seed_head(in_features: int, num_classes: int) -> nn.Sequential:
     )
 
 
-_WEIGHTS = {
-    "resnet18": torchvision.models.ResNet18_Weights,
-    "resnet50": torchvision.models.ResNet50_Weights,
-    "densenet121": torchvision.models.DenseNet121_Weights,
-}
 # Old torchvision DenseNet checkpoints name dense-layer modules 'norm.1' etc. (torchvision's own
 # densenet._load_state_dict renames them the same way; num_batches_tracked too, for files saved
 # by a newer torch).
@@ -215,53 +307,47 @@ _DENSENET_KEY = re.compile(
 )
 
 
-def weight_candidates(name: str) -> list[Path]:
-    """Files in the torch hub cache that may hold torchvision's ImageNet weights for `name`,
-    the default weights first."""
-    enum = _WEIGHTS[name]
-    ordered = [enum.DEFAULT] + [w for w in enum if w != enum.DEFAULT]
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    return [checkpoints / Path(w.url).name for w in ordered]
+class InputScale(nn.Module):
+    """Multiplies the input by a constant: the seed's [-1, 1] input times 1024 is the
+    [-1024, 1024] scaling torchxrayvision's weights were trained on."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
 
 
-def _read_state_dict(name: str, weights_path: str) -> tuple[dict[str, torch.Tensor], Path]:
-    if weights_path:
-        candidates = [Path(weights_path).expanduser()]
-    else:
-        candidates = weight_candidates(name)
-    found = next((path for path in candidates if path.is_file()), None)
-    if found is None:
-        urls = ", ".join(w.url for w in _WEIGHTS[name])
-        raise ValueError(
-            f"pretrained {name} weights not found; looked in {[str(p) for p in candidates]}. "
-            f"Nothing is downloaded at run time: copy torchvision's file ({urls}) into "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints'} or set weights_path to a local file"
-        )
-    try:
-        if found.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(found))
-        else:
-            state = torch.load(found, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file gets the same message naming it
-        raise ValueError(f"cannot read {name} weights from {found}: {err}") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{found} does not hold a state_dict (got {type(state).__name__})")
+def _renamed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     renamed = {}
     for key, value in state.items():
         match = _DENSENET_KEY.match(key)
         renamed[match.group(1) + match.group(2) if match else key] = value
-    return renamed, found
+    return renamed
 
 
-def _load_pretrained(net: nn.Module, name: str, weights_path: str) -> None:
+def _load_imagenet(net: nn.Module, cfg: TrialConfig) -> None:
     """Load ImageNet weights into the 3-channel, 1000-class network."""
-    state, path = _read_state_dict(name, weights_path)
+    path = local_file(cfg.model, cfg.weights, cfg.weights_path)
     try:
-        net.load_state_dict(state)
+        net.load_state_dict(_renamed(read_state_dict(path)))
     except RuntimeError as err:
-        raise ValueError(f"{path} does not match torchvision's {name}: {err}") from None
+        raise ValueError(f"{path} does not match torchvision's {cfg.model}: {err}") from None
+
+
+def _load_cxr(net: nn.Module, cfg: TrialConfig) -> None:
+    """Load torchxrayvision's backbone into the one-channel network, its head left out."""
+    path = local_file(cfg.model, cfg.weights, cfg.weights_path)
+    head = "fc." if cfg.model.startswith("resnet") else "classifier."
+    state = {k: v for k, v in read_xrv_state(cfg.model, path).items() if not k.startswith(head)}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(head)]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match {cfg.model}'s backbone: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
 
 
 def _gray_conv(conv: nn.Conv2d, sum_rgb: bool) -> nn.Conv2d:
@@ -315,18 +401,81 @@ def _freeze(stages: list[list[list[nn.Module]]], frozen_depth: int, unfrozen_blo
 def _torchvision_model(cfg: TrialConfig, num_classes: int) -> nn.Module:
     name = cfg.model
     net = getattr(torchvision.models, name)(weights=None)
-    if cfg.pretrained:
-        _load_pretrained(net, name, cfg.weights_path)
+    load = _LOAD_WEIGHTS.get()
+    if cfg.weights == "imagenet" and load:
+        _load_imagenet(net, cfg)
+    imagenet = cfg.weights == "imagenet" and load
     if name.startswith("resnet"):
-        net.conv1 = _gray_conv(net.conv1, sum_rgb=cfg.pretrained)
+        net.conv1 = _gray_conv(net.conv1, sum_rgb=imagenet)
         net.fc = seed_head(net.fc.in_features, num_classes)
         stages = _resnet_stages(net)
     else:
-        net.features.conv0 = _gray_conv(net.features.conv0, sum_rgb=cfg.pretrained)
+        net.features.conv0 = _gray_conv(net.features.conv0, sum_rgb=imagenet)
         net.classifier = seed_head(net.classifier.in_features, num_classes)
         stages = _densenet_stages(net)
+    if cfg.weights == "cxr" and load:
+        _load_cxr(net, cfg)
     _freeze(stages, cfg.frozen_depth, cfg.unfrozen_blocks)
+    if cfg.weights == "cxr":
+        return Backbone(nn.Sequential(InputScale(CXR_SCALE), net))
     return Backbone(net)
+
+
+# --- timm backbones (the optional extra `timm`) ------------------------------------------------
+
+
+def timm_model(cfg: TrialConfig, num_classes: int) -> nn.Module:
+    """`timm:NAME` with one input channel and the seed's head; imagenet weights from the local
+    file the driver fetched (timm sums the RGB filters of the first convolution for in_chans=1)."""
+    from trainables.weights import import_timm
+
+    timm = import_timm(cfg.model)
+    name = cfg.model[len(TIMM_PREFIX) :]
+    kwargs: dict = {"in_chans": 1, "num_classes": 0}
+    if cfg.weights == "imagenet" and _LOAD_WEIGHTS.get():
+        path = local_file(cfg.model, cfg.weights, cfg.weights_path)
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    try:
+        body = timm.create_model(name, **kwargs)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"timm cannot build {cfg.model!r}: {err}") from None
+    _freeze_timm(body, cfg)
+    return Backbone(nn.Sequential(body, seed_head(body.num_features, num_classes)))
+
+
+def _freeze_timm(body: nn.Module, cfg: TrialConfig) -> None:
+    """frozen_depth k: every parameter registered before the end of feature_info[k-1]'s module
+    is frozen; unfrozen_blocks: that module's last children stay trainable."""
+    if not cfg.frozen_depth:
+        return
+    info = [entry["module"] for entry in getattr(body, "feature_info", [])]
+    if cfg.frozen_depth > len(info):
+        raise ValueError(
+            f"{cfg.model} has {len(info)} feature stages {info}; frozen_depth "
+            f"{cfg.frozen_depth} exceeds them"
+        )
+    last = info[cfg.frozen_depth - 1]
+    names = [n for n, _ in body.named_parameters()]
+    inside = [i for i, n in enumerate(names) if n.startswith(last + ".")]
+    # a parameter-free entry (timm's act1) ends where the next parameter after it begins
+    end = inside[-1] if inside else _params_before(body, last) - 1
+    for i, (_, param) in enumerate(body.named_parameters()):
+        if i <= end:
+            param.requires_grad_(False)
+    if cfg.unfrozen_blocks:
+        stage = body.get_submodule(last)
+        for block in list(stage.children())[-cfg.unfrozen_blocks :]:
+            block.requires_grad_(True)
+
+
+def _params_before(body: nn.Module, module_name: str) -> int:
+    """How many parameters come before the module after `module_name` in registration order."""
+    count = 0
+    for name, module in body.named_modules():
+        if name == module_name:
+            return count
+        count += len(list(module.parameters(recurse=False)))
+    raise ValueError(f"module {module_name!r} not found")
 
 
 @register_model

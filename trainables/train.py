@@ -321,7 +321,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, TrialConfig, lis
     state = load_checkpoint(path)
     cfg = TrialConfig.from_dict(state["config"])
     # The weights come from the checkpoint, so do not look for ImageNet weights again.
-    model = build_model(replace(cfg, pretrained=False), num_classes=len(state["classes"]))
+    model = build_model(cfg, num_classes=len(state["classes"]), load_weights=False)
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, list(state["classes"])
@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     device = resolve_device(args.device)
     print(data.report.format())
-    model_params = count_parameters(build_model(replace(cfg, pretrained=False), len(data.classes)))
+    model_params = count_parameters(build_model(cfg, len(data.classes), load_weights=False))
     print(
         f"model {cfg.model}: {model_params:,} parameters | device {device} | "
         f"{len(data.train.labels)} train / {len(data.val.labels)} val images "

@@ -65,7 +65,31 @@ def parse_phantom(data: str) -> str | None:
 MODEL_NAMES = ("simple_cnn", "simple_cnn_10m", "resnet50", "resnet18", "densenet121")
 """Architectures; `trainables.models.MODELS` registers one builder under each, in this order."""
 TORCHVISION_MODELS = frozenset({"resnet50", "resnet18", "densenet121"})
-"""The models built on torchvision backbones: only they take freezing and pretrained weights."""
+"""The models built on torchvision backbones: only they (and timm's) take freezing and weights."""
+TIMM_PREFIX = "timm:"
+"""`timm:NAME` is any `timm.create_model` name (the optional extra `timm`)."""
+
+WEIGHTS: dict[str, str] = {
+    "none": "random initialisation",
+    "imagenet": "ImageNet-1k weights: torchvision's DEFAULT, or timm's default pretrained tag",
+    "cxr": "chest X-ray weights: torchxrayvision's '-all' models (NIH, CheXpert, MIMIC, "
+    "PadChest, ...; the optional extra `cxr`)",
+}
+"""Weight sets a backbone starts from (`TrialConfig.weights`); `trainables.weights` fetches them."""
+MODEL_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "resnet18": ("none", "imagenet"),
+    "resnet50": ("none", "imagenet", "cxr"),
+    "densenet121": ("none", "imagenet", "cxr"),
+}
+"""The weight sets each built-in backbone has (timm models: none and imagenet)."""
+CXR_WEIGHTS: dict[str, tuple[str, int]] = {
+    "densenet121": ("densenet121-res224-all", 224),
+    "resnet50": ("resnet50-res512-all", 512),
+}
+"""torchxrayvision's weight name and the input size (px) it was trained at, per backbone."""
+CXR_SCALE = 1024.0
+"""torchxrayvision's models take pixels scaled to [-1024, 1024]: mean 0.5, std 1 / 2048 on
+[0, 1] pixels (`trainables.augment.normalization`)."""
 
 BALANCES: dict[str, str] = {
     "original": "the training split as it is",

@@ -36,7 +36,7 @@ def test_transfer_space_suggests_frozen_depth_only_for_torchvision_models() -> N
     tv = [c for c in configs if c.model in TORCHVISION_MODELS]
     # Both branches are sampled, and the CNN branch never carries transfer settings.
     assert cnn and tv
-    assert all(c.frozen_depth == 0 and not c.pretrained for c in cnn)
+    assert all(c.frozen_depth == 0 and c.weights == "none" for c in cnn)
     assert any(c.frozen_depth > 0 for c in tv)
     # lr and weight decay stay inside the design card's log ranges.
     assert all(1e-5 <= c.lr <= 1e-2 and 1e-6 <= c.weight_decay <= 1e-3 for c in configs)

@@ -29,7 +29,7 @@ from trainables.experiment import (
 from trainables.models import build_model
 
 CLASSES = ["normal", "bacteria", "viral"]
-CFG = TrialConfig(model="simple_cnn_10m", image_size=32, augment="none", pretrained=False)
+CFG = TrialConfig(model="simple_cnn_10m", image_size=32, augment="none", weights="none")
 
 
 def _record(**changes) -> ExperimentRecord:

@@ -154,7 +154,7 @@ def test_pretrained_loads_a_local_file_and_sums_rgb_filters(tmp_path):
     reference = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18-local.pth"
     torch.save(reference.state_dict(), path)
-    model = build_model(_cfg("resnet18", pretrained=True, weights_path=str(path)))
+    model = build_model(_cfg("resnet18", weights="imagenet", weights_path=str(path)))
     summed = reference.conv1.weight.sum(dim=1, keepdim=True)
     assert model.net.conv1.weight.shape == (64, 1, 7, 7)  # one input channel
     assert torch.allclose(model.net.conv1.weight, summed)  # gray = sum of RGB responses
@@ -163,18 +163,18 @@ def test_pretrained_loads_a_local_file_and_sums_rgb_filters(tmp_path):
 
 def test_pretrained_without_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    with pytest.raises(ValueError, match="not found.*looked in.*resnet18-f37072fd.pth"):
-        build_model(_cfg("resnet18", pretrained=True))  # never a silent random start
+    with pytest.raises(ValueError, match="not on this machine.*resnet18-f37072fd.pth"):
+        build_model(_cfg("resnet18", weights="imagenet"))  # never a silent random start
     missing = tmp_path / "nope.pth"
     with pytest.raises(ValueError, match="weights_path"):
-        build_model(_cfg("resnet18", pretrained=True, weights_path=str(missing)))
+        build_model(_cfg("resnet18", weights="imagenet", weights_path=str(missing)))
 
 
 def test_pretrained_file_for_another_architecture_is_refused(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     with pytest.raises(ValueError, match="does not match torchvision's resnet50"):
-        build_model(_cfg("resnet50", pretrained=True, weights_path=str(path)))
+        build_model(_cfg("resnet50", weights="imagenet", weights_path=str(path)))
 
 
 def test_unknown_model_names_the_choices():
@@ -202,7 +202,7 @@ def test_pretrained_densenet_accepts_torchvisions_old_key_names(tmp_path):
     assert "features.denseblock1.denselayer1.norm.1.weight" in old_style  # the renaming applied
     path = tmp_path / "densenet121-local.pth"
     torch.save(old_style, path)
-    model = build_model(_cfg("densenet121", pretrained=True, weights_path=str(path)))
+    model = build_model(_cfg("densenet121", weights="imagenet", weights_path=str(path)))
     loaded = model.net.features.denseblock4.denselayer16.conv2.weight
     assert torch.equal(loaded, reference.features.denseblock4.denselayer16.conv2.weight)
     summed = reference.features.conv0.weight.sum(dim=1, keepdim=True)

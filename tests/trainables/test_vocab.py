@@ -46,19 +46,31 @@ def test_resize_mode_check_names_the_choices():
         vocab.check_resize_mode("stretch")
 
 
-def test_model_registry_holds_exactly_the_vocab_names_in_order():
-    # TrialConfig accepts vocab.MODEL_NAMES; each must have a builder (and no builder is hidden).
-    assert tuple(MODELS) == vocab.MODEL_NAMES
+def test_model_registry_starts_with_exactly_the_vocab_names_in_order():
+    # TrialConfig accepts vocab.MODEL_NAMES; each must have a builder. Users' own models
+    # (plugins) are registered after the built-in ones.
+    assert tuple(MODELS)[: len(vocab.MODEL_NAMES)] == vocab.MODEL_NAMES
     assert vocab.TORCHVISION_MODELS <= set(vocab.MODEL_NAMES)
 
 
-def test_a_model_outside_the_vocabulary_cannot_register():
+def test_a_new_name_registers_but_a_taken_name_is_refused():
     def made_up_net(cfg, num_classes=3):  # pragma: no cover - never built
         raise AssertionError
 
-    with pytest.raises(ValueError, match="not in trainables.vocab.MODEL_NAMES"):
-        register_model(made_up_net)
-    assert "made_up_net" not in MODELS
+    register_model(made_up_net)
+    try:
+        assert MODELS["made_up_net"] is made_up_net
+        register_model(made_up_net)  # the same builder again (a file imported twice) is fine
+    finally:
+        del MODELS["made_up_net"]
+
+    def resnet18(cfg, num_classes=3):  # pragma: no cover - never built
+        raise AssertionError
+
+    # another builder under a built-in name would silently replace it: refused
+    with pytest.raises(ValueError, match="'resnet18' is registered twice"):
+        register_model(resnet18)
+    assert MODELS["resnet18"] is not resnet18
 
 
 def test_every_augmentation_set_names_existing_ops():

@@ -170,3 +170,106 @@ def test_fetched_files_reach_every_trial_config_as_weights_path(
         # a trial reads the file the driver fetched, and its config says which one
         expected = record["file"] if cfg.weights == "imagenet" else ""
         assert cfg.weights_path == expected
+
+
+# --- chest X-ray weights (torchxrayvision, the extra `cxr`) -----------------------------------
+
+XRV = pytest.importorskip  # alias: the tests below skip without the extra
+
+
+@pytest.fixture
+def xrv_served(tmp_path, monkeypatch):
+    """torchxrayvision's DenseNet-121 file format (a pickled xrv DenseNet), with seeded random
+    weights, served locally under the name torchxrayvision's own URL gives it; HOME points at
+    tmp_path, so torchxrayvision's cache (~/.torchxrayvision/models_data) starts empty."""
+    xrv = XRV("torchxrayvision")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    torch.manual_seed(3)
+    reference = xrv.models.DenseNet(weights=None)
+    name = Path(xrv.models.model_urls["densenet121-res224-all"]["weights_url"]).name
+    root = tmp_path / "served"
+    root.mkdir()
+    torch.save(reference, root / name)
+    server = WeightServer(root)
+    monkeypatch.setenv(URLS_ENV, json.dumps({"densenet121/cxr": server.url(name)}))
+    yield {"xrv": xrv, "reference": reference.eval(), "server": server, "name": name}
+    server.stop()
+
+
+def test_cxr_weights_are_fetched_into_torchxrayvisions_cache_once(xrv_served, tmp_path):
+    wf = weight_file("densenet121", "cxr")
+    assert wf.library == "torchxrayvision"
+    assert wf.path == tmp_path / "home" / ".torchxrayvision" / "models_data" / xrv_served["name"]
+    fetch(wf, progress=False)
+    path, digest = fetch(wf, progress=False)
+    assert xrv_served["server"].requests[xrv_served["name"]] == 1 and path == wf.path
+    assert len(digest) == 64
+
+
+def test_cxr_weights_need_their_input_size():
+    from trainables.config import TrialConfig
+
+    with pytest.raises(ValueError, match=r"take 224 px inputs; set image_size=224 \(got 64\)"):
+        TrialConfig(model="densenet121", weights="cxr", image_size=64)
+    with pytest.raises(ValueError, match=r"resnet18' has no weights 'cxr'"):
+        TrialConfig(model="resnet18", weights="cxr", image_size=224)
+
+
+def test_a_cxr_bundle_records_its_preprocessing_and_predict_matches_torchxrayvision(
+    xrv_served, tmp_path
+):
+    """The bundle's model reproduces torchxrayvision's own pipeline: its normalize(img, 255) to
+    [-1024, 1024] and its DenseNet features, then the study's head."""
+    import numpy as np
+    from PIL import Image
+
+    from analysis.predict import predict_files
+    from trainables.bundle import load_bundle, read_bundle_meta, save_bundle, temperature_of
+    from trainables.config import TrialConfig
+    from trainables.models import build_model
+    from trainables.preprocess import decode_file
+
+    xrv, reference = xrv_served["xrv"], xrv_served["reference"]
+    path, _ = fetch(weight_file("densenet121", "cxr"), progress=False)
+    cfg = TrialConfig(model="densenet121", weights="cxr", image_size=224, weights_path=str(path))
+    model = build_model(cfg, num_classes=2).eval()
+    save_bundle(tmp_path / "bundle", model, cfg, ["a", "b"], {}, [])
+    prep = read_bundle_meta(tmp_path / "bundle")["preprocessing"]
+    assert prep["image_size"] == 224
+    assert prep["weights"]["input_range"] == [-1024.0, 1024.0]
+    assert prep["weights"]["source"] == "torchxrayvision densenet121-res224-all"
+
+    image = tmp_path / "x.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (300, 260), dtype=np.uint8), mode="L").save(image)
+    bundle = load_bundle(tmp_path / "bundle")  # rebuilt without reading the xrv file again
+    got = predict_files(bundle, [image])[0]["probabilities"]
+
+    pixels = decode_file(image, 224, cfg.resize_mode).astype(np.float32)
+    x = torch.from_numpy(xrv.utils.normalize(pixels, 255))[None, None]  # xrv's own scaling
+    with torch.no_grad():
+        features = reference.features(x)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(torch.relu(features), 1).flatten(1)
+        head = bundle.model.net[1].classifier
+        expected = torch.softmax(head(pooled) / temperature_of(bundle), dim=1)[0]
+    assert torch.allclose(torch.tensor([got["a"], got["b"]]), expected, atol=1e-4)
+
+
+def test_timm_frozen_depth_follows_feature_info():
+    pytest.importorskip("timm")
+    from trainables.config import TrialConfig
+    from trainables.models import build_model
+
+    model = build_model(
+        TrialConfig(model="timm:resnet18", frozen_depth=2, unfrozen_blocks=1, image_size=32)
+    )
+    body = model.net[0]
+    frozen = {n.split(".")[0] for n, p in body.named_parameters() if not p.requires_grad}
+    # feature_info: act1 (the stem: conv1 + bn1), layer1, layer2, ...; depth 2 = stem + layer1,
+    # with layer1's last block reopened
+    assert frozen == {"conv1", "bn1", "layer1"}
+    assert all(p.requires_grad for p in body.layer1[1].parameters())
+    assert not any(p.requires_grad for p in body.layer1[0].parameters())
+    assert all(p.requires_grad for p in body.layer2.parameters())
+    out = model(torch.randn(2, 1, 32, 32))
+    assert out.shape == (2, 3)

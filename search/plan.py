@@ -307,9 +307,9 @@ def resume_plan(
             f"remove it or choose another --name"
         )
     if not storage.is_uri(record.path):
-        from search.repair import missing_journal
+        from search.repair import resume_problem
 
-        if message := missing_journal(Path(record.path)):
+        if message := resume_problem(Path(record.path)):
             parser.error(f"--resume: {message}")
     refusal, more_samples = resume_changes(parser, args, record)
     if refusal:

@@ -49,13 +49,15 @@ from ray import cloudpickle
 from ray._common.utils import binary_to_hex, hex_to_binary
 from ray.train._internal.storage import _exists_at_fs_path
 
+from trainables.cache import atomic_write_bytes
 from trainables.experiment import (
     OPTUNA_JOURNAL,
-    RAY_STATE_GLOB,
-    RAY_STATE_PREFIX,
     TERMINAL_STATUSES,
     epoch_rows,
     find_checkpoints,
+    newest_ray_state,
+    parse_ray_state,
+    ray_state_trials,
     read_results,
     trial_dirs,
 )
@@ -85,10 +87,10 @@ def prepare_resume(experiment_path: str, max_epochs: int, num_samples: int | Non
 
 def reconcile(experiment_dir: Path, max_epochs: int) -> list[str]:
     """Make Ray's saved trial table and searcher agree with the trial folders (module doc)."""
-    states = sorted(experiment_dir.glob(RAY_STATE_GLOB))
-    if not states:
+    saved = saved_state(str(experiment_dir))
+    if saved is None:
         return []
-    state = json.loads(states[-1].read_text())
+    fs, state_file, state = saved
     listed, finished, notes, changed = set(), {}, [], False
     for entry in state.get("trial_data", []):
         trial, meta = json.loads(entry[0]), json.loads(entry[1])
@@ -112,7 +114,7 @@ def reconcile(experiment_dir: Path, max_epochs: int) -> list[str]:
             f"save of its state: recorded as finished, not trained again"
         )
     if finished or changed:
-        _atomic_write(states[-1], json.dumps(state).encode())
+        _write(fs, state_file, json.dumps(state).encode())
     if finished:
         notes += _tell_searcher(experiment_dir, finished)
     return notes + _orphans(experiment_dir, listed, max_epochs)
@@ -293,6 +295,47 @@ def missing_journal(experiment_dir: Path, recorded: Path | str = "") -> str | No
     )
 
 
+def resume_problem(experiment_dir: Path) -> str | None:
+    """Why a local experiment's saved state cannot resume (a missing or torn Optuna journal, a
+    torn Ray trial table), as one line naming the file and what to do; None when it can."""
+    try:
+        saved_state(str(experiment_dir))
+    except ValueError as err:
+        return str(err)
+    return missing_journal(experiment_dir) or torn_journal(experiment_dir / OPTUNA_JOURNAL)
+
+
+def torn_journal(journal: Path) -> str | None:
+    """Why the Optuna journal cannot be appended to, or None when it can.
+
+    Optuna writes one JSON record per line. A write cut short (a full disk, a crash) leaves a
+    last line without its newline: Optuna's reader skips it, but its next append would be glued
+    to it, and every read after that fails. That line is not cut away here: the user decides,
+    with the byte offset of the last whole record given.
+    """
+    if not journal.is_file():
+        return None
+    data = journal.read_bytes()
+    lines = data.split(b"\n")
+    offset = 0
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            return (
+                f"{journal}: line {number} is not an Optuna journal record; the study cannot be "
+                f"read: restore the file from a copy, or start a new --name"
+            )
+        offset += len(line) + 1
+    if not lines[-1]:
+        return None
+    return (
+        f"{journal}: its last record is cut short after byte {offset} (a write stopped by a "
+        f"full disk or a crash); Optuna would append to the cut record: cut it away with "
+        f"`truncate -s {offset} {journal}` to resume without it, or start a new --name"
+    )
+
+
 def set_num_samples(experiment_dir: Path, num_samples: int) -> list[str]:
     """Raise the saved search's trial count (a --resume with a larger --num-samples)."""
     gen_files = sorted(experiment_dir.glob(SEARCH_GEN_GLOB))
@@ -308,9 +351,7 @@ def set_num_samples(experiment_dir: Path, num_samples: int) -> list[str]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write_bytes(path, data)
 
 
 def align_search_counter(experiment_path: str) -> list[str]:
@@ -379,15 +420,29 @@ def abandon_unlisted_trials(experiment_path: str) -> list[str]:
 def _trial_table_and(experiment_path: str, glob: str):
     """(fs, the trials of the newest saved trial table, the newest file matching `glob`, its
     bytes), local or URI storage; None when either file is missing."""
-    fs, root = pyarrow.fs.FileSystem.from_uri(_as_uri(experiment_path))
-    state_file = _newest(fs, root, RAY_STATE_PREFIX)
-    other = _newest(fs, root, glob.split("*")[0])
-    if not state_file or not other:
+    saved = saved_state(experiment_path)
+    if saved is None:
         return None
-    with fs.open_input_stream(state_file) as stream:
-        trials = [json.loads(e[0]) for e in json.loads(stream.read().decode())["trial_data"]]
+    fs, state_file, state = saved
+    other = _newest(fs, state_file.rsplit("/", 1)[0], glob.split("*")[0])
+    if not other:
+        return None
     with fs.open_input_stream(other) as stream:
-        return fs, trials, other, stream.read()
+        return fs, ray_state_trials(state), other, stream.read()
+
+
+def saved_state(experiment_path: str) -> tuple[pyarrow.fs.FileSystem, str, dict] | None:
+    """(fs, path, content) of the newest trial table Ray saved, local or URI storage; None when
+    there is none. The one reader of that file here: a torn one is refused naming it
+    (`trainables.experiment.parse_ray_state`)."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(_as_uri(experiment_path))
+    selector = pyarrow.fs.FileSelector(root, allow_not_found=True)
+    newest = newest_ray_state(i.path for i in fs.get_file_info(selector))
+    if newest is None:
+        return None
+    with fs.open_input_stream(newest) as stream:
+        where = newest if "://" not in experiment_path else f"{experiment_path}/{Path(newest).name}"
+        return fs, newest, parse_ray_state(stream.read(), where)
 
 
 def _newest(fs: pyarrow.fs.FileSystem, root: str, prefix: str) -> str | None:
@@ -400,11 +455,11 @@ def _newest(fs: pyarrow.fs.FileSystem, root: str, prefix: str) -> str | None:
 
 def _write(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
     """Local: write beside and rename. Object stores replace an object whole on upload."""
-    target = path + ".tmp" if fs.type_name == "local" else path
-    with fs.open_output_stream(target) as out:
+    if fs.type_name == "local":
+        atomic_write_bytes(Path(path), data)
+        return
+    with fs.open_output_stream(path) as out:
         out.write(data)
-    if target != path:
-        fs.move(target, path)
 
 
 def repair_missing_checkpoints(experiment_path: str) -> list[str]:
@@ -412,17 +467,11 @@ def repair_missing_checkpoints(experiment_path: str) -> list[str]:
 
     Returns one line per trial that was repointed, for the driver to print.
     """
-    fs, root = pyarrow.fs.FileSystem.from_uri(_as_uri(experiment_path))
-    states = [
-        info.path
-        for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-        if info.base_name.startswith(RAY_STATE_PREFIX) and info.base_name.endswith(".json")
-    ]
-    if not states:
+    saved = saved_state(experiment_path)
+    if saved is None:
         return []
-    newest = max(states)  # names carry a sortable timestamp
-    with fs.open_input_stream(newest) as stream:
-        state = json.loads(stream.read().decode())
+    fs, newest, state = saved
+    root = newest.rsplit("/", 1)[0]
     notes = []
     for entry in state.get("trial_data", []):
         note = _repair_trial(entry, root)

@@ -18,6 +18,7 @@ before Ray starts), `execute` fits the Tuner (`search.tuner`), `finish` summariz
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -73,6 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # before or after Tune's loop, which handles its own
         print("\ninterrupted before the sweep started or after it ended", file=sys.stderr)
         code = signals.INTERRUPTED
+    except OSError as err:  # a disk the sweep's own check (search.disk) could not foresee
+        if err.errno != errno.ENOSPC:
+            raise
+        where = err.filename or "the storage"
+        print(
+            f"no space left on the device of {where}: free space there, then resume",
+            file=sys.stderr,
+        )
+        code = signals.DISK_FULL
     return signals.exit_code(code)
 
 
@@ -150,7 +160,12 @@ def execute(
             from search.repair import prepare_resume
 
             max_epochs = record.max_epochs or space.max_epochs
-            for note in prepare_resume(record.path, max_epochs, record.num_samples):
+            try:
+                notes = prepare_resume(record.path, max_epochs, record.num_samples)
+            except ValueError as err:  # a torn saved state (a bucket's: local ones are planned)
+                print(f"--resume: {err}", file=sys.stderr)
+                return 2
+            for note in notes:
                 print(f"resume: {note}", flush=True)
             tuner = restore_tuner(settings_for(record, space), trainable, callbacks)
         else:
@@ -171,9 +186,14 @@ def execute(
 
 def sweep_callbacks(record: ExperimentRecord) -> list[Any]:
     """The callbacks of a new and of a resumed sweep alike: with packed GPU shares, a trial out
-    of its share retries at a larger one."""
+    of its share retries at a larger one; a local sweep stops before its storage is full."""
     card = record.gpu_memory.get("card_bytes")
-    return [oom_retry_callback(record.cpus_per_trial, card)] if card else []
+    callbacks = [oom_retry_callback(record.cpus_per_trial, card)] if card else []
+    if not storage.is_uri(record.path):
+        from search.disk import DiskSpaceCallback
+
+        callbacks.append(DiskSpaceCallback(record.path))  # stops before the storage is full
+    return callbacks
 
 
 def finish(

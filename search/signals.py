@@ -6,7 +6,8 @@ Ray's C++ core worker to abort: exit 134, no summary, no resume hint). Here SIGT
 whatever handles SIGINT at that moment: inside `Tuner.fit`, Tune's own handler (trials stop,
 the experiment state is saved, `fit` returns an interrupted result); elsewhere Python's, which
 raises `KeyboardInterrupt`. A second SIGTERM, like a second Ctrl-C, skips Tune's last save.
-`exit_code` turns the interrupted exit 130 into 143 (128 + SIGTERM) when SIGTERM was the cause.
+`exit_code` turns the interrupted exit 130 into 143 (128 + SIGTERM) when SIGTERM was the cause;
+`stop` is the same stop asked for by the driver itself (a full disk, `search.disk`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from types import FrameType
 
 INTERRUPTED = 128 + signal.SIGINT  # 130, a Ctrl-C's exit status
 TERMINATED = 128 + signal.SIGTERM  # 143
-_received: list[int] = []  # SIGTERMs received by this process
+DISK_FULL = 1  # stopped because the storage is (nearly) full (`search.disk`)
+_stops: list[int] = []  # the exit status of each stop this process asked for or received
 
 
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
-    _received.append(signum)
+    _stops.append(TERMINATED)
     # os.write: a print here could re-enter a print the main thread was in the middle of.
     os.write(2, b"\nSIGTERM: stopping the trials and saving the experiment (as Ctrl-C does)\n")
     handler = signal.getsignal(signal.SIGINT)
@@ -49,6 +51,14 @@ def keep_sigterm_handler() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
+def stop(code: int) -> None:
+    """Stop the sweep as Ctrl-C does, from the driver's main thread (a Tune callback: a full
+    disk, `search.disk`); the driver then exits with `code`."""
+    _stops.append(code)
+    signal.raise_signal(signal.SIGINT)
+
+
 def exit_code(code: int) -> int:
-    """The driver's exit status: an interrupted run stopped by SIGTERM exits 143."""
-    return TERMINATED if code == INTERRUPTED and _received else code
+    """The driver's exit status: an interrupted run exits with the status of what stopped it
+    (143 for SIGTERM), 130 for a Ctrl-C."""
+    return _stops[0] if code == INTERRUPTED and _stops else code

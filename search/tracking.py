@@ -47,6 +47,9 @@ INIT_TIMEOUT = 30.0  # seconds wandb.init may wait for the server before giving 
 # Seconds the end of a sweep waits for the trials' W&B runs to finish (upload when online);
 # a loaded machine needs tens of seconds just to start a run's process.
 UPLOAD_TIMEOUT = {"online": 180, "offline": 90}
+# Seconds the end of a trial waits for its run to finish (offline: written to its files). The
+# driver's loop waits meanwhile; an unreachable server ends wandb.init in INIT_TIMEOUT.
+TRIAL_END_TIMEOUT = 60.0
 SECRET_ENV = ("WANDB_API_KEY",)
 SUMMARY_PREFIXES = ("train_", "val_")  # the per-epoch metrics `best` keeps
 

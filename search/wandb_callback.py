@@ -11,6 +11,10 @@ Imported only when W&B is enabled (importing it imports wandb).
   whole upload timeout for them and then kills them mid-write. Sending the marker to every
   actor first lets each run flush its history and finish; the timeout then only bounds slow
   uploads.
+- Ray's `log_trial_end` only sends the end marker: a run whose actor was still starting (a
+  loaded machine takes tens of seconds) was killed at the sweep's end, its run file left at
+  W&B's 7-byte header. Here the end of a trial waits (up to `TRIAL_END_TIMEOUT`) for its run to
+  finish and be written; a run still unfinished when the sweep ends is named in a warning.
 
 Ray's callback hands `WANDB_API_KEY` to its logging actors as `runtime_env={"env_vars": ...}`,
 and Ray's runtime-env agent then writes that env, key included, into
@@ -22,9 +26,11 @@ process environment before `wandb.init` reads it.
 from __future__ import annotations
 
 import os
+import sys
 import urllib.error
 from typing import Any
 
+import ray
 from ray.air.constants import TRAINING_ITERATION
 from ray.air.integrations.wandb import (
     WandbLoggerCallback,
@@ -33,7 +39,7 @@ from ray.air.integrations.wandb import (
     _WandbLoggingActor,
 )
 
-from search.tracking import SECRET_ENV, outcome, run_summary, trial_tags
+from search.tracking import SECRET_ENV, TRIAL_END_TIMEOUT, outcome, run_summary, trial_tags
 from trainables.config import TrialConfig
 
 OUTCOME = "cxr-tune outcome"  # queue item kind: how the trial ended, just before Ray's END
@@ -125,12 +131,30 @@ class EndingWandbLoggerCallback(WandbLoggerCallback):
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         last = trial.last_result or {}
         epoch = int(last.get("epoch", last.get(TRAINING_ITERATION, 0)) or 0)
-        if trial in self._trial_queues:
-            self._trial_queues[trial].put((OUTCOME, outcome(epoch, self.max_epochs, failed)))
-        super().log_trial_end(trial, failed)
+        if trial not in self._trial_queues:
+            return
+        self._trial_queues[trial].put((OUTCOME, outcome(epoch, self.max_epochs, failed)))
+        self._signal_logging_actor_stop(trial)
+        # The run is finished and its files written before the trial counts as ended.
+        ray.wait([self._trial_logging_futures[trial]], timeout=TRIAL_END_TIMEOUT)
+        self._cleanup_logging_actors()  # the finished ones; the rest wait for the sweep's end
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in list(self._trial_queues):
             # A second end marker for a trial that already ended is never read: harmless.
             self._signal_logging_actor_stop(trial)
-        super().on_experiment_end(trials, **info)
+        pending = dict(self._trial_logging_futures)
+        if not pending:
+            return
+        _, unfinished = ray.wait(
+            list(pending.values()), num_returns=len(pending), timeout=self._upload_timeout
+        )
+        cut = sorted(t.trial_id for t, future in pending.items() if future in unfinished)
+        self._cleanup_logging_actors(timeout=0, kill_on_timeout=True)
+        if cut:
+            print(
+                f"W&B: the runs of trial(s) {', '.join(cut)} did not finish within "
+                f"{self._upload_timeout} s and were stopped; their run files may be incomplete",
+                file=sys.stderr,
+                flush=True,
+            )

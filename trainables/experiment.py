@@ -5,7 +5,7 @@ An experiment is Ray Tune's layout under `STORAGE/NAME/` plus the sweep's own fi
     NAME/cxr_tune.json                  the `ExperimentRecord` (written by search.run)
     NAME/summary.json                   the end-of-sweep summary (search.summary writes it)
     NAME/data_report.json               the driver's pre-flight data report(s) (`DataReport`s)
-    NAME/experiment_state-*.json        Ray's trial table (statuses), read by `read_ray_states`
+    NAME/experiment_state-*.json        Ray's trial table: `newest_ray_state`, `parse_ray_state`
     NAME/<trial dir>/params.json        the trial's config (a `TrialConfig` dict)
     NAME/<trial dir>/result.json        one JSON object per reported epoch, `read_results`
     NAME/<trial dir>/checkpoint_NNNNNN/checkpoint.pt
@@ -539,26 +539,54 @@ class RayTrialState:
     """Ray's word: PENDING, RUNNING, PAUSED, TERMINATED or ERROR."""
 
 
-def read_ray_states(experiment_dir: Path) -> list[RayTrialState]:
-    """The trials of the newest experiment_state-*.json Ray saved (what a resume sees).
+def newest_ray_state(names: Iterable[str]) -> str | None:
+    """The newest of Ray's saved experiment states among `names` (paths or file names): Ray
+    names them experiment_state-<sortable time>.json, one per driver session."""
+    states = [n for n in names if _base(n).startswith(RAY_STATE_PREFIX) and n.endswith(".json")]
+    return max(states, key=_base) if states else None
 
-    Only its plain JSON fields are read; Ray's pickled fields are left alone. [] when there is
-    no state file, or it is half-written or foreign (statuses then come from the trial files).
+
+def _base(name: str) -> str:
+    return name.rstrip("/").rsplit("/", 1)[-1]
+
+
+def parse_ray_state(data: bytes | str, where: str) -> dict[str, Any]:
+    """Ray's saved experiment state, each trial's JSON checked; a one-line ValueError naming
+    `where` and what to do when it is torn (a write cut short by a full disk or a crash) or is
+    not Ray's. The one rule for every reader of this file (`read_ray_states`, `search.repair`).
     """
-    states = sorted(Path(experiment_dir).glob(RAY_STATE_GLOB))  # names carry a sortable time
-    if not states:
-        return []
     try:
-        data = json.loads(states[-1].read_text())
-        out = []
-        for entry in data.get("trial_data", []):
-            trial = json.loads(entry[0]) if isinstance(entry, list) else {}
-            if isinstance(trial.get("status"), str):
-                name = Path(trial.get("relative_logdir") or "").name
-                out.append(RayTrialState(str(trial.get("trial_id", "")), name, trial["status"]))
-        return out
-    except (json.JSONDecodeError, TypeError, AttributeError, IndexError):
+        state = json.loads(data)
+        for trial, meta in state["trial_data"]:
+            json.loads(trial)["trial_id"]
+            json.loads(meta)
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+        reason = f"{type(err).__name__}: {err}"
+        raise ValueError(
+            f"{where}: Ray's saved experiment state cannot be read ({reason}), as a write cut "
+            f"short by a full disk or a crash leaves it; Ray cannot resume from it: move it "
+            f"aside to resume from an older {RAY_STATE_GLOB} beside it, or start a new --name"
+        ) from None
+    return state
+
+
+def ray_state_trials(state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The plain JSON part of each trial in a `parse_ray_state` state (Ray's pickles left alone)."""
+    return [json.loads(trial) for trial, _ in state["trial_data"]]
+
+
+def read_ray_states(experiment_dir: Path) -> list[RayTrialState]:
+    """The trials of the newest experiment_state-*.json Ray saved (what a resume sees); [] when
+    Ray saved none. A torn one is refused (`parse_ray_state`)."""
+    newest = newest_ray_state(str(p) for p in Path(experiment_dir).glob(RAY_STATE_GLOB))
+    if newest is None:
         return []
+    out = []
+    for trial in ray_state_trials(parse_ray_state(Path(newest).read_bytes(), newest)):
+        if isinstance(trial.get("status"), str):
+            name = Path(trial.get("relative_logdir") or "").name
+            out.append(RayTrialState(str(trial.get("trial_id", "")), name, trial["status"]))
+    return out
 
 
 # --- the best checkpoint -------------------------------------------------------------------------

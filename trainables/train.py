@@ -31,6 +31,7 @@ from trainables.augment import (
     to_float,
 )
 from trainables.balance import epoch_indices, loss_weights
+from trainables.cache import atomic_write_text
 from trainables.config import TrialConfig
 from trainables.data import Dataset, Split, load_for_config
 from trainables.device import EVAL_BATCH, device_policy, resolve_device
@@ -367,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             shutil.copy2(checkpoint_dir / CHECKPOINT_FILE, args.out / f".{CHECKPOINT_FILE}.tmp")
             (args.out / f".{CHECKPOINT_FILE}.tmp").replace(args.out / CHECKPOINT_FILE)
-            (args.out / "history.json").write_text(json.dumps(load_history(args.out), indent=1))
+            history = json.dumps(load_history(args.out), indent=1)
+            atomic_write_text(args.out / "history.json", history)
 
     try:
         train(cfg, print_epoch, dataset=data, device=device)

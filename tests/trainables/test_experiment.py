@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -86,8 +87,10 @@ def test_ray_state_gives_trial_ids_dirs_and_statuses(tmp_path: Path) -> None:
     (tmp_path / "experiment_state-2025-01-01_00-00-00.json").write_text("{torn")
     [only] = read_ray_states(tmp_path)  # the newest file, by its sortable name
     assert (only.trial_id, only.dir_name, only.status) == ("a_1", "trial_a_1", "RUNNING")
-    (tmp_path / "experiment_state-2027-01-01_00-00-00.json").write_text("{torn")
-    assert read_ray_states(tmp_path) == []
+    torn = tmp_path / "experiment_state-2027-01-01_00-00-00.json"
+    torn.write_text(json.dumps(state)[:20])
+    with pytest.raises(ValueError, match=f"^{re.escape(str(torn))}: Ray's saved experiment st"):
+        read_ray_states(tmp_path)  # the newest is torn: named, never read past
 
 
 def _trial(exp: Path, dirname: str, trial_id: str, losses: list[float], weights: Path) -> None:

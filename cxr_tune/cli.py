@@ -42,6 +42,11 @@ COMMANDS: dict[str, Command] = {
         "generate the synthetic chest X-ray phantom",
         parser="trainables.cli:phantom_parser",
     ),
+    "cache": Command(
+        "trainables.decode_cache",
+        "list or prune the decode cache of this machine",
+        parser="trainables.cli:cache_parser",
+    ),
     "models": Command(
         "trainables.models",
         "list the model registry with parameter counts",

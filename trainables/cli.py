@@ -66,3 +66,28 @@ def phantom_parser() -> argparse.ArgumentParser:
         "the files are identical whatever the count",
     )
     return parser
+
+
+def cache_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog("trainables.decode_cache"),
+        description=(
+            "List or prune the decode cache of this machine ($CXR_TUNE_CACHE/decoded): every "
+            "dataset setting decoded once, memory-mapped by all trials on the node."
+        ),
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="each cached dataset: root, image size, images, bytes, last use")
+    prune = sub.add_parser(
+        "prune",
+        help="remove leftovers of killed builds, unused arrays and other versions; with "
+        "--older-than or --all also cached datasets",
+    )
+    prune.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="also remove dataset settings not loaded for DAYS days (they decode again)",
+    )
+    prune.add_argument("--all", action="store_true", help="remove the whole decode cache")
+    return parser

@@ -19,6 +19,7 @@ The names other code imports from here (`CLASSES`, `CLASS_ALIASES`, `ImageError`
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from trainables.classes import CLASS_ALIASES, ClassNaming, class_of_folder, name_classes
-from trainables.decode_cache import decode_cached
+from trainables.decode_cache import load_or_build
 from trainables.dicom import screen_entries
 from trainables.layouts import (
     PEDIATRIC_CLASS_DIRS,
@@ -102,7 +103,8 @@ def load_for_config(cfg: Any, include_test: bool = False) -> Dataset:
 @dataclass
 class Split:
     images: torch.Tensor
-    """uint8 (N, 1, S, S)."""
+    """uint8 (N, 1, S, S), a read-only memory map of the decode cache (shared by every process
+    on the node): index or copy it, never write into it."""
     labels: torch.Tensor
     """int64 (N,), indices into `Dataset.classes`; for multi-label data int64 (N, F), one
     `trainables.multilabel` code per finding (`Dataset.classes` are then the findings)."""
@@ -243,20 +245,6 @@ class Dataset:
         return self.report.multilabel
 
 
-@dataclass
-class _Part:
-    """The readable images of one split of the data root, before the validation split."""
-
-    images: np.ndarray
-    """uint8 (N, S, S)."""
-    labels: list[str]
-    """Class names."""
-    paths: list[str]
-    patients: list[str | None]
-    codes: np.ndarray | None = None
-    """Multi-label: int64 (N, F) codes (`trainables.multilabel`)."""
-
-
 # ---------------------------------------------------------------------------- loading
 
 
@@ -275,7 +263,8 @@ def load_dataset(
     `data` is an image-folder root, a pediatric ``chest_xray`` root (or its parent), a CSV
     manifest, or ``phantom:small`` / ``phantom:full``; `class_map` renames or merges labels
     (`trainables.classes`). Only analysis passes ``include_test=True``; otherwise the test
-    images are not opened at all.
+    images are not opened at all. The images of each split are memory-mapped read-only from the
+    decode cache (`trainables.decode_cache`), shared with every process on the node.
     """
     check_preprocessing(image_size, resize_mode)
     if not 0.0 < val_fraction < 1.0:
@@ -284,29 +273,26 @@ def load_dataset(
     report = _new_report(layout, listing, naming, image_size, resize_mode, class_map)
     classes = naming.classes
 
-    parts = {
-        split: _load_part(split_entries, layout.root, image_size, resize_mode, report)
-        for split, split_entries in entries.items()
+    settings = {"split_seed": split_seed, "val_fraction": val_fraction, "class_map": class_map}
+
+    def plan(readable: dict[str, list[int]], failures: dict[str, dict[int, str]]):
+        skipped = [reason for part in failures.values() for _, reason in sorted(part.items())]
+        skipped = [*(f"{s['path']}: {s['reason']}" for s in report.skipped), *skipped]
+        for split, idx in readable.items():
+            _check_readable([entries[split][i] for i in idx], classes, split, skipped)
+        return _plan_splits(entries, readable, classes, split_seed, val_fraction)
+
+    cached = load_or_build(entries, layout.root, image_size, resize_mode, settings, plan)
+    report.decoded = cached.decoded
+    for part, failed in cached.failures.items():
+        for i, reason in sorted(failed.items()):
+            report.skipped.append({"path": entries[part][i].rel, "reason": reason})
+    report.notes += cached.notes
+    splits = {
+        name: _make_split(entries[s.part], s.index, s.images, classes, image_size)
+        for name, s in cached.splits.items()
     }
-    for split, part in parts.items():
-        _check_readable(part, classes, split, report)
-    train_all = parts["train"]
-    if "val" in parts:  # given by a manifest
-        train_idx, val_idx = np.arange(len(train_all.paths)), None
-        report.notes.append("validation split: given by the manifest")
-    else:
-        labels = _strata(train_all, classes)
-        train_idx, val_idx, how = split_train_val(
-            labels, train_all.patients, split_seed, val_fraction
-        )
-        report.notes.append(f"validation split: {how}, split_seed={split_seed}")
-    train = _make_split(train_all, classes, train_idx)
-    val = (
-        _make_split(train_all, classes, val_idx)
-        if val_idx is not None
-        else _whole(parts["val"], classes)
-    )
-    test = _whole(parts["test"], classes) if "test" in parts else None
+    train, val, test = splits["train"], splits["val"], splits.get("test")
     _count(report, classes, {"train": train, "val": val, "test": test})
     record = {
         "hash": split_hash(train.paths, val.paths),
@@ -315,6 +301,34 @@ def load_dataset(
         "test": sorted(test.paths) if test is not None else [],
     }
     return Dataset(layout.root, classes, train, val, test, report, record, report.decoded)
+
+
+def _plan_splits(
+    entries: dict[str, list[Entry]],
+    readable: dict[str, list[int]],
+    classes: list[str],
+    split_seed: int,
+    val_fraction: float,
+) -> tuple[dict[str, tuple[str, list[int]]], list[str]]:
+    """The listing indices of each split (decided once, stored with the decode cache)."""
+    train_all = readable["train"]
+    splits: dict[str, tuple[str, list[int]]] = {}
+    if "val" in readable:  # given by a manifest
+        splits = {"train": ("train", train_all), "val": ("val", readable["val"])}
+        notes = ["validation split: given by the manifest"]
+    else:
+        chosen = [entries["train"][i] for i in train_all]
+        labels = _strata(chosen, classes)
+        patients = [e.patient for e in chosen]
+        train_idx, val_idx, how = split_train_val(labels, patients, split_seed, val_fraction)
+        splits = {
+            "train": ("train", [train_all[i] for i in train_idx]),
+            "val": ("train", [train_all[i] for i in val_idx]),
+        }
+        notes = [f"validation split: {how}, split_seed={split_seed}"]
+    if "test" in readable:
+        splits["test"] = ("test", readable["test"])
+    return splits, notes
 
 
 def list_dataset(
@@ -388,40 +402,20 @@ def _new_report(
     )
 
 
-def _load_part(
-    entries: list[Entry], root: Path, image_size: int, resize_mode: str, report: DataReport
-) -> _Part:
-    """Decode `entries` through the cache; unreadable files go to `report.skipped`."""
-    if not entries:
-        return _Part(np.zeros((0, image_size, image_size), np.uint8), [], [], [])
-    images, kept, failures, decoded = decode_cached(entries, root, image_size, resize_mode)
-    report.decoded += decoded
-    for i, reason in failures.items():
-        report.skipped.append({"path": entries[i].rel, "reason": reason})
-    good = [entries[i] for i in kept]
-    multilabel = bool(good) and good[0].codes is not None
-    codes = np.array([e.codes for e in good], np.int64) if multilabel else None
-    labels, paths, patients = (
-        [e.label for e in good],
-        [e.rel for e in good],
-        [e.patient for e in good],
-    )
-    return _Part(images, labels, paths, patients, codes)
-
-
-def _check_readable(part: _Part, classes: list[str], split: str, report: DataReport) -> None:
+def _check_readable(
+    entries: list[Entry], classes: list[str], split: str, skipped: list[str]
+) -> None:
     """Refuse a split with no readable images, or (train) a class with none; say why."""
-    if part.codes is not None:  # multi-label: a finding needs a positive train image
-        positives = (part.codes == POSITIVE).sum(0)
+    if entries and entries[0].codes is not None:  # multi-label: a finding needs a positive
+        positives = (np.array([e.codes for e in entries], np.int64) == POSITIVE).sum(0)
         counts = Counter({c: int(n) for c, n in zip(classes, positives, strict=True)})
     else:
-        counts = Counter(part.labels)
+        counts = Counter(e.label for e in entries)
     empty = [c for c in classes if counts[c] == 0] if split == "train" else []
-    if part.paths and not empty:
+    if entries and not empty:
         return
-    skipped = [f"{s['path']}: {s['reason']}" for s in report.skipped]
     why = f"; skipped files include {skipped[:3]}" if skipped else ""
-    if not part.paths:
+    if not entries:
         raise ValueError(f"the {split} split has no readable images{why}")
     raise ValueError(f"class {empty[0]} has no readable images in the {split} split{why}")
 
@@ -464,27 +458,31 @@ def _count_findings(
         )
 
 
-def _strata(part: _Part, classes: list[str]) -> np.ndarray:
+def _strata(entries: list[Entry], classes: list[str]) -> np.ndarray:
     """What the validation split stratifies on: the class, or (multi-label) the image's rarest
     positive finding (`trainables.multilabel.strata`)."""
-    if part.codes is not None:
-        return strata(part.codes)
-    return np.array([classes.index(x) for x in part.labels], dtype=np.int64)
+    if entries and entries[0].codes is not None:
+        return strata(np.array([e.codes for e in entries], np.int64))
+    return np.array([classes.index(e.label) for e in entries], dtype=np.int64)
 
 
-def _whole(part: _Part, classes: list[str]) -> Split:
-    return _make_split(part, classes, np.arange(len(part.paths)))
-
-
-def _make_split(part: _Part, classes: list[str], idx: np.ndarray) -> Split:
-    chosen = np.ascontiguousarray(part.images[idx])
-    if part.codes is not None:
-        labels = torch.from_numpy(np.ascontiguousarray(part.codes[idx]))
+def _make_split(
+    entries: list[Entry], index: list[int], images: np.ndarray, classes: list[str], size: int
+) -> Split:
+    chosen = [entries[i] for i in index]
+    if not len(index):
+        images = np.zeros((0, size, size), np.uint8)
+    with warnings.catch_warnings():
+        # A read-only map: torch warns that it cannot write into it; nothing here writes.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        pixels = torch.from_numpy(images)
+    if chosen and chosen[0].codes is not None:
+        labels = torch.tensor([list(e.codes) for e in chosen], dtype=torch.int64)
     else:
-        labels = torch.tensor([classes.index(part.labels[i]) for i in idx], dtype=torch.int64)
+        labels = torch.tensor([classes.index(e.label) for e in chosen], dtype=torch.int64)
     return Split(
-        images=torch.from_numpy(chosen).unsqueeze(1),
+        images=pixels.unsqueeze(1),
         labels=labels,
-        paths=[part.paths[i] for i in idx],
-        patients=[part.patients[i] if part.patients[i] is not None else part.paths[i] for i in idx],
+        paths=[e.rel for e in chosen],
+        patients=[e.patient if e.patient is not None else e.rel for e in chosen],
     )

@@ -36,8 +36,10 @@ def test_the_console_script_is_declared_and_points_at_the_dispatcher() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert project["project"]["scripts"] == {"cxr-tune": "cxr_tune.cli:main"}
     assert "cxr_tune" in project["tool"]["setuptools"]["packages"]
-    # The seven commands of the issue, and the entry point resolves to the dispatcher.
-    assert set(COMMANDS) == {"sweep", "report", "predict", "export", "train", "phantom", "models"}
+    # The seven commands of the issue plus `cache`, and the entry point resolves to the dispatcher.
+    assert set(COMMANDS) == {
+        "sweep", "report", "predict", "export", "train", "phantom", "models", "cache"
+    }  # fmt: skip
     assert callable(_resolve("cxr_tune.cli:main"))
 
 

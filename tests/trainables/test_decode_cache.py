@@ -83,3 +83,153 @@ def test_concurrent_processes_build_one_correct_cache(tmp_path):
         assert np.array_equal(np.load(out), expected.images.numpy())
     decoded = [json.loads(Path(o).with_suffix(".json").read_text())["decoded"] for o in outs]
     assert sorted(decoded) == [0, 70]  # one process decoded, the other waited and reused it
+
+
+# --- one decoded copy per node: memory maps, killed builds, list and prune ------------------
+
+_MAP_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+import numpy as np
+from trainables.data import load_dataset
+
+me, other, size, roots = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+
+def wait_for(flag):
+    Path(f"{me}.{flag}").write_text("")
+    while not Path(f"{other}.{flag}").exists():
+        time.sleep(0.05)
+
+def private_and_shared():
+    fields = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split(":")
+        fields[name] = int(value.split()[0]) * 1024  # kB -> bytes
+    return fields
+
+out, keep = [], []
+for n, root in enumerate(roots):
+    ds = load_dataset(root, image_size=size)
+    assert ds.decoded == 0, "the parent built the cache"
+    keep.append(ds)  # a trial keeps its dataset mapped while it trains
+    pixels = [np.asarray(s.images).reshape(-1) for s in (ds.train, ds.val)]
+    touched = sum(int(p[::4096].astype(np.int64).sum()) for p in pixels)  # every page read
+    wait_for(f"read{n}")  # both processes map and have read everything ...
+    out.append({"fields": private_and_shared(), "touched": touched})
+    wait_for(f"measured{n}")  # ... and keep it mapped until both have measured
+Path(me + ".json").write_text(json.dumps(out))
+"""
+
+
+def _two_trials_smaps(tmp_path: Path, roots: list[Path], size: int) -> list[list[dict]]:
+    """Two processes load each root in turn (warm) and read every page; after each, both
+    processes' smaps_rollup while both hold the map."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    me = [str(tmp_path / f"trial{i}") for i in range(2)]
+    args = [str(size), *map(str, roots)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _MAP_CHILD, me[i], me[1 - i], *args], env=env)
+        for i in range(2)
+    ]
+    for p in procs:
+        assert p.wait(timeout=300) == 0
+    return [json.loads(Path(m + ".json").read_text()) for m in me]
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_copy_and_private_memory_does_not_grow_with_the_data(tmp_path):
+    size = 256  # pixels: 64 KiB an image, so pixels dominate the per-file bookkeeping
+    small = make_folder(tmp_path / "small", counts={"NORMAL": 20, "BACTERIA": 20, "VIRAL": 20})
+    large = make_folder(tmp_path / "large", counts={"NORMAL": 160, "BACTERIA": 160, "VIRAL": 160})
+    pixels = []
+    for root in (small, large):  # the driver's pre-flight builds each cache once
+        ds = load_dataset(str(root), image_size=size)
+        pixels.append((len(ds.train) + len(ds.val)) * size * size)
+    grown = pixels[1] - pixels[0]
+    assert grown > 25 * 2**20  # x8 the images: 3.75 MiB -> 30 MiB of pixels
+    for before, after in _two_trials_smaps(tmp_path, [small, large], size):
+        b, a = before["fields"], after["fields"]
+        private = sum(a[k] - b[k] for k in ("Private_Clean", "Private_Dirty"))
+        # Each process's private memory grows by far less than the pixels it read (goal: <= 5%
+        # of the dataset's bytes): the pages are the node's one copy, shared by both.
+        assert private < 0.05 * grown, (private, grown)
+        assert a["Shared_Clean"] - b["Shared_Clean"] > 0.9 * grown
+
+
+_KILLED_BUILD = r"""
+import os, signal, sys
+from trainables import decode_cache
+from trainables.data import load_dataset
+
+point = sys.argv[2]
+if point == "before-publish":  # every temporary array complete, nothing renamed
+    decode_cache._publish = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+else:  # the arrays renamed into place, their markers and the view not yet written
+    real = decode_cache.atomic_write_text
+    def write(path, text):
+        if path.parent.name == "arrays":
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(path, text)
+    decode_cache.atomic_write_text = write
+load_dataset(sys.argv[1], image_size=32)
+"""
+
+
+@pytest.mark.parametrize("point", ["before-publish", "after-rename"])
+def test_a_cache_written_by_a_killed_build_is_never_read(tmp_path, point):
+    import os
+    import subprocess
+    import sys
+
+    from trainables.decode_cache import decoded_root, list_caches, prune
+
+    root = make_folder(tmp_path / "d")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-c", _KILLED_BUILD, str(root), point], env=env)
+    assert done.returncode == -9  # killed mid-build
+    leftovers = [p for p in decoded_root().rglob("*") if p.is_file() and "arrays" in p.parts]
+    assert leftovers  # the killed build did leave files behind ...
+    assert list_caches() == []  # ... but no complete dataset
+    ds = load_dataset(str(root), image_size=S)
+    assert ds.decoded == 70  # everything decoded again: nothing of the killed build was read
+    direct = decode_file(root / ds.train.paths[3], S, "pad")
+    assert np.array_equal(ds.train.images[3, 0].numpy(), direct)
+    prune()  # the dead build's temporary files go; the complete cache stays
+    assert not list(decoded_root().rglob("*.tmp-*"))
+    assert load_dataset(str(root), image_size=S).decoded == 0
+
+
+def test_cache_list_and_prune_replace_stale_versions(tmp_path, capsys):
+    from cxr_tune.cli import main
+    from trainables.decode_cache import decoded_root, list_caches
+
+    root = make_folder(tmp_path / "d")
+    ds = load_dataset(str(root), image_size=S)
+    load_dataset(str(root), image_size=16)
+    entries = list_caches()
+    assert [(e.image_size, e.images) for e in entries] == [
+        (16, {"train": len(ds.train), "val": len(ds.val)}),  # most recently used first
+        (S, {"train": len(ds.train), "val": len(ds.val)}),
+    ]
+    header = 128  # bytes of an .npy header (version 1.0) before the pixels
+    assert entries[1].bytes == (len(ds.train) + len(ds.val)) * S * S + 2 * header
+    arrays = sorted(decoded_root().rglob("arrays/*.npy"))
+    # A changed file: the new version of the setting replaces the old one, no accumulation.
+    noise(root / "train" / "NORMAL" / "person1_normal_0.png", 999, size=(30, 25))
+    assert load_dataset(str(root), image_size=S).decoded == 1
+    assert len(list_caches()) == 2
+    assert len(sorted(decoded_root().rglob("arrays/*.npy"))) == len(arrays)
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{root} | {S} px pad | {len(ds.train)} train, {len(ds.val)} val" in out
+    assert main(["cache", "prune", "--older-than", "0"]) == 0
+    assert "pruned" in capsys.readouterr().out
+    assert list_caches() == [] and not list(decoded_root().rglob("arrays/*.npy"))
+    assert main(["cache", "prune", "--older-than", "-1"]) == 2  # refused with one line
+    assert "--older-than must be >= 0" in capsys.readouterr().err
+    assert main(["cache", "prune", "--all"]) == 0
+    assert not decoded_root().exists()

@@ -209,7 +209,10 @@ def space_for(
     cpu: bool = False,
 ) -> Space:
     """Load a space file as search.run does (`defaults` < the space's constants < `overrides`;
-    `cpu`: only the space's CPU_CHOICES, as the CPU profile)."""
+    `cpu`: only the space's CPU_CHOICES, as the CPU profile), with its pretrained files fetched
+    by the driver's own step; a weight set it cannot fetch (offline) is left out, loudly."""
+    from search.pretrained import drop_missing, prepare_models
     from search.space import load_space
 
-    return load_space(path, defaults=defaults, overrides=overrides, max_epochs=max_epochs, cpu=cpu)
+    space = load_space(path, defaults=defaults, overrides=overrides, max_epochs=max_epochs, cpu=cpu)
+    return drop_missing(space, prepare_models(space, allow_missing=True))

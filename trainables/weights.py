@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ URLS_ENV = "CXR_TUNE_WEIGHT_URLS"
 # torch.hub's check_hash convention (torch/hub.py HASH_REGEX, torch 2.x): NAME-<hex>.EXT
 _HASH_PREFIX = re.compile(r"-([a-f0-9]{8,})\.")
 _CHUNK = 1 << 20  # bytes read at a time while hashing
+DOWNLOAD_TIMEOUT = 60.0  # seconds without a byte before a download counts as failed
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,9 @@ def fetch(wf: WeightFile, progress: bool = True) -> tuple[Path, str]:
     """Make sure `wf` is in its library's cache, downloading it with that library's own
     function; returns (local file, SHA-256). A failed or corrupted download is a one-line
     ValueError naming the file, the URL and where to place it."""
+    previous = socket.getdefaulttimeout()
+    # torch.hub's urlopen takes no timeout: a network that drops packets would hang the driver
+    socket.setdefaulttimeout(previous or DOWNLOAD_TIMEOUT)
     try:
         if wf.library == "torchvision":
             path = _fetch_torchvision(wf, progress)
@@ -229,6 +234,8 @@ def fetch(wf: WeightFile, progress: bool = True) -> tuple[Path, str]:
             f"cannot fetch {wf.key} weights ({wf.library}) from {wf.url}: {reason}; "
             f"{wf.place_hint()}"
         ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
     return path, check_file(path)
 
 

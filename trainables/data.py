@@ -349,7 +349,9 @@ def list_dataset(
     if include_test:
         entries["test"] = list_split(layout, "test", listing)
     # DICOM headers (pixels unread): skip what is no grayscale image, group by PatientID.
-    entries = {split: screen_entries(found, listing) for split, found in entries.items()}
+    entries = {
+        split: screen_entries(found, listing, layout.root) for split, found in entries.items()
+    }
     if layout.findings:
         if class_map:
             raise ValueError(

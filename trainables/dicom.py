@@ -22,7 +22,10 @@ skip reasons name the SOP class, photometric interpretation, frame count or tran
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import os
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,6 +39,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.misc import is_dicom as has_dicm_marker
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 
+from trainables.cache import atomic_write_text, cache_root
 from trainables.layouts import IMAGE_SUFFIXES, Entry, Listing
 from trainables.pixels import ImageError, scale_to_uint8
 
@@ -43,6 +47,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 INVERTED = "MONOCHROME1"  # stores dense tissue dark: negated before scaling
 VOI_INDEX = 0  # the first window (or VOI LUT) when a file lists several
+HEADER_INDEX_VERSION = 1  # bump when `Header` changes: the listing index is keyed by it
 PATIENT_KEY_PREFIX = "dicom-"
 _PATIENT_SALT = b"cxr-tune: DICOM PatientID as an opaque grouping key\0"
 # Transfer syntax keyword -> what to install when pydicom has no decoder for it here.
@@ -84,9 +89,11 @@ class Header:
     bits_stored: str
     transfer_syntax: str
     problem: str | None
-    """Why the file is not used, or None."""
+    """Why the file is no single-frame grayscale image, or None (decoders: `missing_decoder`)."""
     patient_key: str | None
     """`patient_key` of its PatientID (None without one)."""
+    syntax_uid: str | None = None
+    """The transfer syntax UID, checked against the installed decoders at each listing."""
 
 
 def is_dicom(path: Path) -> bool:
@@ -129,6 +136,12 @@ def missing_decoder(uid: str) -> str | None:
 
 def image_problem(ds: pydicom.Dataset) -> str | None:
     """Why `ds` is not a single-frame grayscale image this project decodes, or None."""
+    syntax = _syntax(ds)
+    return shape_problem(ds) or (missing_decoder(str(syntax)) if syntax is not None else None)
+
+
+def shape_problem(ds: pydicom.Dataset) -> str | None:
+    """`image_problem` without the decoder check (what a header says, whatever is installed)."""
     if "Rows" not in ds or "Columns" not in ds or "PhotometricInterpretation" not in ds:
         sop = ds.get("SOPClassUID")
         what = f"a {sop.name}" if sop is not None else "a DICOM object"
@@ -139,10 +152,9 @@ def image_problem(ds: pydicom.Dataset) -> str | None:
     photometric = str(ds.PhotometricInterpretation)
     if photometric not in GRAYSCALE or int(ds.get("SamplesPerPixel") or 1) != 1:
         return f"colour DICOM ({photometric}): only {' or '.join(GRAYSCALE)} images are used"
-    syntax = _syntax(ds)
-    if syntax is None:
+    if _syntax(ds) is None:
         return "DICOM file without a TransferSyntaxUID in its file meta"
-    return missing_decoder(str(syntax))
+    return None
 
 
 def _header_of(ds: pydicom.Dataset) -> Header:
@@ -152,8 +164,9 @@ def _header_of(ds: pydicom.Dataset) -> Header:
         photometric=str(ds.get("PhotometricInterpretation") or "none"),
         bits_stored=str(ds.get("BitsStored") or "none"),
         transfer_syntax=syntax.name if syntax is not None else "none",
-        problem=image_problem(ds),
+        problem=shape_problem(ds),
         patient_key=patient_key(pid) if pid else None,
+        syntax_uid=str(syntax) if syntax is not None else None,
     )
 
 
@@ -170,19 +183,23 @@ def read_header(path: Path) -> Header:
     return _header_of(ds)
 
 
-def screen_entries(entries: list[Entry], listing: Listing) -> list[Entry]:
+def screen_entries(entries: list[Entry], listing: Listing, root: Path | None = None) -> list[Entry]:
     """Keep non-DICOM entries and usable DICOM ones; count DICOM headers into `listing.dicom`,
-    skip the rest with their reason, and group files without a patient id by PatientID."""
+    skip the rest with their reason, and group files without a patient id by PatientID.
+
+    With `root`, headers come from an index under `cache_root()/dicom/` while a file's size
+    and mtime are unchanged (a trial's listing then reads no header)."""
     kept = []
     counts = {k: Counter(v) for k, v in listing.dicom.items()}
+    index = _HeaderIndex(root)
     for e in entries:
-        if not is_dicom(e.path):
-            kept.append(e)
-            continue
         try:
-            header = read_header(e.path)
+            header = index.header(e)
         except ImageError as err:
             listing.skip(e.rel, str(err).removeprefix(f"{e.path}: "))
+            continue
+        if header is None:  # not DICOM
+            kept.append(e)
             continue
         for field, value in (
             ("photometric", header.photometric),
@@ -190,14 +207,55 @@ def screen_entries(entries: list[Entry], listing: Listing) -> list[Entry]:
             ("transfer_syntax", header.transfer_syntax),
         ):
             counts.setdefault(field, Counter())[value] += 1
-        if header.problem:
-            listing.skip(e.rel, header.problem)
+        problem = header.problem or (header.syntax_uid and missing_decoder(header.syntax_uid))
+        if problem:
+            listing.skip(e.rel, problem)
             continue
         if e.patient is None and header.patient_key:
             e.patient = header.patient_key
         kept.append(e)
+    index.save()
     listing.dicom = {k: dict(sorted(c.items())) for k, c in counts.items()}
     return kept
+
+
+class _HeaderIndex:
+    """rel path -> [size, mtime_ns, Header fields or None (not DICOM)] for one data root; holds
+    no identifier (`Header` keeps a hashed PatientID only)."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.path = None
+        self.records: dict[str, list] = {}
+        self.changed = False
+        if root is not None:
+            key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:32]
+            self.path = cache_root() / "dicom" / f"headers-v{HEADER_INDEX_VERSION}-{key}.json"
+            try:
+                self.records = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.records = {}
+
+    def header(self, e: Entry) -> Header | None:
+        suffix = e.path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES and suffix not in DICOM_SUFFIXES:
+            return None  # a PNG, JPEG, ...: no I/O, no record
+        try:
+            st = os.stat(e.path)
+        except OSError:
+            st = None
+        known = self.records.get(e.rel)
+        if st is not None and known and known[:2] == [st.st_size, st.st_mtime_ns]:
+            return Header(*known[2]) if known[2] is not None else None
+        header = read_header(e.path) if is_dicom(e.path) else None
+        if st is not None and self.path is not None:
+            fields = list(dataclasses.astuple(header)) if header is not None else None
+            self.records[e.rel] = [st.st_size, st.st_mtime_ns, fields]
+            self.changed = True
+        return header
+
+    def save(self) -> None:
+        if self.changed and self.path is not None:
+            atomic_write_text(self.path, json.dumps(self.records))
 
 
 def display_values(ds: pydicom.Dataset) -> np.ndarray:

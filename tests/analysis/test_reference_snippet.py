@@ -16,7 +16,7 @@ import onnx
 import pytest
 import torch
 from PIL import Image
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import JPEG2000, JPEG2000Lossless, RLELossless
 
 from analysis.predict import main as predict_main
 from analysis.predict import predict_files
@@ -298,3 +298,20 @@ def test_a_monochrome1_film_predicts_identically_from_its_lossless_encodings(bun
     square = decode_file(dicoms["film_j2k.dcm"], 110, "crop")  # no resize: the film's pixels
     lungs, middle = square[70:100, 20:35].mean(), square[70:100, 52:58].mean()
     assert lungs < 80 < 150 < middle, (lungs, middle)  # dense tissue bright: not a negative
+
+
+def test_a_lossy_jpeg2000_copy_predicts_nearly_the_same(bundles, dicoms, tmp_path):
+    """JPEG 2000 at 45 dB PSNR changes the stored values; the prediction moves far less than
+    it does between two different images."""
+    from pydicom import dcmread
+
+    original = dcmread(dicoms["film.dcm"])
+    lossy = save(original, tmp_path / "lossy.dcm", JPEG2000, j2k_psnr=[45])
+    assert (dcmread(lossy).pixel_array != original.pixel_array).mean() > 0.5
+    bundle = load_bundle(bundles["pad"])
+    film_row, lossy_row, other = predict_files(
+        bundle, [dicoms["film.dcm"], lossy, dicoms["signed_rle.dcm"]], "none"
+    )
+    moved = max(abs(film_row["probabilities"][c] - lossy_row["probabilities"][c]) for c in CLASSES)
+    apart = max(abs(film_row["probabilities"][c] - other["probabilities"][c]) for c in CLASSES)
+    assert moved < 0.02 and apart > 10 * moved, (moved, apart)

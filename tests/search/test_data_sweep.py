@@ -1,6 +1,7 @@
 """Real sweeps on data the project did not make: a 4-class folder with non-X-ray class names
 and hostile files (train, per-class metrics, W&B, summary, export, report, predict), a 2-class
-CSV manifest, and a sweep whose every trial fails."""
+CSV manifest, a folder and a manifest of DICOM files in one sweep (no planted identifier in any
+file it writes), and a sweep whose every trial fails."""
 
 from __future__ import annotations
 
@@ -16,9 +17,15 @@ from wandb_log import final_run, history_rows
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "trainables"))
+from dicom_files import PATIENT_ID_PREFIX, PLANTED, chest, dataset, film, save  # noqa: E402
 from image_folders import make_folder, noise, write_bad  # noqa: E402
 
-from trainables.experiment import read_results, trial_dirs  # noqa: E402
+from trainables.experiment import (  # noqa: E402
+    read_data_report,
+    read_params,
+    read_results,
+    trial_dirs,
+)
 
 pytestmark = pytest.mark.slow
 FOUR = ("Lung_Opacity", "No Finding", "Pleural Effusion", "tuber culosis")
@@ -196,3 +203,100 @@ def test_a_sweep_in_which_every_trial_fails_exits_non_zero_even_without_export(t
     assert "every trial failed" in proc.stderr
     summary = json.loads((tmp_path / "runs" / "s" / "summary.json").read_text())
     assert len(summary["errors"]) == 1
+
+
+DICOM_SPACE = """
+METRIC = "val_loss"
+MODE = "min"
+MAX_EPOCHS = 1
+NUM_SAMPLES = 2
+POINTS_TO_EVALUATE = [{{"data": {folder!r}}}, {{"data": {manifest!r}}}]
+
+
+def define(trial):
+    trial.suggest_categorical("data", [{folder!r}, {manifest!r}])
+    return {{"model": "simple_cnn_10m", "image_size": 32, "batch_size": 8, "max_train_batches": 2}}
+"""
+
+
+def dicom_data(base: Path) -> tuple[Path, Path]:
+    """A folder of DICOM files (MONOCHROME1 15-bit, some without a suffix, a structured report
+    to skip, one patient in train and test) and a manifest of DICOM files in four transfer
+    syntaxes with no patient_id column (PatientID groups them)."""
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, RLELossless
+
+    folder, n = base / "dicom_folder", 0
+    for split, per_class in (("train", 8), ("test", 2)):
+        for c, cls in enumerate(("NORMAL", "PNEUMONIA")):
+            for i in range(per_class):
+                n += 1
+                pid = f"{cls}{i // 2}" if split == "train" or i else f"{cls}0"  # one in both
+                ds = dataset(film(chest(40, n) * (0.5 + 0.5 * c)), "MONOCHROME1", 15, pid)
+                save(ds, folder / split / cls / (f"img{n:03d}.dcm" if i % 3 else f"IMG{n:03d}"))
+    (folder / "train" / "NORMAL" / "sr.dcm").write_bytes(
+        Path(get_testdata_file("test-SR.dcm")).read_bytes()
+    )
+    syntaxes = (ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless, JPEGLosslessSV1)
+    rows = ["path,label,split"]
+    for i in range(24):
+        label = ("NORMAL", "PNEUMONIA")[i % 2]
+        ds = dataset(film(chest(40, 100 + i) * (0.5 + 0.5 * (i % 2)), 12, "MONOCHROME2"),
+                     "MONOCHROME2", 12, f"M{i // 2}")  # fmt: skip
+        name = f"files/{i:03d}" + (".dicom" if i % 4 else "")
+        save(ds, base / name, syntaxes[i % 4])
+        rows.append(f"{name},{label},{'test' if i >= 20 else 'train'}")
+    (base / "dicom.csv").write_text("\n".join(rows) + "\n")
+    return folder, base / "dicom.csv"
+
+
+def test_a_dicom_folder_and_a_dicom_manifest_sweep_export_and_predict_without_identifiers(
+    tmp_path, capsys
+):
+    from analysis.predict import main as predict
+
+    folder, manifest = dicom_data(tmp_path / "data")
+    space = tmp_path / "dicom_space.py"
+    space.write_text(DICOM_SPACE.format(folder=str(folder), manifest=str(manifest)))
+    with pytest.MonkeyPatch.context() as mp:  # a cache of its own, grepped below too
+        mp.setenv("CXR_TUNE_CACHE", str(tmp_path / "cache"))
+        proc = sweep(tmp_path / "runs", folder, "--wandb-mode", "offline", space=space)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "runs" / "s"
+    by_root = {Path(r["root"]).name: r for r in read_data_report(exp)}
+    folder_report, manifest_report = by_root["dicom_folder"], by_root["data"]
+    assert folder_report["dicom"]["photometric"] == {"MONOCHROME1": 16, "none": 1}  # train
+    assert folder_report["skipped"] == [
+        {"path": "train/NORMAL/sr.dcm",
+         "reason": "not an image: a Comprehensive SR Storage without pixel data"}
+    ]  # fmt: skip
+    assert manifest_report["layout"] == "manifest" and manifest_report["skipped"] == []
+    assert len(manifest_report["dicom"]["transfer_syntax"]) == 4
+    counts = manifest_report["counts"]
+    assert sum(counts["train"].values()) + sum(counts["val"].values()) == 20
+    assert manifest_report["dicom"]["bits_stored"] == {"12": 20}
+    # Both datasets trained: one trial each (POINTS_TO_EVALUATE).
+    datas = sorted(read_params(d)["data"] for d in trial_dirs(exp))
+    assert datas == sorted([str(folder), str(manifest)])
+    # The leakage audit names the folder's two train-and-test patients by their hashed key.
+    summary = json.loads((exp / "summary.json").read_text())
+    shared = summary["leakage"]["patients_in_two_splits"]
+    assert len(shared) == (2 if summary["best"]["config"]["data"] == str(folder) else 0)
+    assert all(p["patient"].startswith("dicom-") for p in shared)
+    meta = json.loads((exp / "export" / "bundle.json").read_text())
+    assert meta["preprocessing"]["steps"][0]["op"] == "dicom"
+    images = [folder / "test" / "PNEUMONIA" / "IMG019", manifest.parent / "files" / "021.dicom"]
+    assert predict([str(exp / "export"), *map(str, images), "--json", "--device", "cpu"]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert [r["class"] in ("NORMAL", "PNEUMONIA") for r in rows] == [True, True]
+    # No planted identifier in any file the sweep wrote (experiment, export, W&B, cache), nor
+    # in what it printed.
+    secrets = [v.encode() for v in PLANTED.values()] + [b"Zzyzx", b"Quorthon", b"Vexmoor"]
+    secrets.append(PATIENT_ID_PREFIX.encode())
+    written = [p for d in (exp, tmp_path / "cache") for p in d.rglob("*") if p.is_file()]
+    assert len(written) > 20 and any(p.suffix == ".wandb" for p in written)
+    for path in written:
+        data = path.read_bytes()
+        assert not [s for s in secrets if s in data], path
+    printed = (proc.stdout + proc.stderr).encode()
+    assert not [s for s in secrets if s in printed]

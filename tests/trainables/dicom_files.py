@@ -15,6 +15,7 @@ from pydicom import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, set_pixel_data
 from pydicom.uid import (
+    JPEG2000,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -59,13 +60,14 @@ def dataset(
     return ds
 
 
-def save(ds: Dataset, path: Path, syntax: str = ExplicitVRLittleEndian) -> Path:
-    """Write `ds` (a copy, compressed with `syntax`) as a DICOM file with its DICM preamble."""
+def save(ds: Dataset, path: Path, syntax: str = ExplicitVRLittleEndian, **encoding) -> Path:
+    """Write `ds` (a copy, compressed with `syntax` and pydicom's `encoding` options, e.g.
+    ``j2k_psnr=[45]`` for lossy JPEG 2000) as a DICOM file with its DICM preamble."""
     ds = copy.deepcopy(ds)  # compress() changes the dataset in place
     if syntax == JPEGLosslessSV1:
         _jpeg_lossless(ds)
-    elif syntax in (RLELossless, JPEG2000Lossless):
-        ds.compress(syntax)
+    elif syntax in (RLELossless, JPEG2000Lossless, JPEG2000):
+        ds.compress(syntax, **encoding)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

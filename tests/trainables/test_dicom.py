@@ -248,3 +248,29 @@ def test_a_syntax_without_its_decoder_is_skipped_naming_the_package(tmp_path):
     assert "has no installed decoder: install pylibjpeg and pylibjpeg-libjpeg" in reason
     assert "python-gdcm" in reason
     assert read_header(path).problem is None  # here, with the plugin, it decodes
+
+
+def test_a_second_listing_reads_its_headers_from_the_index(tmp_path, monkeypatch):
+    """The header index spares a trial's listing every header read; a file whose size or
+    mtime changed is read again; the index holds no identifier."""
+    import os
+
+    import trainables.dicom as dicom
+    from trainables.data import list_dataset
+
+    monkeypatch.setenv("CXR_TUNE_CACHE", str(tmp_path / "cache"))
+    _folder(tmp_path / "data")
+    first = list_dataset(str(tmp_path / "data"), include_test=True)[1]
+    reads = []
+    real = dicom.read_header
+    monkeypatch.setattr(dicom, "read_header", lambda path: reads.append(path) or real(path))
+    second = list_dataset(str(tmp_path / "data"), include_test=True)[1]
+    assert reads == [] and second.skipped == first.skipped and second.dicom == first.dicom
+    touched = tmp_path / "data" / "train" / "NORMAL" / "img002.dcm"
+    os.utime(touched, ns=(0, 1))
+    list_dataset(str(tmp_path / "data"), include_test=True)
+    assert reads == [touched]
+    (index,) = (tmp_path / "cache" / "dicom").glob("headers-*.json")
+    text = index.read_text()
+    assert "dicom-" in text and PATIENT_ID_PREFIX not in text
+    assert not [v for v in PLANTED.values() if v in text]

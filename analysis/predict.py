@@ -4,10 +4,13 @@
 
 The bundle's own preprocessing (`bundle.json`: image size, pad or crop, grayscale, and the
 deterministic ops such as histogram equalization its model was trained on) is applied to each
-file, so images of any size and mode work. Prints the predicted class and every class's
-probability per image, as a table or as JSON. Probabilities are softmax(logits / temperature)
-with the temperature T fitted on validation at export (`bundle.json`
-`calibration.temperature`; 1 when the bundle has none), under every TTA view.
+file, so images of any size and mode work, DICOM files included (`trainables.dicom`: modality
+LUT, VOI LUT or first window, MONOCHROME1 inverted; a file that is no single-frame grayscale
+image, or whose transfer syntax no installed plugin decodes, is refused naming the reason).
+Prints the predicted class and every class's probability per image, as a table or as JSON.
+Probabilities are softmax(logits / temperature) with the temperature T fitted on validation at
+export (`bundle.json` `calibration.temperature`; 1 when the bundle has none), under every TTA
+view.
 
 --tta POLICY takes a registered policy (none, tta1, tta2, mirror) or a variant NAME:vKxD as the
 report prints it (the first K views of NAME, D draws each); a bare --tta uses the policy recorded
@@ -167,7 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("bundle", help="an exported bundle directory (STORAGE/NAME/export)")
-    parser.add_argument("images", nargs="*", help="image files (PNG, JPEG, any size or mode)")
+    parser.add_argument(
+        "images", nargs="*", help="image files (PNG, JPEG, DICOM, any size or mode)"
+    )
     parser.add_argument(
         "--tta",
         nargs="?",

@@ -315,3 +315,13 @@ def test_a_lossy_jpeg2000_copy_predicts_nearly_the_same(bundles, dicoms, tmp_pat
     moved = max(abs(film_row["probabilities"][c] - lossy_row["probabilities"][c]) for c in CLASSES)
     apart = max(abs(film_row["probabilities"][c] - other["probabilities"][c]) for c in CLASSES)
     assert moved < 0.02 and apart > 10 * moved, (moved, apart)
+
+
+def test_predict_refuses_a_dicom_object_that_is_no_image_naming_why(bundles, capsys):
+    from pydicom.data import get_testdata_file
+
+    report = get_testdata_file("test-SR.dcm")
+    assert predict_main([str(bundles["pad"]), report, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {report}: not an image: a Comprehensive SR Storage")
+    assert len(err.strip().splitlines()) == 1

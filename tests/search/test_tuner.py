@@ -87,8 +87,10 @@ def test_cpu_profile_leaves_out_points_it_cannot_train() -> None:
     cpu = load_space(REPO / "spaces" / "transfer.py", cpu=True)
     full = load_space(REPO / "spaces" / "transfer.py")
     # The seed's SimpleCNN recipe runs on the CPU; its ResNet50 (outside CPU_CHOICES) does not.
-    assert [p["model"] for p in full.points_to_evaluate] == ["simple_cnn", "resnet50"]
-    assert [p["model"] for p in cpu.points_to_evaluate] == ["simple_cnn"]
+    # The recipe and its two learning-rate neighbours, then the ResNet50 recipe.
+    assert [p["model"] for p in full.points_to_evaluate] == ["simple_cnn"] * 3 + ["resnet50"]
+    assert [p["model"] for p in cpu.points_to_evaluate] == ["simple_cnn"] * 3
+    assert [p["lr"] for p in cpu.points_to_evaluate] == [1e-4, 3e-5, 3e-4]
     assert [p["model"] for p in cpu.dropped_points] == ["resnet50"]
     recipe = cpu.samples[0]  # the first sample is the first point, built as a TrialConfig
     assert (recipe.model, recipe.lr, recipe.weight_decay) == ("simple_cnn", 1e-4, 5e-5)

@@ -15,7 +15,15 @@ import tempfile
 import pytest
 import ray
 
-from bench import asha_vs_random, compile_batch, decode_once, overhead, pipeline, sweep_utilization
+from bench import (
+    asha_vs_random,
+    compile_batch,
+    decode_once,
+    dicom_listing,
+    overhead,
+    pipeline,
+    sweep_utilization,
+)
 
 RATIO_LINE = re.compile(r"^RATIO (\S+) = (\S+)", re.MULTILINE)
 
@@ -60,6 +68,13 @@ def test_decode_once_counts_one_pil_open_per_file_over_concurrent_loads(capsys):
     # Goal 2 itself: two loads racing on a fresh cache open each file exactly once.
     assert found["decode_once.image_opens_per_file"] == 1.0
     assert found["decode_once.decoded_per_file"] == 1.0
+
+
+def test_dicom_listing_compares_the_index_and_decoding_with_header_reads(capsys):
+    assert dicom_listing.main(["--size", "tiny"]) == 0
+    found = ratios(capsys.readouterr().out)
+    assert 0 < found["dicom_listing.warm_over_cold_listing"] < math.inf
+    assert 0 < found["dicom_listing.headers_over_decoding"] < math.inf
 
 
 def test_compile_batch_reports_time_to_accuracy_of_the_larger_batch(capsys):

@@ -114,6 +114,27 @@ def test_rle_jpeg2000_and_jpeg_lossless_decode_to_the_same_pixels(tmp_path):
         assert (decoded(path) == want).all(), name
 
 
+def test_baseline_jpeg_as_rsna_ships_it_decodes_close_to_the_original(tmp_path):
+    """8-bit MONOCHROME2 in baseline JPEG (lossy; Pillow decodes it): nearly the same pixels."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    display = np.round(chest(SIZE, seed=8) * 255).astype(np.uint8)
+    ds = dataset(display, "MONOCHROME2", 8)
+    plain = save(ds, tmp_path / "plain.dcm")
+    buf = io.BytesIO()
+    Image.fromarray(display).save(buf, "JPEG", quality=95)
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    lossy = save(ds, tmp_path / "lossy.dcm")
+    diff = np.abs(decoded(lossy).astype(int) - decoded(plain))
+    assert 0 < diff.max() < 24 and diff.mean() < 3, (diff.max(), diff.mean())
+
+
 def test_pydicoms_own_encodings_of_one_image_agree():
     """Files made by other encoders (pydicom's test files: RLE, JPEG 2000, JPEG-LS)."""
     want = decoded(Path(get_testdata_file("MR_small.dcm")))

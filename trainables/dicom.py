@@ -14,7 +14,8 @@ often have none), when it carries the ``DICM`` marker at byte 128 (`pydicom.misc
   intercept or a Modality LUT Sequence), then its VOI LUT (a VOI LUT Sequence first, else the
   first window; neither: values unchanged), MONOCHROME1 negated (its low values are white),
   then the 16-bit rule every reader shares (`trainables.pixels.scale_to_uint8`: own min..max to
-  0..255) and the same pad/crop/resize as any image (`trainables.preprocess`). `describe` records these rules in bundle.json.
+  0..255) and the same pad/crop/resize as any image (`trainables.preprocess`). `describe`
+  records these rules in bundle.json.
 
 No identifier (PatientName, PatientID, BirthDate, AccessionNumber, ...) leaves this module:
 skip reasons name the SOP class, photometric interpretation, frame count or transfer syntax.

@@ -106,3 +106,28 @@ def test_from_json_names_the_file_on_errors(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         TrialConfig().lr = 0.1  # a trial's config cannot drift after validation
+
+
+def test_old_configs_pretrained_flag_reads_as_imagenet_weights():
+    # configs, checkpoints and bundles written before `weights` existed stay loadable
+    base = {"model": "resnet18", "image_size": 64}
+    assert TrialConfig.from_dict({**base, "pretrained": True}).weights == "imagenet"
+    assert TrialConfig.from_dict({**base, "pretrained": False}).weights == "none"
+    assert TrialConfig.from_dict({**base, "pretrained": True, "weights": "imagenet"}).weights == (
+        "imagenet"
+    )
+    with pytest.raises(ValueError, match="pretrained: true .* disagrees with weights 'none'"):
+        TrialConfig.from_dict({**base, "pretrained": True, "weights": "none"})
+    with pytest.raises(ValueError, match="unknown weights 'coco'"):
+        TrialConfig.from_dict({**base, "weights": "coco"})
+    with pytest.raises(ValueError, match="model 'simple_cnn' has no weights 'imagenet'"):
+        TrialConfig.from_dict({"model": "simple_cnn", "pretrained": True})
+
+
+def test_a_model_name_outside_the_registry_needs_a_plugin_or_timm():
+    with pytest.raises(ValueError, match=r"unknown model 'my_net'.*timm:NAME.*plugin"):
+        TrialConfig(model="my_net")
+    assert TrialConfig(model="my_net", plugin="/somewhere/my_models.py").model == "my_net"
+    assert TrialConfig(model="timm:convnext_nano", frozen_depth=2).frozen_depth == 2
+    with pytest.raises(ValueError, match="must be a Python identifier"):
+        TrialConfig(model="my-net", plugin="/somewhere/my_models.py")

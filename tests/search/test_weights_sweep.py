@@ -152,7 +152,8 @@ def test_every_model_source_exports_with_onnx_and_predicts(swept, tmp_path):
 
     image = _image(tmp_path / "x.png")
     _check_bundle(swept["exp"] / "export", image)  # the sweep's own export of its best trial
-    for trial in trial_dirs(swept["exp"]):
+    one_per_model = {read_params(d)["model"]: d for d in trial_dirs(swept["exp"])}
+    for trial in one_per_model.values():
         checkpoint = sorted(trial.glob("checkpoint_*"))[-1]
         model, cfg, classes = model_from_checkpoint(checkpoint)
         out = tmp_path / trial.name

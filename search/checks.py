@@ -20,6 +20,7 @@ from trainables.experiment import ExperimentRecord
 # apart (more trials can be added to a sweep; fewer cannot).
 KEPT_ON_RESUME = (
     ("--data", "data"),
+    ("--plugin", "plugin"),
     ("--profile", "profile"),
     ("--seed", "seed"),
     ("--sampler", "sampler"),
@@ -149,8 +150,8 @@ def resume_changes(
 
 def _effective(record: ExperimentRecord, dest: str) -> object:
     """What the experiment ran with for a flag's dest (a flag left out took a default)."""
-    if dest == "data":
-        return record.overrides.get("data")
+    if dest in ("data", "plugin"):
+        return record.overrides.get(dest)
     if dest in ("cpus_per_trial", "gpus_per_trial", "profile", "wandb_mode"):
         return getattr(record, dest)
     return getattr(record, dest, None)

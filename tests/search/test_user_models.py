@@ -87,3 +87,23 @@ def test_a_builder_cannot_take_a_built_in_name():
 
     with pytest.raises(ValueError, match="'densenet121' is registered twice"):
         register_model(densenet121)
+
+
+def test_a_resume_keeps_the_experiments_plugin(tmp_path, space_file):
+    from search.checks import resume_changes
+    from search.cli import build_parser
+    from trainables.experiment import ExperimentRecord
+
+    first, other = tmp_path / "a.py", tmp_path / "b.py"
+    first.write_text("")
+    other.write_text("")
+    record = ExperimentRecord(
+        name="x", metric="val_loss", mode="min", space=str(space_file),
+        overrides={"plugin": str(first)}, args={"plugin": str(first)},
+    )  # fmt: skip
+    parser = build_parser()
+    same = parser.parse_args(["--space", str(space_file), "--plugin", str(first), "--resume"])
+    assert resume_changes(parser, same, record) == (None, None)
+    moved = parser.parse_args(["--space", str(space_file), "--plugin", str(other), "--resume"])
+    refusal, _ = resume_changes(parser, moved, record)
+    assert refusal and f"--plugin {other} (the experiment has {first})" in refusal

@@ -65,3 +65,13 @@ def test_the_summary_reads_the_kept_audit_and_never_recomputes(tmp_path, monkeyp
     assert "holds no audit of this data setting" in data_leakage(other, record)["error"]
     (tmp_path / leakage.LEAKAGE_FILE).unlink()
     assert "holds no audit" in data_leakage({"best": None}, record)["error"]
+
+
+def test_ctrl_c_in_the_preflight_audit_is_not_recorded_as_a_failure(monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # A failed audit is recorded and the sweep goes on; Ctrl-C must end the command instead.
+    monkeypatch.setattr("search.preflight.leakage_for_config", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        audit_leakage([TrialConfig(data="phantom:small")], lambda line: None)

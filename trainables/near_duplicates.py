@@ -101,6 +101,8 @@ class _State:
 
     def __init__(self, packed, groups, max_bits, keep, progress) -> None:
         self.packed, self.groups, self.max_bits, self.keep = packed, groups, max_bits, keep
+        # Group labels as small integers: gathered per candidate, so a cache-friendly array.
+        self.small_groups = np.unique(groups, return_inverse=True)[1].astype(np.int32)
         self.progress, self.last = progress, time.monotonic()
         self.count = 0
         self.idbits = max(1, int(len(groups)).bit_length())
@@ -261,17 +263,20 @@ def _check(
 ) -> None:
     """Count the candidate pairs (two words sharing a neighbour in substring k) that are one
     pair's canonical sighting, of two groups, within the bound, first seen in substring k."""
-    fmask, ib = np.uint64((1 << FLIP_BITS) - 1), np.uint64(FLIP_BITS)
+    fmask, shift = np.uint64((1 << FLIP_BITS) - 1), np.uint64(FLIP_BITS)
     idmask = np.uint64((1 << state.idbits) - 1)
-    ia, ja = ((wa >> ib) & idmask).astype(np.int64), (wa & fmask).astype(np.int64)
-    ib_, jb = ((wb >> ib) & idmask).astype(np.int64), (wb & fmask).astype(np.int64)
-    swap = ia > ib_
-    i, j = np.where(swap, ib_, ia), np.where(swap, ia, ib_)
-    fi, fj = np.where(swap, jb, ja), np.where(swap, ja, jb)
+    ia, ib = (wa >> shift) & idmask, (wb >> shift) & idmask
+    fa, fb = wa & fmask, wb & fmask
+    swap = ia > ib
+    fi, fj = np.where(swap, fb, fa), np.where(swap, fa, fb)
     # One sighting per pair: keys equal -> the shared neighbour both reach unflipped; 1 bit
     # apart -> the smaller item's own key; 2 bits apart -> the lower flip on the smaller item.
-    ok = ((fi == 0) | ((fj != 0) & (fi < fj))) & (state.groups[i] != state.groups[j])
-    i, j = i[ok], j[ok]
+    ok = (fi == 0) | ((fj != 0) & (fi < fj))
+    sel = np.flatnonzero(ok)
+    ia, ib = ia[sel].astype(np.intp), ib[sel].astype(np.intp)
+    sel = np.flatnonzero(state.small_groups[ia] != state.small_groups[ib])
+    ia, ib = ia[sel], ib[sel]
+    i, j = np.minimum(ia, ib), np.maximum(ia, ib)
     dist = np.bitwise_count(state.packed[i] ^ state.packed[j]).sum(axis=1, dtype=np.int64)
     near = dist <= state.max_bits
     i, j, dist = i[near], j[near], dist[near]

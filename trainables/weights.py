@@ -37,6 +37,7 @@ import torch
 from trainables.vocab import CXR_WEIGHTS, TIMM_PREFIX
 
 URLS_ENV = "CXR_TUNE_WEIGHT_URLS"
+HF_URL = "https://huggingface.co/"
 # torch.hub's check_hash convention (torch/hub.py HASH_REGEX, torch 2.x): NAME-<hex>.EXT
 _HASH_PREFIX = re.compile(r"-([a-f0-9]{8,})\.")
 _CHUNK = 1 << 20  # bytes read at a time while hashing
@@ -145,14 +146,17 @@ def _timm_file(model: str) -> WeightFile:
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         raise ValueError(f"model {model!r}: timm lists no pretrained weights for it")
     hub_id = cfg.hf_hub_id
-    if hub_id:
+    mirror = _url(model, "imagenet", "")
+    if hub_id and not mirror:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         filename = cfg.hf_hub_filename or "model.safetensors"
-        url = f"https://huggingface.co/{hub_id}/resolve/main/{filename}"
+        url = f"{HF_URL}{hub_id}/resolve/main/{filename}"
         cached = _hf_cached(hub_id, filename)
         return WeightFile(model, "imagenet", "timm", url, cached or Path(HF_HUB_CACHE))
-    return WeightFile(model, "imagenet", "timm", cfg.url, _hub_checkpoints() / _name(cfg.url))
+    # a URL source (timm's own url, or a mirror): torch.hub's download, as timm does for it
+    url = mirror or cfg.url
+    return WeightFile(model, "imagenet", "timm", url, _hub_checkpoints() / _name(url))
 
 
 def _hf_cached(repo_id: str, filename: str) -> Path | None:
@@ -260,6 +264,8 @@ def _fetch_xrv(wf: WeightFile) -> Path:
 
 
 def _fetch_timm(wf: WeightFile) -> Path:
+    if not wf.url.startswith(HF_URL):
+        return _fetch_torchvision(wf, progress=False)  # torch.hub, hash prefix checked
     timm = import_timm(wf.model)
     timm.create_model(wf.model[len(TIMM_PREFIX) :], pretrained=True)  # into the HF cache
     found = _timm_file(wf.model).path

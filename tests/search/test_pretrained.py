@@ -273,3 +273,40 @@ def test_timm_frozen_depth_follows_feature_info():
     assert all(p.requires_grad for p in body.layer2.parameters())
     out = model(torch.randn(2, 1, 32, 32))
     assert out.shape == (2, 3)
+
+
+def test_timm_imagenet_weights_from_a_mirror_are_fetched_once_and_loaded(
+    tmp_path, torch_home, monkeypatch
+):
+    """timm's own download of a URL source (torch.hub, hash prefix checked), then a trial's
+    build from the local file: timm sums the first convolution's RGB filters for one channel."""
+    timm = pytest.importorskip("timm")
+    import hashlib
+
+    from trainables.config import TrialConfig
+    from trainables.models import build_model
+
+    torch.manual_seed(4)
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    root = tmp_path / "served"
+    root.mkdir()
+    torch.save(state, root / "r.tmp")
+    name = f"resnet18-{hashlib.sha256((root / 'r.tmp').read_bytes()).hexdigest()[:10]}.pth"
+    (root / "r.tmp").rename(root / name)
+    server = WeightServer(root)
+    try:
+        monkeypatch.setenv(URLS_ENV, json.dumps({"timm:resnet18/imagenet": server.url(name)}))
+        wf = weight_file("timm:resnet18", "imagenet")
+        assert wf.path == torch_home / name
+        fetch(wf, progress=False)
+        path, _ = fetch(wf, progress=False)
+        assert server.requests[name] == 1
+    finally:
+        server.stop()
+    cfg = TrialConfig(
+        model="timm:resnet18", weights="imagenet", image_size=32, weights_path=str(path)
+    )
+    body = build_model(cfg).net[0]
+    summed = state["conv1.weight"].sum(dim=1, keepdim=True)
+    assert torch.allclose(body.conv1.weight, summed, atol=1e-6)
+    assert torch.equal(body.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])

@@ -126,6 +126,25 @@ def _data_report_lines(report: Any) -> list[str]:
     return lines
 
 
+def _start_line(meta: dict[str, Any], config: dict[str, Any]) -> str:
+    """Which weights the model started from and how it is rebuilt (their terms apply too)."""
+    weights = meta.get("preprocessing", {}).get("weights", {}).get("name", "none")
+    start = {
+        "none": "random initialisation",
+        "imagenet": "ImageNet-pretrained weights (torchvision or timm; their terms apply)",
+        "cxr": "torchxrayvision's chest X-ray weights (Apache-2.0; inputs scaled to "
+        "[-1024, 1024] inside the model)",
+    }.get(weights, md_text(weights))
+    source = meta.get("model_source", {})
+    rebuilt = (
+        f"the builder {md_code(source.get('model'))} of the plugin file "
+        f"{md_code(source.get('plugin'))} (sha256 {md_text(str(source.get('sha256'))[:12])})"
+        if source.get("kind") == "plugin"
+        else md_code(config.get("model"))
+    )
+    return f"Started from {start}; the model is rebuilt from {rebuilt}."
+
+
 def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
     """The model card's Markdown for a bundle's bundle.json (`meta`) and config.json."""
     prep = meta.get("preprocessing", {})
@@ -171,6 +190,8 @@ def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
         f"Code: {md_text(version.get('package', PACKAGE))} "
         f"{md_text(version.get('version') or '(version unknown)')}, git commit "
         f"{md_text(version.get('git_commit') or 'unknown')}. Config: `config.json`.",
+        "",
+        _start_line(meta, config),
         "",
         "## Licence",
         "",

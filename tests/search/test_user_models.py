@@ -107,3 +107,17 @@ def test_a_resume_keeps_the_experiments_plugin(tmp_path, space_file):
     moved = parser.parse_args(["--space", str(space_file), "--plugin", str(other), "--resume"])
     refusal, _ = resume_changes(parser, moved, record)
     assert refusal and f"--plugin {other} (the experiment has {first})" in refusal
+
+
+def test_the_model_card_says_where_a_plugin_model_comes_from(space_file, tmp_path):
+    from trainables.bundle import BUNDLE_META_FILE, save_bundle
+    from trainables.model_card import MODEL_CARD_FILE
+
+    space = load_space(space_file, overrides={"data": "phantom:small"})
+    cfg = space.samples[0]
+    out = save_bundle(tmp_path / "b", build_model(cfg), cfg, ["a", "b"], {}, [])
+    card = (out / MODEL_CARD_FILE).read_text()
+    assert "Started from random initialisation" in card
+    assert f"the builder `space_net` of the plugin file `{space_file}`" in card
+    meta = json.loads((out / BUNDLE_META_FILE).read_text())
+    assert meta["model_source"]["sha256"][:12] in card

@@ -32,6 +32,8 @@ COMMANDS: dict[str, Command] = {
     "report": Command("analysis.report", "write the results report of a finished sweep"),
     "predict": Command("analysis.predict", "classify image files with an exported bundle"),
     "export": Command("search.export", "export a sweep's best checkpoint as a bundle + ONNX"),
+    "rerun": Command("search.rerun", "re-run a sweep's top configurations with new seeds"),
+    "spaces": Command("search.space", "list the search spaces that ship with cxr-tune"),
     "train": Command(
         "trainables.train",
         "train one TrialConfig without Ray",

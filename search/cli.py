@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tune import prog
-from search.space import SAMPLER_CHOICES
+from search.space import SAMPLER_CHOICES, find_space
 from search.tracking import WANDB_MODES
 from trainables.classes import parse_class_map
 from trainables.experiment import DEFAULT_WANDB_PROJECT, ExperimentRecord
@@ -132,9 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _what_to_run(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--space",
-        type=Path,
+        type=find_space,
         required=True,
-        help="space file: define(trial) plus METRIC, MODE, MAX_EPOCHS (see spaces/)",
+        help="a space by name (transfer, seed, smoke: `cxr-tune spaces` lists them) or the path "
+        "of your own space file: define(trial) plus METRIC, MODE, MAX_EPOCHS",
     )
     p.add_argument(
         "--data",

@@ -7,11 +7,16 @@ import contextlib
 import logging
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+from cxr_tune import REPO
 from search.signals import keep_sigterm_handler
 from search.tracking import SECRET_ENV
 
@@ -42,8 +47,13 @@ def detect_gpus(address: str | None, verbose: bool = False) -> tuple[int, int]:
         return local_gpus()
     import ray
 
-    with keep_sigterm_handler():
-        ray.init(address=address, log_to_driver=verbose, logging_level=ray_logging_level(verbose))
+    with keep_sigterm_handler(), _empty_dir() as neutral:
+        ray.init(
+            address=address,
+            log_to_driver=verbose,
+            logging_level=ray_logging_level(verbose),
+            runtime_env=worker_runtime_env(neutral),
+        )
     gpus = int(ray.cluster_resources().get("GPU", 0))
     return gpus, cluster_card_bytes() if gpus else 0
 
@@ -117,15 +127,18 @@ def local_ray(verbose: bool = False) -> Iterator[None]:
         [sys.executable, "-m", "search.watchdog", str(os.getpid()), private],
         stdin=subprocess.PIPE,
         start_new_session=True,  # a kill of the driver's process group spares it
+        cwd=REPO,  # `-m` imports from the working folder first: the project's, not the user's
     )
     hidden = {k: os.environ.pop(k) for k in SECRET_ENV if k in os.environ}
     try:
-        with keep_sigterm_handler():  # search.signals: SIGTERM stops the sweep as Ctrl-C does
+        # search.signals: SIGTERM stops the sweep as Ctrl-C does
+        with keep_sigterm_handler(), _empty_dir(private) as neutral:
             ray.init(
                 object_store_memory=200 * 2**20,  # bytes; trials pass nothing big through it
                 include_dashboard=False,
                 log_to_driver=verbose,
                 logging_level=ray_logging_level(verbose),
+                runtime_env=worker_runtime_env(neutral),
                 _temp_dir=temp_dir,
             )
     finally:
@@ -138,3 +151,36 @@ def local_ray(verbose: bool = False) -> Iterator[None]:
         watchdog.stdin.close()  # tells the watchdog to end what Ray left
         with contextlib.suppress(subprocess.TimeoutExpired):
             watchdog.wait(timeout=10)
+
+
+def worker_runtime_env(neutral: str) -> dict[str, Any]:
+    """Ray's runtime_env for the sweep: trial workers import the project's packages from where
+    this driver did (`cxr_tune.REPO`), whatever the user's working folder holds.
+
+    Ray puts the driver's working folder first on every worker's sys.path unless the job has a
+    `working_dir` (ray/_private/worker.py, `connect`); a `search.py` or `analysis.py` there
+    would shadow the package and fail every trial. So the workers get an empty `working_dir`
+    (`neutral`; Ray uploads it once, at `ray.init`), and REPO joins their PYTHONPATH when a
+    fresh interpreter would not find the packages by itself (a checkout run uninstalled)."""
+    env: dict[str, Any] = {"working_dir": neutral}
+    if REPO not in _site_dirs():
+        paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env["env_vars"] = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+    return env
+
+
+def _site_dirs() -> set[Path]:
+    """Where this interpreter finds installed packages without PYTHONPATH."""
+    found = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    found |= set(site.getsitepackages()) | {site.getusersitepackages()}
+    return {Path(p).resolve() for p in found}
+
+
+@contextlib.contextmanager
+def _empty_dir(parent: str | None = None) -> Iterator[str]:
+    """An empty folder for the time of `ray.init` (its upload of `working_dir`)."""
+    folder = tempfile.mkdtemp(prefix="workers-", dir=parent)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,13 +1,14 @@
 """Multi-seed re-runs of a finished sweep's top configurations (Zech et al. 2019: at this data
 scale one seed's ranking can be noise).
 
-    python -m search.rerun --name EXPERIMENT --top K --seeds N [--storage runs] [--rerun-name R]
+    cxr-tune rerun --name EXPERIMENT --top K --seeds N [--storage runs] [--rerun-name R]
+    (or python -m search.rerun ...)
 
 A second Ray Tune run with the product's trainable (`search.tuner`): the experiment's top K
 configurations by its own ranking (`trainables.experiment.ranked_trials`, the order export and
 the report use) times N new training seeds, every trial trained to the sweep's MAX_EPOCHS
 (no early stopping), written to `EXPERIMENT/reruns/R/` with its plan (`RerunPlan`,
-`rerun.json`). `python -m analysis.report EXPERIMENT` then gives mean ± 95 % CI per
+`rerun.json`). `cxr-tune report EXPERIMENT` then gives mean ± 95 % CI per
 configuration and says whether the ranking of the top configurations holds across seeds.
 """
 
@@ -161,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [r for r in grid if r.error is not None]
     print(
         f"re-run finished: {len(grid) - len(failed)} trials ok, {len(failed)} failed; "
-        f"report: python -m analysis.report {plan.source}",
+        f"report: cxr-tune report {plan.source}",
         flush=True,
     )
     return 1 if failed else 0

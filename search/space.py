@@ -20,6 +20,7 @@ or a choice `TrialConfig` refuses shows up as one clear `ValueError` naming the 
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import inspect
 import sys
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_tune import REPO, prog
 from trainables.config import TrialConfig, field_names
 from trainables.experiment import METRIC_MODES
 from trainables.vocab import class_key
@@ -79,7 +81,10 @@ def load_module(path: Path) -> types.ModuleType:
     """Import a space file by path without registering it in `sys.modules`."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"space file {path} does not exist")
+        raise ValueError(
+            f"space file {path} does not exist; a space that ships with cxr-tune is named "
+            f"instead of a path: {', '.join(builtin_spaces())} (`cxr-tune spaces` lists them)"
+        )
     spec = importlib.util.spec_from_file_location(f"cxr_space_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise ValueError(f"space file {path} is not a Python module")
@@ -394,3 +399,77 @@ def _constant(
     if low is not None and value < low:
         raise ValueError(f"{where}: {name} must be >= {low}, got {value!r}")
     return value
+
+
+# --- the spaces that ship with cxr-tune ------------------------------------------------------
+
+
+def builtin_spaces() -> dict[str, Path]:
+    """Name -> file of the spaces that ship with cxr-tune: `cxr_tune/spaces/` when installed
+    from a wheel, `spaces/` in a checkout (the same files; pyproject.toml maps one to the
+    other), whatever the working folder."""
+    installed, checkout = REPO / "cxr_tune" / "spaces", REPO / "spaces"
+    if (installed / "__init__.py").is_file():
+        folder = installed
+    elif (REPO / "pyproject.toml").is_file() and (checkout / "__init__.py").is_file():
+        folder = checkout
+    else:
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.py")) if p.stem != "__init__"}
+
+
+def find_space(value: str) -> Path:
+    """`--space`: a file by its path, else a space that ships with cxr-tune by its name
+    (`transfer`, `seed`, `smoke`). A path that is neither is kept, for `load_space` to refuse
+    with the names."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    return builtin_spaces().get(value, path)
+
+
+def describe_spaces() -> list[dict[str, Any]]:
+    """Each shipped space: name, its docstring's first line, metric, mode, epochs, trials and
+    file (each file imported, so a listed space is one that loads)."""
+    rows = []
+    for name, path in builtin_spaces().items():
+        module = load_module(path)
+        rows.append(
+            {
+                "name": name,
+                "about": (module.__doc__ or "").strip().split("\n")[0],
+                "metric": f"{getattr(module, 'METRIC', '?')} ({getattr(module, 'MODE', '?')})",
+                "epochs": getattr(module, "MAX_EPOCHS", "?"),
+                "trials": getattr(module, "NUM_SAMPLES", DEFAULT_NUM_SAMPLES),
+                "path": path,
+            }
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`cxr-tune spaces`: list the spaces that ship with cxr-tune."""
+    parser = argparse.ArgumentParser(
+        prog=prog("search.space"),
+        description="List the search spaces that ship with cxr-tune; `cxr-tune sweep --space "
+        "NAME` runs one by its name (a path to your own space file works the same way).",
+    )
+    parser.parse_args(argv)
+    try:
+        rows = describe_spaces()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if not rows:
+        print("error: no spaces found next to the cxr_tune package", file=sys.stderr)
+        return 1
+    for row in rows:
+        print(
+            f"{row['name']:<10} {row['about']}\n{'':<10} metric {row['metric']}, "
+            f"{row['epochs']} epochs, {row['trials']} trials: {row['path']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -179,11 +180,27 @@ def print_next_steps(record: ExperimentRecord, exported: bool) -> None:
         steps.append(("W&B", f"project {record.wandb_project}, group {record.name}"))
     journal = journal_path(where)
     if journal.is_file():
-        steps.append(("Optuna", f"optuna-dashboard {journal}  (pip install 'cxr-tune[dashboard]')"))
-    steps.append(("TensorBoard", f"tensorboard --logdir {record.path}"))
+        dashboard = installed_command("optuna-dashboard")
+        steps.append(
+            ("Optuna", f"{dashboard} {journal}")
+            if dashboard
+            else ("Optuna", f"optuna-dashboard {journal}  (pip install optuna-dashboard)")
+        )
+    tensorboard = installed_command("tensorboard")
+    if tensorboard:  # Ray's event files are in the trial folders; the viewer is not a dependency
+        steps.append(("TensorBoard", f"{tensorboard} --logdir {record.path}"))
     print("next steps:")
     for what, command in steps:
         print(f"  {what:<12} {command}")
+
+
+def installed_command(name: str) -> str | None:
+    """How to run the console script `name` here: its name when it is on PATH, its path when it
+    sits beside this Python (a venv used without activating it); None when it is not installed."""
+    if shutil.which(name):
+        return name
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else None
 
 
 def all_failed(summary: dict[str, Any]) -> bool:

@@ -52,16 +52,17 @@ HEADER_INDEX_VERSION = 1  # bump when `Header` changes: the listing index is key
 PATIENT_KEY_PREFIX = "dicom-"
 _PATIENT_SALT = b"cxr-tune: DICOM PatientID as an opaque grouping key\0"
 # Transfer syntax keyword -> what to install when pydicom has no decoder for it here.
+_OPENJPEG = "pylibjpeg and pylibjpeg-openjpeg (MIT; pip install pylibjpeg pylibjpeg-openjpeg)"
 DECODER_PACKAGES: dict[str, str] = {
-    "JPEG2000Lossless": "pylibjpeg and pylibjpeg-openjpeg (MIT; pip install 'cxr-tune[dicom]')",
-    "JPEG2000": "pylibjpeg and pylibjpeg-openjpeg (MIT; pip install 'cxr-tune[dicom]')",
-    "HTJ2KLossless": "pylibjpeg and pylibjpeg-openjpeg (MIT; pip install 'cxr-tune[dicom]')",
-    "HTJ2KLosslessRPCL": "pylibjpeg and pylibjpeg-openjpeg (MIT; pip install 'cxr-tune[dicom]')",
-    "HTJ2K": "pylibjpeg and pylibjpeg-openjpeg (MIT; pip install 'cxr-tune[dicom]')",
+    "JPEG2000Lossless": _OPENJPEG,
+    "JPEG2000": _OPENJPEG,
+    "HTJ2KLossless": _OPENJPEG,
+    "HTJ2KLosslessRPCL": _OPENJPEG,
+    "HTJ2K": _OPENJPEG,
     "JPEGLossless": "pylibjpeg and pylibjpeg-libjpeg (GPL-3.0; pip install "
-    "'cxr-tune[dicom-gpl]') or python-gdcm (BSD)",
+    "pylibjpeg pylibjpeg-libjpeg) or python-gdcm (BSD)",
     "JPEGLosslessSV1": "pylibjpeg and pylibjpeg-libjpeg (GPL-3.0; pip install "
-    "'cxr-tune[dicom-gpl]') or python-gdcm (BSD)",
+    "pylibjpeg pylibjpeg-libjpeg) or python-gdcm (BSD)",
     "JPEGLSLossless": "pylibjpeg and pylibjpeg-libjpeg (GPL-3.0), pyjpegls (BSD) or python-gdcm",
     "JPEGLSNearLossless": "pylibjpeg and pylibjpeg-libjpeg (GPL-3.0), pyjpegls (BSD) or "
     "python-gdcm",

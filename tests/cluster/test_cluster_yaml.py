@@ -64,7 +64,9 @@ def pin_mismatches(config: dict) -> list[str]:
     on_head = installed_requirements(config.get("head_setup_commands", []))
     problems = []
     for name, req in expected.items():
-        dev_only = name in {"pytest", "pytest-timeout", "ruff", "moto", "boto3", "optuna-dashboard"}
+        dev_only = name in {
+            "pytest", "pytest-timeout", "ruff", "moto", "boto3", "optuna-dashboard", "setuptools",
+        }  # fmt: skip
         got = on_every_node.get(name) or on_head.get(name)
         if got is None:
             if not dev_only:

@@ -36,9 +36,10 @@ def test_the_console_script_is_declared_and_points_at_the_dispatcher() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert project["project"]["scripts"] == {"cxr-tune": "cxr_tune.cli:main"}
     assert "cxr_tune" in project["tool"]["setuptools"]["packages"]
-    # The seven commands of the issue plus `cache`, and the entry point resolves to the dispatcher.
+    # The commands, and the entry point resolves to the dispatcher.
     assert set(COMMANDS) == {
-        "sweep", "report", "predict", "export", "train", "phantom", "models", "cache"
+        "sweep", "report", "predict", "export", "rerun", "spaces", "train", "phantom", "models",
+        "cache",
     }  # fmt: skip
     assert callable(_resolve("cxr_tune.cli:main"))
 
@@ -77,7 +78,7 @@ def test_help_imports_nothing_heavy() -> None:
     )
     assert out.returncode == 0, out.stderr
     loaded = json.loads(out.stdout.splitlines()[-1])
-    # The argparse builders of all seven commands import none of the heavy libraries.
+    # The argparse builders of all the commands import none of the heavy libraries.
     assert loaded == {name: [] for name in COMMANDS}
 
 

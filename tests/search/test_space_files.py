@@ -9,12 +9,12 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.space import SpaceDefine, load_space, sample_configs
+from search.space import SpaceDefine, builtin_spaces, find_space, load_space, sample_configs
 from trainables.config import TrialConfig, field_names
 from trainables.models import TORCHVISION_MODELS
 
 REPO = Path(__file__).resolve().parents[2]
-SPACES = sorted((REPO / "spaces").glob("*.py"))
+SPACES = sorted(p for p in (REPO / "spaces").glob("*.py") if p.stem != "__init__")
 RUN = {"defaults": {"image_size": 64}, "overrides": {"data": "phantom:small", "seed": 0}}
 
 
@@ -148,3 +148,17 @@ def test_cpu_profile_keeps_only_the_spaces_cpu_choices() -> None:
     assert {c.model for c in sample_configs(full.define, "transfer", n=60, seed=2)} - models
     # The restriction survives the pickling Ray does for Tuner.restore.
     assert pickle.loads(pickle.dumps(cpu.define)).restrict == cpu.define.restrict
+
+
+def test_shipped_spaces_are_found_by_name_and_paths_still_work(tmp_path, monkeypatch) -> None:
+    # The three spaces ship with the package; from a checkout they are spaces/*.py.
+    assert sorted(builtin_spaces()) == ["seed", "smoke", "transfer"] == [p.stem for p in SPACES]
+    assert builtin_spaces()["smoke"].resolve() == (REPO / "spaces" / "smoke.py").resolve()
+    monkeypatch.chdir(tmp_path)  # names do not depend on the working folder
+    assert find_space("transfer") == builtin_spaces()["transfer"]
+    mine = tmp_path / "transfer"  # a file of that name in the working folder is the user's
+    mine.write_text("")
+    assert find_space("transfer").resolve() == mine.resolve()
+    assert find_space(str(REPO / "spaces" / "seed.py")) == REPO / "spaces" / "seed.py"
+    with pytest.raises(ValueError, match="seed, smoke, transfer"):
+        load_space(find_space("tranfser"))  # a typo: refused, naming the spaces

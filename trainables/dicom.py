@@ -68,6 +68,7 @@ DECODER_PACKAGES: dict[str, str] = {
     "python-gdcm",
     "JPEGExtended12Bit": "pylibjpeg and pylibjpeg-libjpeg (GPL-3.0) or python-gdcm (BSD)",
 }
+PILLOW_8_BIT_ONLY = ("JPEGExtended12Bit",)  # syntaxes Pillow decodes at 8 bits only
 DECODE_RULES: dict[str, Any] = {
     "detect": f"name ends in {list(DICOM_SUFFIXES)}, or b'DICM' at byte 128 of a file whose "
     f"suffix is no other image format's",
@@ -123,23 +124,27 @@ def _syntax(ds: pydicom.Dataset) -> pydicom.uid.UID | None:
 
 
 @lru_cache(maxsize=64)
-def missing_decoder(uid: str) -> str | None:
-    """None when pydicom can decode `uid` here, else what to install (or why it cannot)."""
+def missing_decoder(uid: str, bits_stored: int = 8) -> str | None:
+    """None when pydicom can decode `uid` here, else what to install (or why it cannot).
+    Pillow, pydicom's fallback for JPEG Extended, decodes only its 8-bit samples."""
     uid = pydicom.uid.UID(uid)
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:
         return f"transfer syntax {uid.name} has no pixel decoder in pydicom"
-    if decoder.is_available:
+    pillow_only = set(decoder.available_plugins) <= {"pillow"}
+    too_deep = uid.keyword in PILLOW_8_BIT_ONLY and bits_stored > 8 and pillow_only
+    if decoder.is_available and not too_deep:
         return None
     hint = DECODER_PACKAGES.get(uid.keyword) or "; ".join(decoder.missing_dependencies)
-    return f"transfer syntax {uid.name} has no installed decoder: install {hint}"
+    depth = f" at {bits_stored} bits" if decoder.is_available else ""
+    return f"transfer syntax {uid.name}{depth} has no installed decoder: install {hint}"
 
 
 def image_problem(ds: pydicom.Dataset) -> str | None:
     """Why `ds` is not a single-frame grayscale image this project decodes, or None."""
-    syntax = _syntax(ds)
-    return shape_problem(ds) or (missing_decoder(str(syntax)) if syntax is not None else None)
+    syntax, bits = _syntax(ds), int(ds.get("BitsStored") or 8)
+    return shape_problem(ds) or (missing_decoder(str(syntax), bits) if syntax else None)
 
 
 def shape_problem(ds: pydicom.Dataset) -> str | None:
@@ -209,7 +214,9 @@ def screen_entries(entries: list[Entry], listing: Listing, root: Path | None = N
             ("transfer_syntax", header.transfer_syntax),
         ):
             counts.setdefault(field, Counter())[value] += 1
-        problem = header.problem or (header.syntax_uid and missing_decoder(header.syntax_uid))
+        problem = header.problem or (
+            header.syntax_uid and missing_decoder(header.syntax_uid, _bits(header.bits_stored))
+        )
         if problem:
             listing.skip(e.rel, problem)
             continue
@@ -219,6 +226,10 @@ def screen_entries(entries: list[Entry], listing: Listing, root: Path | None = N
     index.save()
     listing.dicom = {k: dict(sorted(c.items())) for k, c in counts.items()}
     return kept
+
+
+def _bits(text: str) -> int:
+    return int(text) if text.isdigit() else 8
 
 
 class _HeaderIndex:

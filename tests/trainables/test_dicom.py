@@ -257,18 +257,26 @@ def test_a_syntax_without_its_decoder_is_skipped_naming_the_package(tmp_path):
         "from trainables.dicom import screen_entries\n"
         "from trainables.layouts import Entry, Listing\n"
         "listing = Listing()\n"
-        f"kept = screen_entries([Entry('ll.dcm', Path({str(path)!r}), 'A', None)], listing)\n"
-        "print(len(kept), listing.skipped[0]['reason'])"
+        f"kept = screen_entries([Entry('ll.dcm', Path({str(path)!r}), 'A', None),"
+        f" Entry('x12.dcm', Path({get_testdata_file('JPGExtended.dcm')!r}), 'A', None)],"
+        " listing)\n"
+        "print(len(kept), listing.skipped[0]['reason'])\n"
+        "print(listing.skipped[1]['reason'])"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    kept, reason = proc.stdout.strip().split(" ", 1)
+    first, jpeg12 = proc.stdout.strip().splitlines()
+    kept, reason = first.split(" ", 1)
     assert kept == "0"
+    # 12-bit JPEG Extended: Pillow is there but decodes 8-bit samples only.
+    assert jpeg12.startswith("transfer syntax JPEG Extended (Process 2 and 4) at 12 bits has no")
+    assert "pylibjpeg-libjpeg" in jpeg12
     assert reason.startswith("transfer syntax JPEG Lossless, Non-Hierarchical, First-Order")
     assert "has no installed decoder: install pylibjpeg and pylibjpeg-libjpeg" in reason
     assert "python-gdcm" in reason
     assert read_header(path).problem is None  # here, with the plugin, it decodes
+    assert decoded(Path(get_testdata_file("JPGExtended.dcm")), 32).std() > 0
 
 
 def test_a_second_listing_reads_its_headers_from_the_index(tmp_path, monkeypatch):

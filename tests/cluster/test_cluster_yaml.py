@@ -64,8 +64,12 @@ def pin_mismatches(config: dict) -> list[str]:
     on_head = installed_requirements(config.get("head_setup_commands", []))
     problems = []
     for name, req in expected.items():
+        # Test tools, and the optional extras' packages (cxr, timm, dicom, dicom-gpl) that the
+        # dev extra pulls for the tests: a cluster that needs an extra adds it to its setup.
         dev_only = name in {
             "pytest", "pytest-timeout", "ruff", "moto", "boto3", "optuna-dashboard", "setuptools",
+            "torchxrayvision", "timm", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg",
+            "imagecodecs",
         }  # fmt: skip
         got = on_every_node.get(name) or on_head.get(name)
         if got is None:

@@ -17,6 +17,7 @@ choices per name), said loudly. The space's choices never depend on what is on d
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from search.preflight import explore
@@ -49,7 +50,11 @@ def prepare_models(space: Space, allow_missing: bool = False, progress: bool = T
     configs, _ = explore(space.define, where, restricted=True)
     check_models(configs, where)
     plan = ModelPlan()
-    pairs = sorted({(c.model, c.weights) for c in configs if c.weights != "none"})
+    check_own_files(configs, where)
+    # a weights_path the space sets is the user's own file: nothing to fetch for it
+    pairs = sorted(
+        {(c.model, c.weights) for c in configs if c.weights != "none" and not c.weights_path}
+    )
     for model, weights in pairs:
         wf = weight_file(model, weights)
         try:
@@ -91,6 +96,13 @@ def drop_missing(space: Space, plan: ModelPlan) -> Space:
     for point in dropped:
         print(f"WARNING: POINTS_TO_EVALUATE: {point} left out (its weights were not fetched)")
     return replace(space, points_to_evaluate=points, dropped_points=space.dropped_points + dropped)
+
+
+def check_own_files(configs: list[TrialConfig], where: str) -> None:
+    """A weights_path the space sets is the user's own file: it must exist (nothing fetched)."""
+    for path in sorted({c.weights_path for c in configs if c.weights_path}):
+        if not Path(path).expanduser().is_file():
+            raise ValueError(f"{where}: weights_path {path} does not exist")
 
 
 def check_models(configs: list[TrialConfig], where: str) -> None:

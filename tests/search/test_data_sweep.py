@@ -182,11 +182,14 @@ def test_a_two_class_csv_manifest_sweeps_to_a_bundle(tmp_path):
 
 def test_a_sweep_in_which_every_trial_fails_exits_non_zero_even_without_export(tmp_path):
     space = tmp_path / "broken.py"
-    # Passes every pre-flight check, then fails in each trial: the weights file does not exist.
+    # Passes every pre-flight check, then fails in each trial: the space's own model is
+    # registered (the pre-flight checks that) but its builder raises.
     space.write_text(
+        "from trainables.models import register_model\n\n"
+        "@register_model\ndef broken_net(cfg, num_classes=3):\n"
+        "    raise RuntimeError('this model cannot be built')\n\n"
         'METRIC = "val_loss"\nMODE = "min"\nMAX_EPOCHS = 1\n\ndef define(trial):\n'
-        "    return {'model': 'resnet18', 'pretrained': True, 'frozen_depth': 5,\n"
-        "            'weights_path': '/nonexistent/resnet18.pth', 'image_size': 32}\n"
+        "    return {'model': 'broken_net', 'image_size': 32}\n"
     )
     data = make_folder(tmp_path / "d", counts={"NORMAL": 10, "VIRAL": 10}, images_per_patient=1)
     proc = sweep(

@@ -310,3 +310,17 @@ def test_timm_imagenet_weights_from_a_mirror_are_fetched_once_and_loaded(
     summed = state["conv1.weight"].sum(dim=1, keepdim=True)
     assert torch.allclose(body.conv1.weight, summed, atol=1e-6)
     assert torch.equal(body.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
+
+
+def test_a_weights_path_the_space_sets_must_exist_and_is_not_fetched(tmp_path, torch_home):
+    space_file = tmp_path / "own.py"
+    space_file.write_text(
+        'METRIC = "val_loss"\nMODE = "min"\nMAX_EPOCHS = 1\n\ndef define(trial):\n'
+        "    return {'model': 'resnet18', 'weights': 'imagenet', 'image_size': 32,\n"
+        f"            'weights_path': {str(tmp_path / 'mine.pth')!r}}}\n"
+    )
+    space = load_space(space_file, **RUN)
+    with pytest.raises(ValueError, match=r"weights_path .*mine.pth does not exist"):
+        prepare_models(space, progress=False)  # refused before Ray, not in every trial
+    (tmp_path / "mine.pth").write_bytes(b"x")
+    assert prepare_models(space, progress=False).files == {}  # the user's file: no download

@@ -16,6 +16,7 @@ An experiment is Ray Tune's layout under `STORAGE/NAME/` plus the sweep's own fi
     NAME/reruns/RERUN/rerun.json        a multi-seed re-run's `RerunPlan` (search.rerun)
     NAME/reruns/RERUN/<trial dir>/...   its trials, in the same layout as the sweep's
     NAME/cxr_tune.lock                  who runs the experiment now (`LockHolder`, search.lock)
+    NAME/.cxr_tune.reserve              space kept for the last save of a full disk (search.disk)
 
 Plain JSON and files only (no Ray, Optuna or W&B), so `search/` writes and `analysis/` reads the
 same files through the same rules:
@@ -66,6 +67,7 @@ RERUN_FILE = "rerun.json"
 RERUN_SCHEMA_VERSION = 1
 TRIAL_DIR_PREFIX = "trial_"  # search.run names trial directories trial_<trial id>
 LOCK_FILE = "cxr_tune.lock"  # search.lock takes it; empty (or absent) when nobody holds it
+SPACE_RESERVE_FILE = ".cxr_tune.reserve"  # search.disk's kept space, there while a sweep runs
 
 METRIC_MODES = ("max", "min")
 DEFAULT_METRIC, DEFAULT_MODE = "val_acc", "max"  # for an experiment without cxr_tune.json

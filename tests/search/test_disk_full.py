@@ -1,6 +1,8 @@
 """A sweep whose storage fills up stops with one line naming the storage and the bytes it needs,
 leaves nothing torn, and `--resume` continues it exactly once space is freed (a small tmpfs,
-grown). A copy of it whose Optuna journal is cut mid-record is refused naming the journal."""
+grown): first a disk too small for one checkpoint (a trial fails writing: the sweep stops at
+once, without Ray's retries and tracebacks), then one that fills up during the sweep (it stops
+before that). A copy whose Optuna journal is cut mid-record is refused naming the journal."""
 
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from trainables.experiment import OPTUNA_JOURNAL, TRIAL_DIR_PREFIX, read_results
 REPO = Path(__file__).resolve().parents[2]
 NAME = "full"
 TRIALS = 2
-# spaces/smoke.py: a checkpoint is about 21 MB, one per epoch, and Ray keeps a trial's best two
-# and its latest. 80 MB holds the first trial's three, not a fourth: the sweep stops in trial 1.
-SMALL, LARGE = "80m", "400m"
+# spaces/smoke.py: a checkpoint is about 21 MiB, one per epoch, and Ray keeps a trial's best two
+# and its latest; a running sweep keeps 8 MiB (search.disk.RESERVE_BYTES) of its storage. 24 MiB
+# leaves no room for the first checkpoint; 80 MiB holds two or three, not the sweep's six.
+TOO_SMALL, SMALL, LARGE = "24m", "80m", "400m"
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +41,7 @@ def small_disk(tmp_path: Path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SMALL}", "tmpfs", str(mnt)],
+        ["mount", "-t", "tmpfs", "-o", f"size={TOO_SMALL}", "tmpfs", str(mnt)],
         capture_output=True,
         text=True,
     )
@@ -50,6 +53,23 @@ def small_disk(tmp_path: Path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def _remount(mnt: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+
+def _stopped(proc: subprocess.CompletedProcess, exp: Path, start: str, says: str) -> None:
+    """The sweep stopped for want of space: one line saying so, a whole saved state."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-4000:]
+    assert "Traceback" not in out, out[-4000:]
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith(f"storage {exp} ")]
+    assert line.startswith(start) and says in line and line.endswith("then resume"), line
+    print(line)
+    assert "--resume" in proc.stdout and "nothing exported" in proc.stdout
+    assert json.loads((exp / "summary.json").read_text())["state"] == "interrupted"
+    assert resume_problem(exp) is None  # nothing it resumes from is torn
+
+
 def _rows(exp: Path) -> dict[str, list[float]]:
     return {d.name: [r["epoch"] for r in read_results(d).rows] for d in trial_dirs(exp)}
 
@@ -59,18 +79,20 @@ def test_a_full_disk_stops_with_one_line_and_resumes_exactly(
 ) -> None:
     storage = small_disk / "runs"
     exp = storage / NAME
+    # 1. No room for a checkpoint: the trial fails writing it, and the sweep stops at once.
     first = _sweep(storage, "--num-samples", str(TRIALS), "--max-concurrent", "1")
-    out = first.stdout + first.stderr
-    assert first.returncode == 1, out[-4000:]
-    assert "Traceback" not in out, out[-4000:]
-    [line] = [x for x in first.stderr.splitlines() if "nearly full" in x]
-    assert line.startswith(f"storage {exp} is nearly full: ") and "free at least" in line
-    assert "--resume" in first.stdout and "nothing exported" in first.stdout
-    assert json.loads((exp / "summary.json").read_text())["state"] == "interrupted"
-    assert resume_problem(exp) is None  # nothing it resumes from is torn
+    _stopped(first, exp, f"storage {exp} is full: trial ", "the sweep needs at least")
+    assert "No space left on device" not in first.stdout + first.stderr.replace(
+        "(No space left on device)", "", 1
+    )  # Ray's tracebacks of each failed save and retry are left out
+
+    # 2. Room for a few checkpoints: the resumed sweep stops before the storage is full.
+    _remount(small_disk, SMALL)
+    second = _sweep(storage, "--resume")
+    _stopped(second, exp, f"storage {exp} is nearly full: ", "free at least")
     before = _rows(exp)
     finished = [d.name for d in trial_dirs(exp) if read_results(d).rows[-1].get("done")]
-    assert finished and len(before) < TRIALS
+    assert before and len(before) <= TRIALS
 
     # A copy whose journal a full disk cut mid-record: refused before Ray starts, naming it.
     copy = tmp_path / "copy" / NAME
@@ -89,7 +111,7 @@ def test_a_full_disk_stops_with_one_line_and_resumes_exactly(
     assert "Traceback" not in refused.stderr
 
     # Space freed: the same experiment resumes to the end, nothing trained twice.
-    subprocess.run(["mount", "-o", f"remount,size={LARGE}", str(small_disk)], check=True)
+    _remount(small_disk, LARGE)
     resumed = _sweep(storage, "--resume", "--no-export")
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
     summary = json.loads((exp / "summary.json").read_text())

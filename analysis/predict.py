@@ -108,7 +108,7 @@ def predict_files(
     import torch
 
     from analysis.tta import evaluate_tta, get_policy
-    from trainables.bundle import temperature_of
+    from trainables.bundle import multilabel_of, temperature_of
     from trainables.device import EVAL_BATCH
     from trainables.preprocess import decode_file
 
@@ -123,6 +123,8 @@ def predict_files(
     pixels = np.stack([decode_file(p, size, mode) for p in images])
     batch = torch.from_numpy(pixels).unsqueeze(1)  # (N, 1, S, S) uint8
     model = bundle.model.eval().to(device)
+    if multilabel_of(bundle) is not None:
+        return _predict_findings(bundle, model, batch, images, policy_obj.name, ops, device)
     # Probabilities are calibrated with the temperature fitted on validation at export.
     result = evaluate_tta(
         model,
@@ -142,6 +144,43 @@ def predict_files(
                 "image": str(path),
                 "class": bundle.classes[int(pred)],
                 "probabilities": {c: float(p) for c, p in zip(bundle.classes, probs, strict=True)},
+            }
+        )
+    return out
+
+
+def _predict_findings(
+    bundle: Bundle,
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    images: Sequence[str | Path],
+    policy: str,
+    ops: tuple[str, ...],
+    device: str | torch.device,
+) -> list[dict[str, Any]]:
+    """A multi-label bundle: one sigmoid probability per finding, and the findings at or over
+    their validation thresholds (`class`, joined by '|'; 'No Finding' for none)."""
+    from trainables.bundle import multilabel_of
+    from trainables.multilabel import NO_FINDING
+    from trainables.train import predict_proba
+
+    if policy != "none":
+        raise ValueError(
+            f"TTA policy {policy!r} merges softmax views of one class per image; a multi-label "
+            "bundle predicts without TTA (--tta none)"
+        )
+    thresholds = multilabel_of(bundle).get("thresholds", {})
+    probs = predict_proba(model, batch, device, cfg=bundle.cfg, preprocess=ops, multilabel=True)
+    out = []
+    for path, row in zip(images, probs.numpy(), strict=True):
+        p = {c: float(v) for c, v in zip(bundle.classes, row, strict=True)}
+        found = [c for c in bundle.classes if p[c] >= thresholds.get(c, 0.5)]
+        out.append(
+            {
+                "image": str(path),
+                "class": "|".join(found) or NO_FINDING,
+                "findings": found,
+                "probabilities": p,
             }
         )
     return out

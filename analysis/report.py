@@ -33,7 +33,11 @@ if TYPE_CHECKING:  # the evaluation stack (torch, pandas, matplotlib) loads when
 
 
 def build_report(
-    exp: Experiment, out: Path, top_k: int = 3, device: str | None = None
+    exp: Experiment,
+    out: Path,
+    top_k: int = 3,
+    device: str | None = None,
+    resamples: int = 1000,
 ) -> tuple[Document, dict[str, pd.DataFrame]]:
     """Evaluate, tabulate and plot; returns the document (not yet written) and the tables."""
     import torch
@@ -41,6 +45,7 @@ def build_report(
     from analysis import audit, calibration, leakage, prose, reruns, tables
     from analysis.document import Document
     from analysis.evaluate import Evaluator
+    from analysis.multilabel import is_multilabel, multilabel_report
     from analysis.tta import TTA_POLICIES
     from trainables.balance import BALANCES
     from trainables.markdown import md_code
@@ -51,6 +56,8 @@ def build_report(
     if best is None:
         reasons = "; ".join(exp.missing) or "no trial reported a checkpoint"
         raise ValueError(f"experiment {exp.path} has no trial with a usable checkpoint: {reasons}")
+    if is_multilabel(best):  # per-finding AUROC tables instead of the seed study's sections
+        return multilabel_report(exp, out, device, resamples)
     evaluator = Evaluator(device)
     started = time.perf_counter()
     balances, models = list(BALANCES), list(MODELS)
@@ -181,6 +188,7 @@ def run_report(
     device: str | None = None,
     wandb: bool = False,
     wandb_mode: str | None = None,
+    resamples: int = 1000,
 ) -> tuple[Experiment, Document, dict[str, pd.DataFrame]]:
     """Everything `python -m analysis.report` does; returns the loaded experiment, the written
     document and its tables."""
@@ -200,10 +208,15 @@ def run_report(
     )
     for note in exp.missing:
         print(f"  missing: {note}")
-    doc, t = build_report(exp, out, top_k, device)
+    doc, t = build_report(exp, out, top_k, device, resamples)
     md, page = write_report(doc, f"cxr-tune results: {exp.name}")
     print(f"wrote {md}, {page}, {len(doc.csvs)} tables (CSV) and {len(doc.figures)} figures")
-    print(record_in_bundle(exp, t, out))
+    if "ml_auroc" in t:
+        from analysis import multilabel
+
+        print(multilabel.record_in_bundle(exp, t, out))
+    else:
+        print(record_in_bundle(exp, t, out))
     if wandb:
         print(f"logged to W&B: {log_to_wandb(exp, doc, t, wandb_mode)}")
     return exp, doc, t

@@ -98,7 +98,10 @@ def plan_checkpoints(
         return cfg
     from trainables.balance import epoch_indices
 
-    images = len(epoch_indices(cfg.balance, train_labels, torch.Generator().manual_seed(0)))
+    if train_labels.ndim == 2:  # multi-label: every image once per epoch
+        images = len(train_labels)
+    else:
+        images = len(epoch_indices(cfg.balance, train_labels, torch.Generator().manual_seed(0)))
     if cfg.max_train_batches:
         images = min(images, cfg.max_train_batches * cfg.batch_size)
     # Seconds per image at the measured (largest) batch: smaller batches only run slower, so the

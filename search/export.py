@@ -56,9 +56,15 @@ ONNX_OPSET = 17
 CHECK_BATCH = 8  # images in the ONNX check (batch > 1 exercises the dynamic batch axis)
 
 
-def onnx_metadata(classes: Sequence[str], preprocessing: dict) -> dict[str, str]:
+def onnx_metadata(
+    classes: Sequence[str], preprocessing: dict, multilabel: bool = False
+) -> dict[str, str]:
     """ONNX `metadata_props` (string to string): what a runtime needs without bundle.json —
     class names in output order, input size and normalization (JSON values)."""
+    if multilabel:
+        output = "logits; probabilities = sigmoid(logits), one per finding (multi-label)"
+    else:
+        output = "logits; probabilities = softmax(logits / temperature), see bundle.json"
     return {
         "classes": json.dumps(list(classes)),
         "input_name": "image",
@@ -68,7 +74,8 @@ def onnx_metadata(classes: Sequence[str], preprocessing: dict) -> dict[str, str]
             {k: preprocessing[k] for k in ("scale", "mean", "std")}
             | {"rule": preprocessing["tensor"]["rule"]}
         ),
-        "output": "logits; probabilities = softmax(logits / temperature), see bundle.json",
+        "output": output,
+        "multilabel": json.dumps(multilabel),
         "preprocessing": "bundle.json preprocessing.steps",
     }
 
@@ -83,8 +90,11 @@ def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-def _calibrated(model: torch.nn.Module, temperature: float) -> torch.nn.Module:
-    """The model with a second output: softmax(logits / temperature)."""
+def _calibrated(
+    model: torch.nn.Module, temperature: float, multilabel: bool = False
+) -> torch.nn.Module:
+    """The model with a second output: softmax(logits / temperature), or for a multi-label
+    model sigmoid(logits), one probability per finding."""
     import torch
 
     class Calibrated(torch.nn.Module):
@@ -94,6 +104,8 @@ def _calibrated(model: torch.nn.Module, temperature: float) -> torch.nn.Module:
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = self.model(x)
+            if multilabel:
+                return logits, torch.sigmoid(logits / self.temperature)
             return logits, torch.softmax(logits / self.temperature, dim=1)
 
     return Calibrated()
@@ -105,6 +117,7 @@ def export_onnx(
     path: Path,
     metadata: dict[str, str] | None = None,
     temperature: float = 1.0,
+    multilabel: bool = False,
 ) -> dict[str, float]:
     """Write `model` as ONNX (outputs `logits` and calibrated `probabilities`) with a dynamic
     batch axis and `metadata` as its metadata_props; return its agreement with PyTorch."""
@@ -118,7 +131,7 @@ def export_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            _calibrated(model, temperature).eval(),
+            _calibrated(model, temperature, multilabel).eval(),
             (x[:1],),
             str(path),
             input_names=["image"],
@@ -139,8 +152,9 @@ def export_onnx(
     with torch.no_grad():
         torch_logits = model(x).float().numpy()
     diff_logits = float(np.max(np.abs(onnx_logits - torch_logits)))
-    diff_probs = float(np.max(np.abs(_softmax(onnx_logits) - _softmax(torch_logits))))
-    diff_calibrated = float(np.max(np.abs(onnx_probs - _softmax(torch_logits / temperature))))
+    probs = _sigmoid if multilabel else _softmax
+    diff_probs = float(np.max(np.abs(probs(onnx_logits) - probs(torch_logits))))
+    diff_calibrated = float(np.max(np.abs(onnx_probs - probs(torch_logits / temperature))))
     return {
         "opset": ONNX_OPSET,
         "check_batch": CHECK_BATCH,
@@ -172,6 +186,46 @@ def calibrate_on_val(model: torch.nn.Module, cfg: TrialConfig, classes: list[str
     return calibrate(logits.numpy(), data.val.labels.numpy(), split="val")
 
 
+MULTILABEL_CALIBRATION = (
+    "multi-label model: no softmax temperature; probabilities are sigmoid(logits) per finding, "
+    "with per-finding thresholds chosen on validation (bundle.json multilabel.thresholds)"
+)
+
+
+def multilabel_on_val(model: torch.nn.Module, cfg: TrialConfig, classes: list[str]) -> dict:
+    """The bundle's `multilabel` record: findings, policy and, per finding, the threshold that
+    maximises Youden's J on the validation split (0.5 when the data is not here)."""
+    import torch
+
+    from trainables.data import load_for_config
+    from trainables.multilabel import finding_scores, youden_thresholds
+    from trainables.train import predict_proba
+
+    record = {
+        "findings": list(classes),
+        "uncertainty": cfg.uncertainty,
+        "output": "sigmoid",
+        "threshold_rule": "Youden's J (sensitivity + specificity - 1) on the validation split",
+    }
+    try:
+        data = load_for_config(cfg)
+    except (ValueError, OSError) as err:
+        print(f"export: thresholds 0.5 ({err})", file=sys.stderr)
+        return {**record, "thresholds": dict.fromkeys(classes, 0.5), "skipped": str(err)}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    probs = predict_proba(model.to(device), data.val.images, device, cfg=cfg, multilabel=True)
+    model.cpu()
+    codes = data.val.labels.numpy()
+    thresholds = youden_thresholds(codes, probs.numpy())
+    aurocs, _ = finding_scores(codes, probs.numpy())
+    return {
+        **record,
+        "label_format": data.report.label_format,
+        "thresholds": dict(zip(classes, thresholds, strict=True)),
+        "val_auroc": {f: float(a) for f, a in zip(classes, aurocs, strict=True) if a == a},
+    }
+
+
 def _metric_and_mode(experiment_dir: Path, metric: str | None, mode: str | None) -> tuple[str, str]:
     """The ranking to export by: the flags, else the experiment record's."""
     if not experiment_dir.is_dir():
@@ -191,27 +245,34 @@ def export_best(
     mode: str | None = None,
 ) -> Path:
     """Export the best checkpoint of `experiment_dir` to the bundle directory `out`."""
-    from trainables.bundle import CALIBRATION_KEY, preprocessing_of, save_bundle
+    from trainables.bundle import CALIBRATION_KEY, MULTILABEL_KEY, preprocessing_of, save_bundle
     from trainables.train import load_checkpoint, model_from_checkpoint
 
     experiment_dir = Path(experiment_dir).resolve()
     metric, mode = _metric_and_mode(experiment_dir, metric, mode)
     best = best_checkpoint(experiment_dir, metric, mode)
     model, cfg, classes = model_from_checkpoint(best.checkpoint_dir)
-    history = list(load_checkpoint(best.checkpoint_dir)["history"])
+    state = load_checkpoint(best.checkpoint_dir)
+    history = list(state["history"])
     metrics = {k: float(v) for k, v in history[-1].items()} if history else {}
-    try:
-        calibration = calibrate_on_val(model, cfg, classes)
-    except (ValueError, OSError) as err:  # the data is not here, or not the checkpoint's
-        print(f"export: not calibrated ({err}); temperature 1.0", file=sys.stderr)
-        calibration = {"temperature": 1.0, "fitted_on": None, "skipped": str(err)}
+    multilabel = bool(state.get("multilabel", False))
+    extra_ml = {}
+    if multilabel:  # one sigmoid per finding: thresholds, no softmax temperature
+        calibration = {"temperature": 1.0, "fitted_on": None, "skipped": MULTILABEL_CALIBRATION}
+        extra_ml = {MULTILABEL_KEY: multilabel_on_val(model, cfg, classes)}
+    else:
+        try:
+            calibration = calibrate_on_val(model, cfg, classes)
+        except (ValueError, OSError) as err:  # the data is not here, or not the checkpoint's
+            print(f"export: not calibrated ({err}); temperature 1.0", file=sys.stderr)
+            calibration = {"temperature": 1.0, "fitted_on": None, "skipped": str(err)}
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         onnx_path = Path(tmp) / ONNX_FILE
-        metadata = onnx_metadata(classes, preprocessing_of(cfg))
+        metadata = onnx_metadata(classes, preprocessing_of(cfg), multilabel)
         onnx_check = export_onnx(
-            model, cfg.image_size, onnx_path, metadata, calibration["temperature"]
+            model, cfg.image_size, onnx_path, metadata, calibration["temperature"], multilabel
         )
         if not onnx_check["max_abs_diff_probabilities"] < ONNX_TOLERANCE:
             raise ValueError(f"ONNX export disagrees with PyTorch: {onnx_check}")
@@ -236,6 +297,7 @@ def export_best(
                 "source": source,
                 "onnx": onnx_check,
                 CALIBRATION_KEY: calibration,
+                **extra_ml,
                 **_data_extra(experiment_dir),
             },
         )
@@ -275,6 +337,12 @@ def _replace_dir(new: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         new.rename(out)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    return 1.0 / (1.0 + np.exp(-logits))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

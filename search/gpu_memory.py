@@ -337,12 +337,12 @@ def measure_here(cfg: TrialConfig, steps: int = MEASURE_STEPS) -> Measurement:
 
 def _train_and_save(cfg: TrialConfig, data: Any, device: Any, steps: int) -> dict[str, Any]:
     import torch
-    from torch import nn
 
-    from trainables.balance import epoch_indices, loss_weights
     from trainables.train import (
         CHECKPOINT_FILE,
+        build_criterion,
         build_training,
+        epoch_order,
         evaluate,
         make_generators,
         make_step,
@@ -353,10 +353,9 @@ def _train_and_save(cfg: TrialConfig, data: Any, device: Any, steps: int) -> dic
     model, optimizer = build_training(cfg, len(data.classes), device)
     samplers = make_generators(cfg, device)
     train_x, train_y = data.train.images.to(device), data.train.labels.to(device)
-    weights = loss_weights(cfg.balance, data.train.labels, len(data.classes))
-    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    criterion = build_criterion(cfg, data, device)
     step = make_step(cfg, model, optimizer, criterion, device)
-    order = epoch_indices(cfg.balance, data.train.labels, samplers["cpu"])
+    order = epoch_order(cfg, data, samplers["cpu"])
     # Warm-up: cuDNN autotuning, lazy CUDA modules; then the timed steps.
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda _: None)
     train_one_epoch(

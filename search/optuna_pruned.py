@@ -43,6 +43,7 @@ from ray.air.constants import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.experiment import best_epoch_row
+from trainables.vocab import PER_FINDING_PREFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,9 @@ class PrunedOptunaSearch(OptunaSearch):
         if best:
             ot_trial.set_user_attr("best_epoch", best[0])
             ot_trial.set_user_attr("best_value", best[1])
+        for key, v in (result or {}).items():  # multi-label: per-finding AUROC / AP, last epoch
+            if key.startswith(PER_FINDING_PREFIXES) and isinstance(v, float) and math.isfinite(v):
+                ot_trial.set_user_attr(key, v)
         self._ot_study.tell(ot_trial, values, state=state)
         self._completed_trials.add(trial_id)
 

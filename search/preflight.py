@@ -31,6 +31,7 @@ from search.space import RUN_KEYS, Space, SpaceDefine, check_metric
 from trainables.config import TrialConfig, field_names
 from trainables.data import DataReport, dataset_key, list_dataset, load_for_config
 from trainables.leakage import audit_settings, describe_audit, leakage_for_config
+from trainables.multilabel import check_balance
 from trainables.vocab import AMP_MODES, AUGMENTATIONS, BALANCES, RESIZE_MODES, WEIGHTS
 
 # `model` is checked by TrialConfig (built-in, timm:NAME, or a plugin's) and by
@@ -86,9 +87,15 @@ def preflight(space: Space) -> Preflight:
             f"the space has more than {EXPLORE_LIMIT} define() paths: the first {branches} were "
             f"checked; a value only a later path reaches is checked when its trial starts"
         )
-    for cfg in by_key.values():
+    for key, cfg in by_key.items():
         dataset = load_for_config(cfg)
-        check_metric(space.metric, dataset.classes, where)
+        check_metric(space.metric, dataset.classes, where, dataset.multilabel)
+        if dataset.multilabel:  # resampling by class has no multi-label meaning
+            for other in [c for c in [*space.samples, *configs] if dataset_key(c) == key]:
+                try:
+                    check_balance(other.balance)
+                except ValueError as err:
+                    raise ValueError(f"{where}: {err}") from None
         reports.append(dataset.report)
     listed = dict.fromkeys((c.data, c.class_map, c.label_separator) for c in by_key.values())
     for data, class_map, separator in listed:

@@ -33,7 +33,7 @@ from typing import Any
 from cxr_tune import REPO, prog
 from trainables.config import TrialConfig, field_names
 from trainables.experiment import METRIC_MODES
-from trainables.vocab import class_key
+from trainables.vocab import PER_FINDING_PREFIXES, class_key
 
 DEFAULT_GRACE_PERIOD = 1  # epochs
 DEFAULT_REDUCTION_FACTOR = 3
@@ -56,21 +56,37 @@ METRIC_KEYS = frozenset(
     ]
 )
 PER_CLASS_PREFIX = "val_acc_"
+# Multi-label data (`trainables.multilabel`) reports these and per finding `val_auroc_<key>`,
+# `val_ap_<key>` instead of the accuracy family; `val_mean_auroc` is its search metric.
+MULTILABEL_METRIC_KEYS = frozenset(
+    ["train_loss", "train_acc", "val_loss", "val_mean_auroc", "val_mean_ap", "val_label_acc"]
+)
 
 
-def metric_keys(classes: Sequence[str]) -> list[str]:
-    """Every metric a trial on data with these classes reports."""
+def metric_keys(classes: Sequence[str], multilabel: bool = False) -> list[str]:
+    """Every metric a trial on data with these classes (or findings) reports."""
+    if multilabel:
+        return sorted(MULTILABEL_METRIC_KEYS) + [
+            f"{prefix}{class_key(c)}" for prefix in PER_FINDING_PREFIXES for c in classes
+        ]
     return sorted(METRIC_KEYS) + [f"{PER_CLASS_PREFIX}{class_key(c)}" for c in classes]
 
 
-def check_metric(metric: str, classes: Sequence[str], where: str) -> None:
+def check_metric(metric: str, classes: Sequence[str], where: str, multilabel: bool = False) -> None:
     """Refuse a METRIC that data with `classes` does not report (a per-class key of a class the
-    data lacks), naming the data's classes."""
-    if metric not in metric_keys(classes):
+    data lacks, an accuracy on multi-label data), naming the data's classes."""
+    if metric in metric_keys(classes, multilabel):
+        return
+    if multilabel:
         raise ValueError(
-            f"{where}: METRIC {metric!r} is not reported for this data, whose classes are "
-            f"{list(classes)}; expected one of {metric_keys(classes)}"
+            f"{where}: METRIC {metric!r} is not reported for multi-label data (findings "
+            f"{list(classes)}); search on 'val_mean_auroc' (MODE 'max'), as spaces/multilabel.py "
+            f"does, or one of {metric_keys(classes, True)}"
         )
+    raise ValueError(
+        f"{where}: METRIC {metric!r} is not reported for this data, whose classes are "
+        f"{list(classes)}; expected one of {metric_keys(classes)}"
+    )
 
 
 # Set by the driver for every trial, so a space may not suggest them.
@@ -220,10 +236,13 @@ def load_space(
     if not callable(define):
         raise ValueError(f"{where} has no define(trial) function")
     metric = _constant(module, where, "METRIC", str, None)
-    if metric not in METRIC_KEYS and not metric.startswith(PER_CLASS_PREFIX):
+    known = METRIC_KEYS | MULTILABEL_METRIC_KEYS
+    prefixes = (PER_CLASS_PREFIX, *PER_FINDING_PREFIXES)
+    if metric not in known and not metric.startswith(prefixes):
         raise ValueError(
-            f"{where}: METRIC {metric!r} is not reported; expected one of {sorted(METRIC_KEYS)} "
-            f"or {PER_CLASS_PREFIX}<class> (checked against the data's classes before the sweep)"
+            f"{where}: METRIC {metric!r} is not reported; expected one of {sorted(known)}, "
+            f"{PER_CLASS_PREFIX}<class> or val_auroc_<finding> (checked against the data before "
+            "the sweep)"
         )
     mode = _constant(module, where, "MODE", str, None)
     if mode not in METRIC_MODES:

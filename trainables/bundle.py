@@ -219,6 +219,18 @@ def temperature_of(source: Bundle | dict[str, Any]) -> float:
     return 1.0 if record is None else float(record["temperature"])
 
 
+MULTILABEL_KEY = "multilabel"
+"""bundle.json's record of a multi-label model: findings, uncertainty policy, per-finding
+thresholds chosen on validation (`search.export`), output `sigmoid`."""
+
+
+def multilabel_of(source: Bundle | dict[str, Any]) -> dict[str, Any] | None:
+    """The bundle's multi-label record, or None for one class per image (softmax output)."""
+    meta = source.extra if isinstance(source, Bundle) else source
+    record = meta.get(MULTILABEL_KEY)
+    return record if isinstance(record, dict) else None
+
+
 def read_bundle_meta(bundle_dir: str | Path) -> dict[str, Any]:
     """The checked `bundle.json` of a bundle folder, without loading any weights."""
     return _read_meta(Path(bundle_dir) / BUNDLE_META_FILE)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from trainables.classes import CLASS_ALIASES, class_of_folder
-from trainables.vocab import parse_phantom
+from trainables.vocab import MULTILABEL_PHANTOMS, parse_phantom
 
 __all__ = ["CLASS_ALIASES", "Entry", "Layout", "Listing", "class_of_folder", "detect_layout"]
 
@@ -118,6 +118,10 @@ def _is_hidden(name: str) -> bool:
 def resolve_root(data: str) -> Path:
     """What `data` names: a phantom preset (generated on first use), a folder or a CSV file."""
     preset = parse_phantom(data)
+    if preset in MULTILABEL_PHANTOMS:  # a manifest of the multi-label phantom
+        from trainables.phantom_multilabel import MANIFESTS, ensure_multilabel_phantom
+
+        return ensure_multilabel_phantom() / MANIFESTS[preset]
     if preset is not None:
         from trainables.phantom import ensure_phantom  # generating is heavy: only on demand
 

@@ -145,6 +145,37 @@ def _start_line(meta: dict[str, Any], config: dict[str, Any]) -> str:
     return f"Started from {start}; the model is rebuilt from {rebuilt}."
 
 
+def _output_text(meta: dict[str, Any]) -> str:
+    if isinstance(meta.get("multilabel"), dict):
+        return "probabilities are `sigmoid(logits)`, one independent probability per finding."
+    return (
+        f"probabilities are `softmax(logits / temperature)` with temperature "
+        f"{_temperature(meta):.4g} ({_calibration(meta)})."
+    )
+
+
+def _multilabel_lines(meta: dict[str, Any]) -> list[str]:
+    """A multi-label model: its findings, uncertainty policy and per-finding thresholds."""
+    ml = meta.get("multilabel")
+    if not isinstance(ml, dict):
+        return []
+    lines = [
+        "",
+        f"Multi-label: {len(ml.get('findings', []))} findings, one sigmoid output each; "
+        f"uncertain labels trained with policy {md_code(ml.get('uncertainty'))}; label format "
+        f"{md_code(ml.get('label_format'))}. Thresholds ({md_text(ml.get('threshold_rule'))}):",
+        "",
+        "| finding | threshold | val AUROC |",
+        "|---|---|---|",
+    ]
+    aurocs = ml.get("val_auroc", {})
+    for f, t in ml.get("thresholds", {}).items():
+        a = aurocs.get(f)
+        shown = "n/a" if not isinstance(a, (int, float)) else f"{a:.3f}"
+        lines.append(f"| {md_cell(f)} | {md_cell(f'{t:.3f}')} | {shown} |")
+    return lines
+
+
 def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
     """The model card's Markdown for a bundle's bundle.json (`meta`) and config.json."""
     prep = meta.get("preprocessing", {})
@@ -169,7 +200,7 @@ def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
     ]
     if data_report:
         lines += ["", *_data_report_lines(data_report)]
-    lines += ["", "## Metrics", "", *_metrics_lines(meta)]
+    lines += ["", "## Metrics", "", *_metrics_lines(meta), *_multilabel_lines(meta)]
     lines += [
         "",
         "## Serving",
@@ -177,9 +208,7 @@ def render_model_card(meta: dict[str, Any], config: dict[str, Any]) -> str:
         f"Input: `image` float32 (batch, 1, {md_text(prep.get('image_size'))}, "
         f"{md_text(prep.get('image_size'))}); "
         "the preprocessing steps are listed in `bundle.json` (`preprocessing.steps`) and "
-        "reproduced by the README's reference snippet. Output: `logits`; probabilities are "
-        f"`softmax(logits / temperature)` with temperature {_temperature(meta):.4g} "
-        f"({_calibration(meta)}).",
+        "reproduced by the README's reference snippet. Output: `logits`; " + _output_text(meta),
         "",
         f"TTA policy: {md_code(tta.get('policy', 'none'))} "
         f"({md_text(tta.get('chosen_by', 'not chosen'))}); "

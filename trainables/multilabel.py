@@ -270,9 +270,11 @@ def eval_targets(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (codes == POSITIVE).astype(np.int64), codes != UNCERTAIN
 
 
-def finding_scores(codes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-finding AUROC and average precision (scikit-learn); NaN where the counted labels
-    hold one class only."""
+def finding_scores(
+    codes: np.ndarray, probs: np.ndarray, ap: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-finding AUROC and average precision (scikit-learn; AP NaN when not `ap`, which a
+    bootstrap saves); NaN where the counted labels hold one class only."""
     truth, counted = eval_targets(codes)
     aurocs, aps = [], []
     for j in range(truth.shape[1]):
@@ -282,7 +284,7 @@ def finding_scores(codes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np
             aps.append(np.nan)
             continue
         aurocs.append(roc_auc_score(y, p))
-        aps.append(average_precision_score(y, p))
+        aps.append(average_precision_score(y, p) if ap else np.nan)
     return np.array(aurocs, dtype=np.float64), np.array(aps, dtype=np.float64)
 
 

@@ -38,6 +38,14 @@ from trainables.device import EVAL_BATCH, device_policy, resolve_device
 from trainables.experiment import CHECKPOINT_FILE
 from trainables.metrics import classification_metrics
 from trainables.models import build_model, count_parameters
+from trainables.multilabel import (
+    POSITIVE,
+    check_balance,
+    multilabel_loss,
+    multilabel_metrics,
+    pos_weights,
+)
+from trainables.multilabel import epoch_order as multilabel_order
 
 Reporter = Callable[[dict[str, float], "Path | None"], None]
 
@@ -61,14 +69,13 @@ def train(
         start_epoch, history = restore_checkpoint(resume_from, cfg, model, optimizer, samplers)
 
     train_x, train_y = data.train.images.to(device), data.train.labels.to(device)
-    weights = loss_weights(cfg.balance, data.train.labels, len(data.classes))
-    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    criterion = build_criterion(cfg, data, device)
     step = make_step(cfg, model, optimizer, criterion, device)
 
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
-        order = epoch_indices(cfg.balance, data.train.labels, samplers["cpu"])
+        order = epoch_order(cfg, data, samplers["cpu"])
         train_stats = train_one_epoch(cfg, step, train_x, train_y, order, samplers["device"])
         train_seconds = time.perf_counter() - started
         val_stats = evaluate(model, data.val, device, cfg=cfg, classes=data.classes, prefix="val")
@@ -99,6 +106,43 @@ def build_training(
     return model, optimizer
 
 
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_criterion(cfg: TrialConfig, data: Dataset, device: torch.device) -> Criterion:
+    """Cross-entropy (with `class_weights`' weights) for one class per image; for multi-label
+    data binary cross-entropy with logits per finding, uncertain labels by `cfg.uncertainty`,
+    `class_weights` as per-finding `pos_weight` (`trainables.multilabel`)."""
+    if data.multilabel:
+        check_balance(cfg.balance)
+        weight = None
+        if cfg.balance == "class_weights":
+            weight = pos_weights(data.train.labels, cfg.uncertainty).to(device)
+
+        def criterion(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+            return multilabel_loss(logits, codes, cfg.uncertainty, weight)
+
+        return criterion
+    weights = loss_weights(cfg.balance, data.train.labels, len(data.classes))
+    return nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+
+
+def epoch_order(cfg: TrialConfig, data: Dataset, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's training indices: by `cfg.balance`, or every image once for multi-label data
+    (whose balance lives in the loss)."""
+    if data.multilabel:
+        return multilabel_order(len(data.train.labels), generator)
+    return epoch_indices(cfg.balance, data.train.labels, generator)
+
+
+def correct_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Images right (argmax); for multi-label codes (N, F) the share of an image's findings
+    right at probability 0.5, summed over images, so train_acc is the per-label accuracy."""
+    if y.ndim == 2:
+        return ((logits > 0) == (y == POSITIVE)).float().mean(1).sum()
+    return (logits.argmax(1) == y).sum()
+
+
 def make_generators(cfg: TrialConfig, device: torch.device) -> dict[str, torch.Generator]:
     """Two seeded streams: epoch sampling on the CPU, augmentation on the training device."""
     cpu = torch.Generator().manual_seed(cfg.seed)
@@ -113,7 +157,7 @@ def make_step(
     cfg: TrialConfig,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
+    criterion: Criterion,
     device: torch.device,
 ) -> StepFn:
     """One optimisation step on a normalized batch; returns (summed loss, correct count)."""
@@ -127,8 +171,8 @@ def make_step(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        correct = (logits.argmax(1) == y).sum()
-        return loss.detach() * y.numel(), correct
+        correct = correct_count(logits.detach(), y)
+        return loss.detach() * len(y), correct
 
     model.train()
     return step
@@ -150,7 +194,7 @@ def train_one_epoch(
     if cfg.max_train_batches:
         n_batches = min(n_batches, cfg.max_train_batches)
     loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    correct = torch.zeros((), device=images.device)
     seen = 0
     policy = device_policy(cfg.amp, images.device)
     for b in range(n_batches):
@@ -216,12 +260,16 @@ def predict_proba(
     cfg: TrialConfig | None = None,
     temperature: float = 1.0,
     preprocess: Sequence[str] | None = None,
+    multilabel: bool = False,
 ) -> torch.Tensor:
     """Softmax probabilities (N, C) of `predict_logits / temperature` (1.0: uncalibrated; a
-    bundle's fitted temperature, `trainables.calibration`, makes them calibrated)."""
+    bundle's fitted temperature, `trainables.calibration`, makes them calibrated); for a
+    `multilabel` model one sigmoid probability per finding (N, F)."""
     logits = predict_logits(model, images, device, batch_size, ops, generator, cfg, preprocess)
     if not logits.numel():
         return logits
+    if multilabel:
+        return torch.sigmoid(logits / temperature)
     return torch.softmax(logits / temperature, dim=1)
 
 
@@ -235,7 +283,15 @@ def evaluate(
     prefix: str = "val",
     batch_size: int = EVAL_BATCH,
 ) -> dict[str, float]:
-    """Loss and scikit-learn metrics of `model` on `split`, without augmentation."""
+    """Loss and scikit-learn metrics of `model` on `split`, without augmentation (multi-label
+    codes: `trainables.multilabel.multilabel_metrics`, the loss under `cfg.uncertainty`)."""
+    if split.labels.ndim == 2:
+        logits = predict_logits(model, split.images, device, batch_size, cfg=cfg)
+        policy = cfg.uncertainty if cfg is not None else "ignore"
+        loss = multilabel_loss(logits, split.labels.cpu(), policy).item()
+        probs = torch.sigmoid(logits).numpy()
+        metrics = multilabel_metrics(split.labels.numpy(), probs, list(classes), prefix)
+        return {f"{prefix}_loss": loss, **metrics}
     probs = predict_proba(model, split.images, device, batch_size, cfg=cfg)
     labels = split.labels.cpu()
     loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels).item()
@@ -261,6 +317,7 @@ def save_checkpoint(
     state = {
         "config": cfg.to_dict(),
         "classes": list(data.classes),
+        "multilabel": data.multilabel,  # classes are findings, one sigmoid output each
         "epoch": epoch,  # completed epochs
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -357,10 +414,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     def print_epoch(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if data.multilabel:
+            val = f"mean AUROC {metrics['val_mean_auroc']:.3f} AP {metrics['val_mean_ap']:.3f}"
+        else:
+            val = f"acc {metrics['val_acc']:.3f} precision {metrics['val_precision']:.3f}"
         print(
             f"epoch {int(metrics['epoch']):3d} | train loss {metrics['train_loss']:.4f} "
-            f"acc {metrics['train_acc']:.3f} | val loss {metrics['val_loss']:.4f} "
-            f"acc {metrics['val_acc']:.3f} precision {metrics['val_precision']:.3f} | "
+            f"acc {metrics['train_acc']:.3f} | val loss {metrics['val_loss']:.4f} {val} | "
             f"{metrics['train_images_per_s']:.0f} img/s | {metrics['epoch_time']:.1f} s",
             flush=True,
         )

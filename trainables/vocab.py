@@ -45,6 +45,9 @@ def check_resize_mode(resize_mode: str) -> None:
 PHANTOM_PREFIX = "phantom:"
 PHANTOM_PRESETS = ("small", "full")
 """Sizes of the synthetic dataset (`trainables.phantom.PRESETS` describes each)."""
+MULTILABEL_PHANTOMS = ("multilabel", "multilabel_chexpert")
+"""The multi-label phantom, as its NIH-style and its CheXpert-style manifest
+(`trainables.phantom_multilabel.MANIFESTS`)."""
 
 
 def parse_phantom(data: str) -> str | None:
@@ -54,8 +57,8 @@ def parse_phantom(data: str) -> str | None:
     if not data.startswith(PHANTOM_PREFIX):
         return None
     preset = data[len(PHANTOM_PREFIX) :]
-    if preset not in PHANTOM_PRESETS:
-        choices = sorted(PHANTOM_PREFIX + p for p in PHANTOM_PRESETS)
+    if preset not in PHANTOM_PRESETS + MULTILABEL_PHANTOMS:
+        choices = sorted(PHANTOM_PREFIX + p for p in PHANTOM_PRESETS + MULTILABEL_PHANTOMS)
         raise ValueError(f"unknown data {data!r}; expected a folder or one of {choices}")
     return preset
 
@@ -106,6 +109,9 @@ UNCERTAINTY_POLICIES: dict[str, str] = {
 }
 """What multi-label training does with a CheXpert-style uncertain (-1) label
 (`TrialConfig.uncertainty`; `trainables.multilabel.train_targets`)."""
+
+PER_FINDING_PREFIXES = ("val_auroc_", "val_ap_")
+"""Multi-label data's per-finding validation metric keys: `val_auroc_<class_key(finding)>`."""
 
 
 def check_label_separator(separator: str) -> None:

@@ -36,7 +36,8 @@ def test_unknown_phantom_preset_names_every_valid_one():
     with pytest.raises(ValueError) as err:
         vocab.parse_phantom("phantom:huge")
     assert str(err.value) == (
-        "unknown data 'phantom:huge'; expected a folder or one of ['phantom:full', 'phantom:small']"
+        "unknown data 'phantom:huge'; expected a folder or one of ['phantom:full', "
+        "'phantom:multilabel', 'phantom:multilabel_chexpert', 'phantom:small']"
     )
 
 

@@ -11,7 +11,7 @@ class has no meaning when an image holds several findings).
 
 from __future__ import annotations
 
-from trainables.models import TORCHVISION_MODELS, weight_candidates
+from trainables.models import TORCHVISION_MODELS
 from trainables.multilabel import DEFAULT_METRIC, DEFAULT_MODE, MULTILABEL_BALANCES
 from trainables.vocab import UNCERTAINTY_POLICIES
 
@@ -23,18 +23,16 @@ REDUCTION_FACTOR = 3
 NUM_SAMPLES = 32
 
 MODELS = ["simple_cnn_10m", "resnet18", "densenet121", "resnet50"]  # DenseNet121: CheXNet's
+WEIGHTS = ["none", "imagenet"]  # starting weights of the torchvision backbones
 CPU_CHOICES = {"model": ["simple_cnn_10m", "resnet18"]}
-PRETRAINED_AVAILABLE = frozenset(
-    m for m in sorted(TORCHVISION_MODELS) if any(p.is_file() for p in weight_candidates(m))
-)
 
 
 def define(trial):
     trial.suggest_categorical("uncertainty", sorted(UNCERTAINTY_POLICIES))
     trial.suggest_categorical("balance", sorted(MULTILABEL_BALANCES))
     model = trial.suggest_categorical("model", MODELS)
-    if model in PRETRAINED_AVAILABLE:
-        trial.suggest_categorical("pretrained", [False, True])
-    trial.suggest_float("lr", 1e-5, 1e-2, log=True)
+    if model in TORCHVISION_MODELS:
+        trial.suggest_categorical("weights", WEIGHTS)
+    trial.suggest_float("lr", 1e-5, 1e-3, log=True)
     trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True)
     return {}

@@ -54,7 +54,7 @@ def test_unknown_registry_values_name_the_field_and_choices(field, registry):
     ("values", "message"),
     [
         ({"resize_mode": "stretch"}, r"unknown resize_mode 'stretch'.*'crop', 'pad'"),
-        ({"data": "phantom:huge"}, r"unknown data .*huge.*'phantom:full', 'phantom:small'"),
+        ({"data": "phantom:huge"}, r"unknown data .*huge.*'phantom:full', 'phantom:multilabel'"),
         ({"image_size": 100}, "image_size must be a multiple of 32"),
         ({"lr": 0.0}, r"lr must be in \(0, 10\]"),
         ({"frozen_depth": 6, "model": "resnet18"}, r"frozen_depth must be an integer in \[0, 5\]"),

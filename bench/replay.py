@@ -18,7 +18,9 @@ real sweep meets is replayed too. The score of a replay is the *true* value (mea
 of the configuration and epoch the searcher would export (its best observed epoch): what a
 re-run would give, not the lucky draw that picked it. Each arm is replayed `--repeats` times;
 the table gives the mean with a 95 % bootstrap interval, beside the hand study's settings
-replayed the same way (one seed drawn per setting).
+replayed the same way (one seed drawn per setting). TPE and GP are also replayed with the
+space's priors (`define_prior`: the learning rate within a decade of the study's; the study's
+recipe and its neighbours enqueued first), the way spaces/transfer.py searches.
 """
 
 from __future__ import annotations
@@ -267,20 +269,39 @@ def make_sampler(name: str, seed: int, trials: int) -> Any:
     return build_sampler(settings)
 
 
-def replay_arms(table: Table, define: Callable, repeats: int, grace: int, rf: int) -> dict:
-    """Every arm replayed `repeats` times at the hand study's compute; per arm its summary, the
-    mean true value at each quarter of the budget, and P(arm > hand) over all pairs of replays."""
+@dataclass(frozen=True)
+class Arm:
+    """A searcher to replay: a product sampler over a space's define, with enqueued points."""
+
+    sampler: str
+    define: Callable[[Any], Any]
+    points: Sequence[dict[str, Any]] = ()
+
+
+def arms_of(module: Any) -> dict[str, Arm]:
+    """Each sampler over the space as written, and TPE and GP with the space's priors
+    (`define_prior`, `PRIOR_POINTS`) where it has them."""
+    arms = {name: Arm(name, module.define) for name in SAMPLER_ARMS}
+    if hasattr(module, "define_prior"):
+        for name in ("tpe", "gp"):
+            arms[f"{name} + priors"] = Arm(name, module.define_prior, module.PRIOR_POINTS)
+    return arms
+
+
+def replay_arms(table: Table, arms: dict[str, Arm], repeats: int, grace: int, rf: int) -> dict:
+    """Every arm replayed `repeats` times at the hand study's compute; per arm its summary and
+    P(arm > hand) over all pairs of replays."""
     budget = len(table.hand()) * table.epochs  # epochs the hand study spends
     trials = len(table.hand()) * rf  # about what ASHA affords in that budget
-    finals: dict[str, list[float]] = {"hand study": [], **{s: [] for s in SAMPLER_ARMS}}
+    finals: dict[str, list[float]] = {"hand study": [], **{a: [] for a in arms}}
     for rep in range(repeats):
         finals["hand study"].append(replay_hand(table, seed=rep).true)
-        for name in SAMPLER_ARMS:
+        for label, arm in arms.items():
             best = replay_search(
-                table, make_sampler(name, rep, trials), define, budget=budget, grace=grace,
-                reduction_factor=rf, seed=rep,
+                table, make_sampler(arm.sampler, rep, trials), arm.define, budget=budget,
+                grace=grace, reduction_factor=rf, seed=rep, points=arm.points,
             )  # fmt: skip
-            finals[name].append(best.true)
+            finals[label].append(best.true)
     hand = np.asarray(finals["hand study"])
     out = {}
     for arm, values in finals.items():
@@ -375,12 +396,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.step == "record":
         note(f"wrote {record(args.size, table_path)}")
         return 0
-    from search.space import SpaceDefine, load_module
+    from search.space import load_module
 
     module = load_module(SPACE)
     table = read_table(table_path, module.MODE)
     result = replay_arms(
-        table, SpaceDefine(SPACE), args.repeats, module.GRACE_PERIOD, module.REDUCTION_FACTOR
+        table, arms_of(module), args.repeats, module.GRACE_PERIOD, module.REDUCTION_FACTOR
     )
     results = Results("replay", args, device, argv)
     for arm, s in result["arms"].items():

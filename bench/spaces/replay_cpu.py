@@ -23,10 +23,22 @@ HAND = {"lr": 1e-4, "weight_decay": 5e-5, "augment": "none"}
 HAND_SETTINGS = [{"model": m, "balance": b, **HAND} for m in MODELS for b in BALANCES]
 
 
-def define(trial):
+# The priors arm: spaces/transfer.py's knowledge, the learning rate kept within a decade of the
+# study's 1e-4 and the study's recipe plus its two learning-rate neighbours tried first.
+PRIOR_LR = (1e-5, 1e-3)
+PRIOR_POINTS = [
+    {"model": "simple_cnn", "balance": "oversample", **HAND, "lr": lr} for lr in (1e-4, 3e-5, 3e-4)
+]
+
+
+def define(trial, lr_range=(1e-5, 1e-2)):
     trial.suggest_categorical("model", MODELS)
     trial.suggest_categorical("balance", BALANCES)
-    trial.suggest_float("lr", 1e-5, 1e-2, log=True)
+    trial.suggest_float("lr", *lr_range, log=True)
     trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True)
     trial.suggest_categorical("augment", ["none", "seed", "geometric"])
     return {}
+
+
+def define_prior(trial):
+    return define(trial, PRIOR_LR)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -172,15 +171,12 @@ def execute(
             tuner = build_tuner(
                 settings_for(record, space), space.define, trainable, callbacks=callbacks
             )
-        handler = signal.getsignal(signal.SIGINT)
         try:
-            grid = tuner.fit()
+            with signals.sigint_handler_restored():  # Ctrl-C stops the summary and the export
+                grid = tuner.fit()
         except KeyboardInterrupt:
             print(f"\ninterrupted; resume with:\n  {resume_command(record)}", flush=True)
             return signals.INTERRUPTED
-        # Tune leaves its SIGINT handler installed when fit returns without a Ctrl-C: it would
-        # swallow the next Ctrl-C (summary, export). Python's handler stops them at once.
-        signal.signal(signal.SIGINT, handler)
         return finish(args, record, grid, time.monotonic() - started, card_bytes)
 
 

@@ -58,6 +58,20 @@ def stop(code: int) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
+@contextlib.contextmanager
+def sigint_handler_restored() -> Iterator[None]:
+    """Around `Tuner.fit`: put back the SIGINT handler from before it. Tune installs its own
+    (ray/tune/tune.py `_setup_signal_catching`, Ray 2.60) and restores the previous one only
+    when a SIGINT arrives, so after a fit that ended on its own the next Ctrl-C (during the
+    summary or the export) only set Tune's flag and was otherwise ignored."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def exit_code(code: int) -> int:
     """The driver's exit status: an interrupted run exits with the status of what stopped it
     (143 for SIGTERM), 130 for a Ctrl-C."""

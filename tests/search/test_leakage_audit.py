@@ -75,3 +75,18 @@ def test_ctrl_c_in_the_preflight_audit_is_not_recorded_as_a_failure(monkeypatch)
     monkeypatch.setattr("search.preflight.leakage_for_config", interrupted)
     with pytest.raises(KeyboardInterrupt):
         audit_leakage([TrialConfig(data="phantom:small")], lambda line: None)
+
+
+def test_the_sigint_handler_from_before_fit_is_put_back():
+    import signal
+
+    from search import signals
+
+    def tunes_own(signum, frame):  # stands in for the handler Tuner.fit leaves installed
+        pass
+
+    # After a sweep ends on its own, Ctrl-C must raise again in the summary and the export.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with signals.sigint_handler_restored():
+        signal.signal(signal.SIGINT, tunes_own)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

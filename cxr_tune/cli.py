@@ -28,7 +28,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "sweep": Command("search.run", "run a hyperparameter sweep (Ray Tune + Optuna TPE + ASHA)"),
+    "sweep": Command("search.run", "run a hyperparameter sweep (Ray Tune + Optuna + ASHA)"),
     "report": Command("analysis.report", "write the results report of a finished sweep"),
     "predict": Command("analysis.predict", "classify image files with an exported bundle"),
     "export": Command("search.export", "export a sweep's best checkpoint as a bundle + ONNX"),

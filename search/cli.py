@@ -117,7 +117,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog("search.run"),
-        description="Hyperparameter sweep for chest X-ray classification: Optuna TPE "
+        description="Hyperparameter sweep for chest X-ray classification: an Optuna sampler "
         "proposes trials from a space file, ASHA stops weak ones early, Ray Tune runs them "
         "(fractional GPUs when a GPU is visible), W&B logs them, and the best checkpoint is "
         "exported as a bundle plus ONNX.",

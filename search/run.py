@@ -1,4 +1,4 @@
-"""The sweep: Ray Tune + Optuna TPE + ASHA over a space file, with W&B, resume and export.
+"""The sweep: Ray Tune + an Optuna sampler + ASHA over a space file, with W&B, resume and export.
 
     python -m search.run --space spaces/transfer.py [--num-samples N] [--storage DIR|URI] ...
 

@@ -254,7 +254,7 @@ def _prepare_sweep(
     """The space, the compute floors and the first part payload of one arm."""
     from bench.harness import space_for
     from bench.sweep_utilization import GPU_SPACE, measure_floors
-    from search.gpu_memory import measure_before_packing
+    from search.resources import measure_before_packing
     from trainables.config import TrialConfig
     from trainables.data import load_for_config
 

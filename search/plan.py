@@ -25,7 +25,7 @@ from search import storage
 from search.checkpoints import asha_milestones
 from search.checks import resume_changes
 from search.cli import Profile, choose_profile
-from search.gpu_memory import measure_before_packing
+from search.resources import measure_before_packing
 from search.space import Space, load_space
 from search.tracking import resolve_mode, scrub
 from search.tuner import choose_sampler, startup_trials

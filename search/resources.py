@@ -22,10 +22,24 @@ trials (no GPU key).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from search.gpu_memory import MemoryTable, key_for, need_bytes, share_for
+from search.gpu_memory import (
+    GIB,
+    GpuMemoryError,
+    MemoryTable,
+    describe,
+    key_for,
+    measure,
+    need_bytes,
+    shape_name,
+    share_for,
+    space_configs,
+    worst_case_configs,
+)
+from trainables.config import TrialConfig
 
 MIB = 2**20
 CUDA_CONTEXT_BYTES = 600 * MIB  # per process, on top of the model
@@ -113,3 +127,74 @@ def resource_request(
     elif gpus_per_trial:
         bundle["GPU"] = gpus_per_trial
     return bundle
+
+
+# --- the driver hook --------------------------------------------------------------------------
+
+
+def measure_before_packing(
+    define: Callable[[Any], Any],
+    card_bytes: int,
+    *,
+    budget_s: float = 120.0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Before packing trials on this machine's GPU: measure every shape the space can choose
+    that the table lacks (upper bounds first, then exact frozen settings, within `budget_s`
+    seconds), refuse shapes that do not fit a whole card, and return the experiment record's
+    `gpu_memory` entry (`memory_record`). Without a local GPU it measures nothing."""
+    import torch
+
+    if not card_bytes or not torch.cuda.is_available():
+        return {"source": "estimate", "why": "no local GPU: fractions from search/resources.py"}
+    props = torch.cuda.get_device_properties(0)
+    table = MemoryTable.load()
+    shapes = worst_case_configs(space_configs(define))
+    started = time.monotonic()
+    for cfg in shapes:
+        key = key_for(cfg, props.name, props.total_memory)
+        if table.exact(key) is not None:
+            continue
+        if time.monotonic() - started > budget_s:
+            log(f"gpu memory: budget of {budget_s:.0f} s spent; {cfg.model} uses an upper bound")
+            continue
+        try:
+            m = measure(cfg, table=table)
+        except GpuMemoryError as err:  # the trial's cap still guards the card
+            log(f"gpu memory: {shape_name(cfg)} not measured ({err}); packed from the estimate")
+            continue
+        log(f"gpu memory: {describe(m)}")
+    record = memory_record(table, shapes, props.name, props.total_memory)
+    too_large = [r for r in record["shapes"] if r["need_bytes"] > props.total_memory]
+    if too_large:
+        first = too_large[0]
+        raise ValueError(
+            f"{first['shape']} needs {first['need_bytes'] / GIB:.1f} GiB measured, more than a "
+            f"whole {props.name} ({props.total_memory / GIB:.1f} GiB): lower the space's "
+            f"batch_size or image_size"
+        )
+    return record
+
+
+def memory_record(
+    table: MemoryTable, shapes: Sequence[TrialConfig], card: str, card_bytes: int
+) -> dict[str, Any]:
+    """Which figure each shape of the sweep was packed from: for the experiment record."""
+    rows = []
+    for cfg in shapes:
+        m, how = table.lookup(key_for(cfg, card, card_bytes))
+        need = need_bytes(m) if m else peak_bytes(cfg.model, cfg.batch_size, cfg.image_size)
+        share = (
+            share_for(need, card_bytes)
+            if m
+            else gpu_fraction(cfg.model, cfg.batch_size, cfg.image_size, card_bytes)
+        )
+        rows.append({"shape": shape_name(cfg), "source": how, "need_bytes": need, "share": share})
+    sources = {r["source"] for r in rows}
+    return {
+        "source": "measured" if sources <= {"measured", "upper bound", "oom"} else "mixed",
+        "card": card,
+        "card_bytes": card_bytes,
+        "table": str(table.path or MemoryTable.default_path()),
+        "shapes": rows,
+    }

@@ -71,7 +71,7 @@ def experiment_config(record: ExperimentRecord) -> dict[str, Any]:
     return config
 
 
-def _settings(quiet: bool = False) -> Any:
+def wandb_settings(quiet: bool = False) -> Any:
     import wandb
 
     return wandb.Settings(
@@ -79,42 +79,6 @@ def _settings(quiet: bool = False) -> Any:
         x_disable_stats=True,  # no system-metrics sampler competing with training for CPU
         console="off",
         silent=quiet,  # the driver's own runs: no "wandb: ..." banner between the sweep's lines
-    )
-
-
-def wandb_callback(
-    project: str,
-    group: str,
-    mode: str,
-    run_dir: Path,
-    *,
-    metric: str,
-    metric_mode: str,
-    max_epochs: int,
-    experiment: Mapping[str, Any] | None = None,
-) -> Any | None:
-    """A configured `WandbLoggerCallback`, or None when W&B is disabled."""
-    if mode == "disabled":
-        return None
-    from search.wandb_callback import EndingWandbLoggerCallback
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Ray's callback checks the key in setup() unless WANDB_MODE says offline; the logging
-    # actors inherit this environment.
-    os.environ["WANDB_MODE"] = mode
-    return EndingWandbLoggerCallback(
-        project=project,
-        group=group,
-        mode=mode,
-        dir=str(run_dir),
-        settings=_settings(),
-        upload_timeout=UPLOAD_TIMEOUT[mode],
-        excludes=excluded_keys(),
-        log_config=False,
-        metric=metric,
-        metric_mode=metric_mode,
-        max_epochs=max_epochs,
-        experiment=dict(experiment or {}),
     )
 
 
@@ -182,7 +146,7 @@ def log_bundle(
             dir=record.wandb_dir or record.local_dir,
             mode=record.wandb_mode,
             config={"experiment": experiment_config(record), "source": dict(meta["source"])},
-            settings=_settings(quiet),
+            settings=wandb_settings(quiet),
         )
         try:
             artifact = wandb.Artifact(

@@ -227,7 +227,6 @@ def make_trainable(
 
 def _callbacks(settings: TunerSettings, extra: Sequence[Any]) -> list[Any]:
     from search.progress import make_progress_callback
-    from search.tracking import wandb_callback
 
     callbacks = list(extra)
     if settings.progress:
@@ -236,19 +235,23 @@ def _callbacks(settings: TunerSettings, extra: Sequence[Any]) -> list[Any]:
                 settings.metric, settings.mode, settings.max_epochs, settings.num_samples
             )
         )
+    if settings.wandb_mode == "disabled":  # nothing of wandb is imported
+        return callbacks
+    from search.wandb_callback import wandb_callback
+
     wandb_dir = Path(settings.wandb_dir or Path(settings.storage) / settings.name)
-    wandb = wandb_callback(
-        settings.wandb_project,
-        settings.name,
-        settings.wandb_mode,
-        wandb_dir,
-        metric=settings.metric,
-        metric_mode=settings.mode,
-        max_epochs=settings.max_epochs,
-        experiment=settings.experiment,
+    callbacks.append(
+        wandb_callback(
+            settings.wandb_project,
+            settings.name,
+            settings.wandb_mode,
+            wandb_dir,
+            metric=settings.metric,
+            metric_mode=settings.mode,
+            max_epochs=settings.max_epochs,
+            experiment=settings.experiment,
+        )
     )
-    if wandb is not None:
-        callbacks.append(wandb)
     return callbacks
 
 

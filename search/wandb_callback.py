@@ -28,6 +28,8 @@ from __future__ import annotations
 import os
 import sys
 import urllib.error
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -39,7 +41,16 @@ from ray.air.integrations.wandb import (
     _WandbLoggingActor,
 )
 
-from search.tracking import SECRET_ENV, TRIAL_END_TIMEOUT, outcome, run_summary, trial_tags
+from search.tracking import (
+    SECRET_ENV,
+    TRIAL_END_TIMEOUT,
+    UPLOAD_TIMEOUT,
+    excluded_keys,
+    outcome,
+    run_summary,
+    trial_tags,
+    wandb_settings,
+)
 from trainables.config import TrialConfig
 
 OUTCOME = "cxr-tune outcome"  # queue item kind: how the trial ended, just before Ray's END
@@ -158,3 +169,35 @@ class EndingWandbLoggerCallback(WandbLoggerCallback):
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def wandb_callback(
+    project: str,
+    group: str,
+    mode: str,
+    run_dir: Path,
+    *,
+    metric: str,
+    metric_mode: str,
+    max_epochs: int,
+    experiment: Mapping[str, Any] | None = None,
+) -> EndingWandbLoggerCallback:
+    """A configured `EndingWandbLoggerCallback` (W&B enabled: the caller checks `mode`)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Ray's callback checks the key in setup() unless WANDB_MODE says offline; the logging
+    # actors inherit this environment.
+    os.environ["WANDB_MODE"] = mode
+    return EndingWandbLoggerCallback(
+        project=project,
+        group=group,
+        mode=mode,
+        dir=str(run_dir),
+        settings=wandb_settings(),
+        upload_timeout=UPLOAD_TIMEOUT[mode],
+        excludes=excluded_keys(),
+        log_config=False,
+        metric=metric,
+        metric_mode=metric_mode,
+        max_epochs=max_epochs,
+        experiment=dict(experiment or {}),
+    )

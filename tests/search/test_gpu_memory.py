@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from search import gpu_memory as gm
+from search import resources
 from search.resources import gpu_fraction, resource_request, sized_share
 from trainables.config import TrialConfig
 
@@ -228,11 +229,11 @@ def test_hook_and_record_say_which_figures_were_used(cache: Path) -> None:
     from search.space import load_space
 
     space = load_space(REPO / "spaces" / "transfer.py", defaults={"image_size": 256})
-    assert gm.measure_before_packing(space.define, 0)["source"] == "estimate"
+    assert resources.measure_before_packing(space.define, 0)["source"] == "estimate"
     table = gm.MemoryTable.load()
     table.record(entry(model="resnet18", card="H100", image_size=256))
     shapes = [TrialConfig(model="resnet18"), TrialConfig(model="resnet50")]
-    record = gm.memory_record(table, shapes, "H100", CARD)
+    record = resources.memory_record(table, shapes, "H100", CARD)
     assert [r["source"] for r in record["shapes"]] == ["measured", "estimate"]
     assert record["source"] == "mixed" and record["card"] == "H100"
     assert record["shapes"][1]["share"] == gpu_fraction("resnet50", 32, 256, CARD)

@@ -15,6 +15,7 @@ from ray import cloudpickle, tune
 from wandb_log import final_run, final_summary, records_of
 
 from search import tracking
+from search.wandb_callback import wandb_callback
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def test_a_one_epoch_trial_keeps_its_whole_run_when_the_sweep_ends_right_after(
     # The sweep's end waits for no run: whatever the end of a trial did not finish is cut.
     monkeypatch.setitem(tracking.UPLOAD_TIMEOUT, "offline", 0)
     runs = tmp_path / "runs"
-    callback = tracking.wandb_callback(
+    callback = wandb_callback(
         "p", "g", "offline", runs, metric="val_loss", metric_mode="min", max_epochs=3
     )
     tune.Tuner(

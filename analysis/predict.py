@@ -1,6 +1,10 @@
 """Classify chest X-ray image files with an exported bundle (no Ray, no sweep needed).
 
-    python -m analysis.predict BUNDLE IMAGE... [--tta [POLICY]] [--json] [--device D]
+    python -m analysis.predict BUNDLE IMAGE|FOLDER... [--tta [POLICY]] [--json] [--device D]
+
+Each file gets its prediction or the reason it was skipped (missing, not an image, corrupt); a
+folder stands for the image files below it. Exit status: 0 when every file was predicted, 1 when
+any was skipped, 2 when nothing could run (a bad bundle or policy).
 
 The bundle's own preprocessing (`bundle.json`: image size, pad or crop, grayscale, and the
 deterministic ops such as histogram equalization its model was trained on) is applied to each
@@ -96,32 +100,72 @@ def bundle_policy(bundle: Bundle) -> str:
     return str(name)
 
 
+def image_inputs(arguments: Sequence[str | Path]) -> tuple[list[dict[str, str]], list[str]]:
+    """What to predict, in argument order: each file argument, and the image files below each
+    directory argument (`trainables.layouts.image_files_under`). Returns ({'image'} rows, with a
+    'skipped' reason for an argument that is neither) and notes on files a directory holds that
+    are not images by name."""
+    from trainables.layouts import file_problem, image_files_under
+
+    rows, notes = [], []
+    for arg in arguments:
+        path = Path(arg)
+        if path.is_dir():
+            images, others = image_files_under(path)
+            rows += [{"image": str(p)} for p in images]
+            if not images:
+                rows.append({"image": str(path), "skipped": "a folder with no image files"})
+            if others:
+                shown = ", ".join(p.name for p in others[:3]) + (", ..." if len(others) > 3 else "")
+                notes.append(
+                    f"{path}: {len(others)} file(s) not named like images left out ({shown})"
+                )
+        elif problem := file_problem(path):
+            rows.append({"image": str(path), "skipped": problem})
+        else:
+            rows.append({"image": str(path)})
+    return rows, notes
+
+
 def predict_files(
     bundle: Bundle,
-    images: Sequence[str | Path],
+    images: Sequence[str | Path | dict[str, str]],
     policy: str = "none",
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
-    """One dict per image: `image`, `class`, `probabilities` {class: p} (merged under `policy`;
-    'bundle' is the policy the bundle records)."""
+    """One dict per image, in order: `image`, and `class` plus `probabilities` {class: p} (merged
+    under `policy`; 'bundle' is the policy the bundle records), or `skipped` with the reason the
+    file could not be read (missing, not an image, corrupt). `images` may be `image_inputs`'
+    rows, whose skipped ones pass through."""
     import numpy as np
     import torch
 
     from analysis.tta import evaluate_tta, get_policy
     from trainables.bundle import multilabel_of, temperature_of
     from trainables.device import EVAL_BATCH
-    from trainables.preprocess import decode_file
+    from trainables.layouts import file_problem
+    from trainables.preprocess import ImageError, decode_file
 
     policy_obj = get_policy(bundle_policy(bundle) if policy == BUNDLE_POLICY else policy)
     if not images:
         raise ValueError("no image files given")
     size, mode = _preprocessing(bundle)
     ops = preprocessing_ops_of(bundle)
-    missing = [str(p) for p in images if not Path(p).is_file()]
-    if missing:
-        raise ValueError(f"image files not found: {missing}")
-    pixels = np.stack([decode_file(p, size, mode) for p in images])
-    batch = torch.from_numpy(pixels).unsqueeze(1)  # (N, 1, S, S) uint8
+    rows = [dict(x) if isinstance(x, dict) else {"image": str(x)} for x in images]
+    pixels, decoded = [], []
+    for row in rows:
+        if "skipped" in row:
+            continue
+        try:
+            if problem := file_problem(Path(row["image"])):
+                raise ImageError(problem)
+            pixels.append(decode_file(row["image"], size, mode))
+            decoded.append(row)
+        except ImageError as err:
+            row["skipped"] = str(err).removeprefix(f"{row['image']}: ")
+    if not decoded:
+        return rows
+    batch = torch.from_numpy(np.stack(pixels)).unsqueeze(1)  # (N, 1, S, S) uint8
     model = bundle.model.eval().to(device)
     if multilabel_of(bundle) is not None:
         return _predict_findings(bundle, model, batch, images, policy_obj.name, ops, device)
@@ -137,16 +181,10 @@ def predict_files(
         preprocess=ops,
         temperature=temperature_of(bundle),
     )
-    out = []
-    for path, probs, pred in zip(images, result.probs, result.preds, strict=True):
-        out.append(
-            {
-                "image": str(path),
-                "class": bundle.classes[int(pred)],
-                "probabilities": {c: float(p) for c, p in zip(bundle.classes, probs, strict=True)},
-            }
-        )
-    return out
+    for row, probs, pred in zip(decoded, result.probs, result.preds, strict=True):
+        row["class"] = bundle.classes[int(pred)]
+        row["probabilities"] = {c: float(p) for c, p in zip(bundle.classes, probs, strict=True)}
+    return rows
 
 
 def _predict_findings(
@@ -187,6 +225,7 @@ def _predict_findings(
 
 
 def format_table(rows: list[dict[str, Any]], classes: Sequence[str]) -> str:
+    """The predictions as a table, one line per file; a skipped file's line gives the reason."""
     width = max(len("image"), *(len(r["image"]) for r in rows))
     name_w = max(10, *(len(c) for c in classes))  # the data's class names, any length
     cols = [max(9, len(c)) for c in classes]
@@ -195,6 +234,9 @@ def format_table(rows: list[dict[str, Any]], classes: Sequence[str]) -> str:
     )
     lines = [head, "-" * len(head)]
     for r in rows:
+        if "skipped" in r:
+            lines.append(f"{r['image']:<{width}}  {'skipped':<{name_w}}  {r['skipped']}")
+            continue
         probs = "".join(
             f"  {r['probabilities'][c]:>{w}.4f}" for c, w in zip(classes, cols, strict=True)
         )
@@ -210,7 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("bundle", help="an exported bundle directory (STORAGE/NAME/export)")
     parser.add_argument(
-        "images", nargs="*", help="image files (PNG, JPEG, DICOM, any size or mode)"
+        "images",
+        nargs="*",
+        help="image files (PNG, JPEG, DICOM, any size or mode) or folders of them; each file "
+        "gets a prediction or the reason it was skipped, and the exit status is 1 if any was",
     )
     parser.add_argument(
         "--tta",
@@ -228,9 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from analysis.tta import TTA_POLICIES, get_policy
-    from trainables.bundle import load_bundle, temperature_of
+    from trainables.bundle import load_bundle
 
-    if args.tta not in TTA_POLICIES and Path(args.tta).is_file():
+    if args.tta not in TTA_POLICIES and Path(args.tta).exists():
         # `--tta IMAGE ...`: a bare --tta followed by the images, not a policy named IMAGE.
         args.images, args.tta = [args.tta, *args.images], BUNDLE_POLICY
     if not args.images:
@@ -241,19 +286,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             get_policy(args.tta)  # a typo fails before the model loads
         bundle = load_bundle(args.bundle)
         tta = bundle_policy(bundle) if args.tta == BUNDLE_POLICY else args.tta
-        rows = predict_files(bundle, args.images, tta, device)
-    except ValueError as err:  # trainables.preprocess.ImageError is a ValueError too
-        print(f"error: {err}", file=sys.stderr)
+        inputs, notes = image_inputs(args.images)
+        rows = predict_files(bundle, inputs, tta, device)
+    except ValueError as err:  # a bad bundle or policy: nothing is predicted
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps({"bundle": str(bundle.path), "tta": tta, "predictions": rows}, indent=2))
+    report(bundle, tta, rows, notes, as_json=args.json)
+    return 1 if any("skipped" in r for r in rows) else 0
+
+
+def report(
+    bundle: Bundle, tta: str, rows: list[dict[str, Any]], notes: list[str], as_json: bool
+) -> None:
+    """Every file's prediction or why it was skipped, on stdout; the count of skipped files and
+    the notes on stderr."""
+    from trainables.bundle import temperature_of
+
+    predicted = [r for r in rows if "skipped" not in r]
+    skipped = [{"image": r["image"], "reason": r["skipped"]} for r in rows if "skipped" in r]
+    if as_json:
+        out = {"bundle": str(bundle.path), "tta": tta, "predictions": predicted}
+        print(json.dumps(out | {"skipped": skipped}, indent=2))
     else:
         print(
             f"bundle {bundle.path} ({bundle.cfg.model}, {_preprocessing(bundle)[0]} px), "
             f"TTA {tta}, temperature {temperature_of(bundle):g}"
         )
         print(format_table(rows, bundle.classes))
-    return 0
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if skipped:
+        print(
+            f"{len(predicted)} file(s) predicted, {len(skipped)} skipped (exit status 1)",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

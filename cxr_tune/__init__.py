@@ -6,6 +6,7 @@ This package imports nothing from the project at import time, so `search/`, `ana
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -67,3 +68,13 @@ def prog(module: str) -> str:
     """The program name a module's parser shows in usage and errors: the `cxr-tune COMMAND`
     that runs it, else `python -m MODULE`."""
     return sys.argv[0] if sys.argv[0].startswith(COMMAND_PREFIX) else f"python -m {module}"
+
+
+def typed_command() -> str:
+    """This process's command line as the user typed it, shell-quoted: `cxr-tune sweep ...`
+    (`cxr_tune.cli` sets sys.argv so), else `python -m MODULE ...` or the script's name."""
+    if sys.argv[0].startswith(COMMAND_PREFIX):
+        return " ".join([sys.argv[0], *map(shlex.quote, sys.argv[1:])])
+    typed = list(getattr(sys, "orig_argv", []) or [sys.executable, *sys.argv])
+    typed[0] = Path(typed[0]).name  # python, not the interpreter's full path
+    return shlex.join(typed)

@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     command = COMMANDS[name]
-    sys.argv[0] = f"{COMMAND_PREFIX}{name}"  # the module's parser names the command (prog)
+    # The module's parser names the command (prog), and sys.argv is the command as typed.
+    sys.argv[:] = [f"{COMMAND_PREFIX}{name}", *rest]
     if command.parser and any(a in HELP_FLAGS for a in rest):
         _resolve(command.parser)().print_help()
         return 0

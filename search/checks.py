@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cxr_tune import prog
 from trainables.experiment import ExperimentRecord
 
 # Flags a resumed sweep keeps from its record: (flag, argparse dest). --num-samples is handled
@@ -21,6 +22,7 @@ from trainables.experiment import ExperimentRecord
 KEPT_ON_RESUME = (
     ("--data", "data"),
     ("--plugin", "plugin"),
+    ("--class-map", "class_map"),
     ("--profile", "profile"),
     ("--seed", "seed"),
     ("--sampler", "sampler"),
@@ -43,7 +45,7 @@ def check_up_front(args: argparse.Namespace, gpus_visible: int) -> list[str]:
     """
     from search.cluster import node_sizes
 
-    problems = [check_export(args.export)]
+    problems = [check_export(args.export, args.storage)]
     too_big = check_resources(args, node_sizes(args.address), gpus_visible)
     if too_big and args.address:
         # An autoscaling cluster may still add a node large enough: say so, do not refuse.
@@ -95,16 +97,26 @@ def writable_folder(path: Path, what: str) -> str | None:
     return None
 
 
-def check_export(export: Path | None) -> str | None:
-    """--export OUT: the bundle is built in OUT.new beside OUT, so OUT's parent must be
-    writable, and OUT itself must not be a file."""
+def check_export(export: Path | None, storage: str = "") -> str | None:
+    """--export OUT: the bundle is built in a hidden folder beside OUT, so OUT's parent must be
+    writable; OUT is replaced whole, so it must be new, empty or an earlier bundle
+    (`search.export.replace_refusal`), and must not hold the experiments (--storage)."""
     if export is None:
         return None
+    from search.export import replace_refusal
+
     out = export.expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        return f"--export {export} is a file, not a folder"
+    if refusal := replace_refusal(out):
+        return f"--export {export}: {refusal}"
     if out.is_dir() and not os.access(out, os.W_OK):
         return f"--export {export} cannot be written (permission denied)"
+    if storage and "://" not in storage:
+        runs = Path(storage).expanduser().resolve()
+        if runs == out or out in runs.parents:
+            return (
+                f"--export {export} holds --storage {storage}; the export replaces its folder "
+                f"whole: choose a folder outside the storage"
+            )
     return writable_folder(out.parent, "--export's parent folder")
 
 
@@ -148,9 +160,37 @@ def resume_changes(
     return None, wanted
 
 
+def space_edit(record: ExperimentRecord) -> str | None:
+    """A refusal when the experiment's space file was edited since the sweep started (its
+    content hash differs), naming what its define() and constants offer now that they did not;
+    None when unchanged, gone (loading it refuses), or recorded without a hash."""
+    path = Path(record.space)
+    if not record.space_sha256 or not path.is_file():
+        return None
+    from search.space import space_sha256
+
+    if space_sha256(path) == record.space_sha256:
+        return None
+    from search.preflight import space_changes, space_values
+
+    try:
+        changed = space_changes(record.space_values, space_values(path))
+    except ValueError as err:
+        changed = [f"it no longer loads: {err}"]
+    shown = "; ".join(changed[:6]) + (f"; {len(changed) - 6} more" if len(changed) > 6 else "")
+    if not changed:
+        shown = "its text; define() offers the same choices and constants on every branch"
+    return (
+        f"--resume: the space file {path} changed since the experiment started ({shown}); "
+        f"a resume trains the trials the experiment was started with: restore the file, or "
+        f"start a new experiment from it: {prog('search.run')} --space {path} --name "
+        f"{record.name}-2"
+    )
+
+
 def _effective(record: ExperimentRecord, dest: str) -> object:
     """What the experiment ran with for a flag's dest (a flag left out took a default)."""
-    if dest in ("data", "plugin"):
+    if dest in ("data", "plugin", "class_map"):
         return record.overrides.get(dest)
     if dest in ("cpus_per_trial", "gpus_per_trial", "profile", "wandb_mode"):
         return getattr(record, dest)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cxr_tune import prog
 from search.space import SAMPLER_CHOICES, find_space
@@ -276,6 +277,14 @@ def _where_and_how(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also show Ray's own output (its config box, INFO lines, the trials' prints)",
     )
+
+
+def refuse(message: str) -> NoReturn:
+    """Refuse what the flags ask for (not how they are spelled): one line on stderr, exit
+    status 2. argparse's usage block is for usage errors (an unknown flag, a value of the wrong
+    kind) and --help."""
+    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
+    raise SystemExit(2)
 
 
 def choose_profile(requested: str, gpus: int) -> tuple[Profile, str]:

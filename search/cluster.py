@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -27,14 +28,44 @@ def quiet_ray(verbose: bool) -> None:
     - Its "Configuration for experiment" box and a TensorBoard hint at a staging folder: the new
       output engine prints both even at verbose=0, the legacy one prints nothing at 0.
     - Its C++ log lines, such as the error-level core_worker.cc warning about the W&B logging
-      actors' constructor arguments (Ray creates them with max_restarts=-1). Ray then prints one
-      info line saying it read RAY_BACKEND_LOG_LEVEL; that one cannot be turned off.
+      actors' constructor arguments (Ray creates them with max_restarts=-1). The info line Ray
+      then prints saying it read RAY_BACKEND_LOG_LEVEL is held back by `without_level_notice`.
     - Its Python INFO lines: `ray_logging_level`.
     """
     if verbose:
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+
+
+# Ray's C++ logging says it read RAY_BACKEND_LOG_LEVEL in an INFO line ("logging.cc:303: Set ray
+# log level from environment variable ...") before that level applies (checked with Ray 2.60).
+_LEVEL_NOTICE = re.compile(r"logging\.cc:\d+: Set ray log level from environment variable")
+
+
+@contextlib.contextmanager
+def without_level_notice(verbose: bool) -> Iterator[None]:
+    """Start Ray inside this: Ray's C++ code writes its level notice straight to file descriptor
+    2 of the process that calls ray.init, so fd 2 goes to a temporary file while Ray starts, and
+    everything else written there is passed on to stderr afterwards. With --verbose (or without
+    RAY_BACKEND_LOG_LEVEL, so no notice) nothing is held."""
+    if verbose or "RAY_BACKEND_LOG_LEVEL" not in os.environ:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(x for x in lines if not _LEVEL_NOTICE.search(x)))
+            sys.stderr.flush()
 
 
 def ray_logging_level(verbose: bool) -> int:
@@ -47,7 +78,7 @@ def detect_gpus(address: str | None, verbose: bool = False) -> tuple[int, int]:
         return local_gpus()
     import ray
 
-    with keep_sigterm_handler(), _empty_dir() as neutral:
+    with keep_sigterm_handler(), _empty_dir() as neutral, without_level_notice(verbose):
         ray.init(
             address=address,
             log_to_driver=verbose,
@@ -132,7 +163,11 @@ def local_ray(verbose: bool = False) -> Iterator[None]:
     hidden = {k: os.environ.pop(k) for k in SECRET_ENV if k in os.environ}
     try:
         # search.signals: SIGTERM stops the sweep as Ctrl-C does
-        with keep_sigterm_handler(), _empty_dir(private) as neutral:
+        with (
+            keep_sigterm_handler(),
+            _empty_dir(private) as neutral,
+            without_level_notice(verbose),
+        ):
             ray.init(
                 object_store_memory=200 * 2**20,  # bytes; trials pass nothing big through it
                 include_dashboard=False,

@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -54,6 +56,7 @@ ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4  # max abs difference of class probabilities, ONNX vs PyTorch
 ONNX_OPSET = 17
 CHECK_BATCH = 8  # images in the ONNX check (batch > 1 exercises the dynamic batch axis)
+STAGED_BUNDLE = "bundle"  # the bundle is built in .OUT.<random>/bundle, then renamed to OUT
 
 
 def onnx_metadata(
@@ -249,6 +252,9 @@ def export_best(
     from trainables.train import load_checkpoint, model_from_checkpoint
 
     experiment_dir = Path(experiment_dir).resolve()
+    out = Path(out).resolve()
+    if refusal := replace_refusal(out):
+        raise ValueError(refusal)
     metric, mode = _metric_and_mode(experiment_dir, metric, mode)
     best = best_checkpoint(experiment_dir, metric, mode)
     model, cfg, classes = model_from_checkpoint(best.checkpoint_dir)
@@ -266,8 +272,9 @@ def export_best(
         except (ValueError, OSError) as err:  # the data is not here, or not the checkpoint's
             print(f"export: not calibrated ({err}); temperature 1.0", file=sys.stderr)
             calibration = {"temperature": 1.0, "fitted_on": None, "skipped": str(err)}
-    out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    for left in clean_staging(out):
+        print(f"export: removed {left}, left by an interrupted export", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         onnx_path = Path(tmp) / ONNX_FILE
         metadata = onnx_metadata(classes, preprocessing_of(cfg), multilabel)
@@ -285,7 +292,7 @@ def export_best(
             "mode": mode,
             "value": best.value,
         }
-        staged = Path(tmp) / "bundle"
+        staged = Path(tmp) / STAGED_BUNDLE
         save_bundle(
             staged,
             model,
@@ -312,19 +319,82 @@ def _data_extra(experiment_dir: Path) -> dict:
     return {"data": reports[0]} if reports else {}
 
 
+def export_dir(record: ExperimentRecord, out: Path | None = None) -> Path:
+    """Where the sweep `record` describes exports: `out` (--export), else STORAGE/NAME/export,
+    or runs/NAME/export here for an experiment at a URI."""
+    if out is not None:
+        return Path(out).expanduser().resolve()
+    if not is_uri(record.storage):
+        return Path(record.path) / EXPORT_DIR
+    return Path("runs").resolve() / record.name / EXPORT_DIR
+
+
 def export_record(record: ExperimentRecord, out: Path | None = None) -> Path:
     """Export the best checkpoint of the sweep `record` describes (local or at a URI, copied
-    here first) to `out`; default STORAGE/NAME/export, or runs/NAME/export for a URI."""
+    here first) to `export_dir(record, out)`."""
     if not is_uri(record.storage):
-        return export_best(
-            record.path, out or Path(record.path) / EXPORT_DIR, record.metric, record.mode
-        )
+        return export_best(record.path, export_dir(record, out), record.metric, record.mode)
     import pyarrow.fs
 
     source = Path(tempfile.mkdtemp(prefix="cxr-export-")) / record.name
     pyarrow.fs.copy_files(record.path, str(source))
-    out = out or Path("runs").resolve() / record.name / EXPORT_DIR
-    return export_best(source, out, record.metric, record.mode)
+    return export_best(source, export_dir(record, out), record.metric, record.mode)
+
+
+def replace_refusal(out: Path) -> str | None:
+    """Why the export may not write the folder `out`, or None. An export replaces its folder
+    whole, so it writes only where that deletes nothing it did not write: a new folder, an empty
+    one, or a bundle exported before that holds only the bundle's files."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out} is a file, not a folder"
+    names = sorted(os.listdir(out))
+    if not names:
+        return None
+    from trainables.bundle import BUNDLE_FILES, is_bundle
+
+    exported = (*BUNDLE_FILES, ONNX_FILE)
+    if is_bundle(out):
+        others = [n for n in names if n not in exported]
+        if not others:
+            return None
+        what = f"a bundle plus {_listing(out, others)}"
+    else:
+        what = f"{_listing(out, names)} and no bundle"
+    return (
+        f"{out} holds {what}; the export replaces its folder whole, so it writes only a new "
+        f"folder, an empty one or an earlier bundle: choose another folder"
+    )
+
+
+def _listing(folder: Path, names: list[str], shown: int = 5) -> str:
+    """'notes.txt, sub/ and 3 more' (folders end in /)."""
+    text = [f"{n}/" if (folder / n).is_dir() else n for n in names[:shown]]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(text) + more
+
+
+def clean_staging(out: Path) -> list[Path]:
+    """Remove the hidden folders an interrupted export of `out` left beside it (`.OUT.<random>`
+    while building, `.OUT.old` while replacing); only folders holding nothing but what the
+    export puts there are removed. Returns them."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.([a-z0-9_]{{8}}|old)")
+    from trainables.bundle import BUNDLE_FILES
+
+    staged = STAGED_BUNDLE  # save_bundle builds it in .STAGED.new.<random>.tmp, then STAGED.new
+    ours = {*BUNDLE_FILES, ONNX_FILE, staged, f"{staged}.new", f"{staged}.old"}
+    removed: list[Path] = []
+    if not out.parent.is_dir():
+        return removed
+    for left in sorted(out.parent.iterdir()):
+        if not pattern.fullmatch(left.name) or not left.is_dir() or left.is_symlink():
+            continue
+        names = os.listdir(left)
+        if all(n in ours or n.startswith(f".{staged}.") for n in names):
+            shutil.rmtree(left, ignore_errors=True)
+            removed.append(left)
+    return removed
 
 
 def _replace_dir(new: Path, out: Path) -> None:

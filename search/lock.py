@@ -27,11 +27,11 @@ import errno
 import fcntl
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from cxr_tune import typed_command
 from trainables.experiment import LOCK_FILE, LockHolder, parse_lock
 
 
@@ -44,7 +44,7 @@ class LockedError(LockError):
 
 
 def this_holder() -> LockHolder:
-    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
+    command = typed_command()[:200]
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return LockHolder(os.getpid(), socket.gethostname(), started, command)
 

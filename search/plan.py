@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 from cxr_tune import code_version, version_label
 from search import storage
 from search.checkpoints import asha_milestones
-from search.checks import resume_changes
-from search.cli import Profile, choose_profile
+from search.checks import resume_changes, space_edit
+from search.cli import Profile, choose_profile, refuse
 from search.resources import measure_before_packing
-from search.space import Space, load_space
+from search.space import Space, load_space, space_sha256
 from search.tracking import resolve_mode, scrub
 from search.tuner import choose_sampler, startup_trials
 from trainables.experiment import (
@@ -80,7 +80,7 @@ def new_experiment(
         print(f"POINTS_TO_EVALUATE: {point} left out (outside CPU_CHOICES)", flush=True)
     grace = args.grace_period or profile.grace_period or space.grace_period
     if grace > space.max_epochs:
-        parser.error(f"--grace-period {grace} exceeds the {space.max_epochs} epochs of the run")
+        refuse(f"--grace-period {grace} exceeds the {space.max_epochs} epochs of the run")
     gpus_per_trial = _gpus_per_trial(args, gpus, card_bytes)
     # checkpoints at every ASHA rung and the last epoch, so a stopped trial ends on one
     overrides["checkpoint_epochs"] = list(
@@ -107,7 +107,7 @@ def measure_gpu_memory(
         packing = card_bytes if record.gpus_per_trial is None and not args.address else 0
         return replace(record, gpu_memory=measure_before_packing(space.define, packing))
     except ValueError as err:
-        parser.error(str(err))
+        refuse(str(err))
 
 
 def fetch_models(
@@ -169,7 +169,7 @@ def _load(
             seed=seed,
         )
     except ValueError as err:
-        parser.error(str(err))
+        refuse(str(err))
 
 
 def make_record(
@@ -198,6 +198,7 @@ def make_record(
         reduction_factor=record_rf(args, profile, space),
         num_samples=num_samples,
         points_to_evaluate=space.points_to_evaluate,
+        space_sha256=space_sha256(space.path),
         tpe_startup_trials=startup_trials(num_samples, len(space.points_to_evaluate)),
         sampler=choose_sampler(args.sampler or space.sampler, num_samples, space.param_kinds),
         max_concurrent=args.max_concurrent or profile.max_concurrent,
@@ -260,9 +261,9 @@ def run_preflight(parser: argparse.ArgumentParser, space: Space) -> Preflight:
     try:
         checked = preflight(space)
     except ValueError as err:
-        parser.exit(2, f"error: {' '.join(str(err).split())}\n")
+        refuse(str(err))
     except OSError as err:  # a folder the user cannot list (PermissionError names it)
-        parser.exit(2, f"error: the data cannot be read: {err.strerror}: {err.filename}\n")
+        refuse(f"the data cannot be read: {err.strerror}: {err.filename}")
     print(checked.format(), flush=True)
     checked.leakage = audit_leakage(checked.configs, lambda line: print(line, flush=True))
     return checked
@@ -302,7 +303,7 @@ def resume_plan(
     from ray import tune
 
     if not tune.Tuner.can_restore(record.path):
-        parser.error(
+        refuse(
             f"{record.path} cannot be restored (no experiment state yet); "
             f"remove it or choose another --name"
         )
@@ -310,10 +311,12 @@ def resume_plan(
         from search.repair import resume_problem
 
         if message := resume_problem(Path(record.path)):
-            parser.error(f"--resume: {message}")
+            refuse(f"--resume: {message}")
     refusal, more_samples = resume_changes(parser, args, record)
     if refusal:
-        parser.error(refusal)
+        refuse(refusal)
+    if refusal := space_edit(record):
+        refuse(refusal)
     if more_samples:
         print(f"resume: --num-samples {more_samples} (was {record.num_samples})", flush=True)
         record = replace(record, num_samples=more_samples)
@@ -332,7 +335,7 @@ def resume_plan(
         record.seed,
     )
     if (space.metric, space.mode) != (record.metric, record.mode):
-        parser.error(
+        refuse(
             f"--resume: {record.space} now says metric {space.metric} ({space.mode}), but the "
             f"experiment ranks by {record.metric} ({record.mode}); a sweep cannot change its "
             f"metric: start a new experiment with another --name"
@@ -340,10 +343,9 @@ def resume_plan(
     checked = run_preflight(parser, space)  # the data may have moved or changed since
     record, space = fetch_models(parser, args, record, space)  # files on this machine again
     if changed := data_changes(saved_data_reports(record), checked.reports):
-        parser.exit(
-            2,
-            f"error: --resume: the data changed since the experiment started ({changed}); "
-            f"its trials would mix two datasets: restore the data or start a new --name\n",
+        refuse(
+            f"--resume: the data changed since the experiment started ({changed}); "
+            f"its trials would mix two datasets: restore the data or start a new --name"
         )
     return record, space
 

@@ -23,11 +23,12 @@ turns it into exit status 2 before any trial or experiment folder exists.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from search.space import RUN_KEYS, Space, SpaceDefine, check_metric
+from search.space import RUN_KEYS, Space, SpaceDefine, check_metric, load_module
 from trainables.config import TrialConfig, field_names
 from trainables.data import DataReport, dataset_key, list_dataset, load_for_config
 from trainables.leakage import audit_settings, describe_audit, leakage_for_config
@@ -54,6 +55,8 @@ class Preflight:
     reports: list[DataReport]
     branches: int
     """define() paths walked."""
+    values: dict[str, list[str]]
+    """What the space file can make a trial (`space_values`), for the experiment record."""
     notes: list[str] = field(default_factory=list)
     configs: list[TrialConfig] = field(default_factory=list)
     """One config per dataset setting (the run's own first)."""
@@ -76,7 +79,8 @@ class Preflight:
 
 def preflight(space: Space) -> Preflight:
     where = f"space file {space.path}"
-    configs, branches = explore(space.define, where)
+    configs, walked = _explore(space.define, where)
+    branches = len(walked)
     # The run's own configs (as sampled by load_space) first, so its dataset is reported first.
     by_key: dict[tuple, TrialConfig] = {}
     for cfg in [*space.samples, *configs]:
@@ -103,7 +107,8 @@ def preflight(space: Space) -> Preflight:
             list_dataset(data, class_map, True, separator)  # lists test; opens no image
         except ValueError as err:
             notes.append(f"the test split cannot be read, so analysis.report will refuse: {err}")
-    return Preflight(reports, branches, notes, list(by_key.values()))
+    values = space_values(space.path, walked)
+    return Preflight(reports, branches, values, notes, list(by_key.values()))
 
 
 def audit_leakage(
@@ -138,6 +143,8 @@ class _Probe:
         self.counts: list[int] = []
         self.params: dict[str, Any] = {}
         self.categorical: dict[str, list[Any]] = {}
+        self.offered: dict[str, str] = {}
+        """What each suggestion offered, in words ("choices [...]", "float in [a, b] (log)")."""
         self.number = 0
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
@@ -149,21 +156,54 @@ class _Probe:
         self.taken.append(pick)
         self.counts.append(len(choices))
         self.categorical.setdefault(name, []).extend(choices)
+        self.offered[name] = f"choices {choices!r}"
         self.params[name] = choices[pick]
         return choices[pick]
 
     def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
         value = low if self.end == "low" else high - (high - low) % step
+        self.offered[name] = _numeric("int", low, high, step if step != 1 else None, log)
         self.params[name] = value
         return value
 
     def suggest_float(self, name: str, low: float, high: float, *, step=None, log=False) -> float:
         value = float(low if self.end == "low" else high)
+        self.offered[name] = _numeric("float", low, high, step, log)
         self.params[name] = value
         return value
 
     def set_user_attr(self, key: str, value: Any) -> None:  # harmless in a probe
         pass
+
+
+def _numeric(kind: str, low: float, high: float, step: float | None, log: bool) -> str:
+    return (
+        f"{kind} in [{low!r}, {high!r}]"
+        + (f" step {step!r}" if step is not None else "")
+        + (" (log)" if log else "")
+    )
+
+
+def walk(
+    define: SpaceDefine, where: str, restricted: bool = False
+) -> Iterator[tuple[_Probe, dict[str, Any]]]:
+    """Every categorical branch of `define`, each at both numeric ends: (the probe that followed
+    it, what the file's define() returned); at most `EXPLORE_LIMIT` calls. The one rule for how a
+    space is walked. `restricted` walks only the choices the run keeps (CPU_CHOICES)."""
+    unrestricted = SpaceDefine(define.path, restrict=define.restrict if restricted else None)
+    stack, pushed, calls = [[]], {()}, 0
+    while stack and calls < EXPLORE_LIMIT:
+        path = stack.pop()
+        for end in ("low", "high"):
+            probe = _Probe(path, end)
+            yield probe, _call(unrestricted, probe, where)
+            calls += 1
+            for j in range(len(path), len(probe.counts)):
+                for alt in range(1, probe.counts[j]):
+                    child = tuple(probe.taken[:j]) + (alt,)
+                    if child not in pushed:
+                        pushed.add(child)
+                        stack.append(list(child))
 
 
 def explore(
@@ -172,36 +212,80 @@ def explore(
     """Every categorical branch of `define` (both numeric ends), each as a TrialConfig; every
     categorical value checked against its registry. Returns (configs, define() paths walked).
     `restricted` walks only the choices the run keeps (CPU_CHOICES): what its trials can be."""
-    restrict = define.restrict if restricted else None
-    unrestricted = SpaceDefine(
-        define.path, define.defaults, define.overrides, restrict, define.weight_files
-    )
-    configs: list[TrialConfig] = []
-    stack, pushed, calls = [[]], {()}, 0
-    while stack and calls < EXPLORE_LIMIT:
-        path = stack.pop()
-        for end in ("low", "high"):
-            probe = _Probe(path, end)
-            configs.append(_leaf(unrestricted, probe, where))
-            calls += 1
-            for j in range(len(path), len(probe.counts)):
-                for alt in range(1, probe.counts[j]):
-                    child = tuple(probe.taken[:j]) + (alt,)
-                    if child not in pushed:
-                        pushed.add(child)
-                        stack.append(list(child))
-    return configs, calls
+    configs, _ = _explore(define, where, restricted)
+    return configs, len(configs)
 
 
-def _leaf(define: SpaceDefine, probe: _Probe, where: str) -> TrialConfig:
+def _explore(
+    define: SpaceDefine, where: str, restricted: bool = False
+) -> tuple[list[TrialConfig], list[tuple[_Probe, dict[str, Any]]]]:
+    walked = list(walk(define, where, restricted))
+    configs = [
+        _leaf(probe, define.merge(returned, probe.params), where) for probe, returned in walked
+    ]
+    return configs, walked
+
+
+# Module constants of a space file that decide what its sweep trains (`search.space`).
+SPACE_CONSTANTS = (
+    "METRIC",
+    "MODE",
+    "MAX_EPOCHS",
+    "GRACE_PERIOD",
+    "REDUCTION_FACTOR",
+    "NUM_SAMPLES",
+    "POINTS_TO_EVALUATE",
+    "CPU_CHOICES",
+)
+
+
+def space_values(
+    path: str | Path, walked: Sequence[tuple[_Probe, dict[str, Any]]] | None = None
+) -> dict[str, list[str]]:
+    """What the space file at `path` can make a trial: each name its define() suggests (with its
+    choices or range) or returns (with its values) on any branch, and its module constants, in
+    words: the experiment record keeps it, so a resume can name what an edit changed. `walked`:
+    the file's `walk`, when the caller has it."""
+    if walked is None:
+        walked = list(walk(SpaceDefine(path), f"space file {path}"))
+    values: dict[str, set[str]] = {}
+    for probe, returned in walked:
+        for name, offered in probe.offered.items():
+            values.setdefault(name, set()).add(offered)
+        for name, value in returned.items():
+            if name not in probe.params:
+                values.setdefault(name, set()).add(repr(value))
+    module = load_module(Path(path))
+    for name in SPACE_CONSTANTS:
+        if hasattr(module, name):
+            values[name] = {repr(getattr(module, name))}
+    return {name: sorted(found) for name, found in sorted(values.items())}
+
+
+def space_changes(before: dict[str, list[str]], after: dict[str, list[str]]) -> list[str]:
+    """Each name whose values differ between two `space_values`, as 'name: old -> new'."""
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        old, new = list(before.get(name, [])), list(after.get(name, []))
+        if old != new:
+            changes.append(
+                f"{name}: {' | '.join(old) or 'absent'} -> {' | '.join(new) or 'absent'}"
+            )
+    return changes
+
+
+def _call(define: SpaceDefine, probe: _Probe, where: str) -> dict[str, Any]:
     try:
-        constants = define(probe)
+        return define(probe)
     except Exception as err:  # user code failing on one branch
         if str(err).startswith("space file"):
             raise
         raise ValueError(
             f"{where}: define() fails on the branch {probe.params}: {type(err).__name__}: {err}"
         ) from err
+
+
+def _leaf(probe: _Probe, constants: dict[str, Any], where: str) -> TrialConfig:
     for name, choices in probe.categorical.items():
         bad = [c for c in choices if name in REGISTRIES and c not in REGISTRIES[name]]
         if bad:
@@ -223,3 +307,7 @@ def _leaf(define: SpaceDefine, probe: _Probe, where: str) -> TrialConfig:
         raise ValueError(
             f"{where}: the branch {probe.params} is not a valid TrialConfig: {err}"
         ) from None
+
+
+def _words(values: list[str]) -> str:
+    return " | ".join(values) or "absent"

@@ -24,7 +24,7 @@ from typing import Any
 
 from cxr_tune import prog
 from search import storage
-from search.cli import _bounded, _name
+from search.cli import _bounded, _name, refuse
 from trainables.experiment import (
     ExperimentRecord,
     RerunPlan,
@@ -57,23 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
 def plan_rerun(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple:
     """The record, the plan and its folder; every problem is a usage error before Ray starts."""
     if storage.is_uri(args.storage):
-        parser.error(f"--storage {args.storage}: re-runs need a local experiment folder")
+        refuse(f"--storage {args.storage}: re-runs need a local experiment folder")
     exp = Path(storage.experiment_path(str(Path(args.storage).resolve()), args.name))
     try:
         record = storage.read_record(str(exp))
     except ValueError as err:
-        parser.error(str(err))
+        refuse(str(err))
     if record is None:
-        parser.error(f"--name {args.name}: {exp} holds no finished sweep (no experiment record)")
+        refuse(f"--name {args.name}: {exp} holds no finished sweep (no experiment record)")
     ranked = ranked_trials(exp, record.metric, record.mode)
     if len(ranked) < args.top:
-        parser.error(
-            f"--top {args.top}: {exp} has only {len(ranked)} trial(s) with a scored checkpoint"
-        )
+        refuse(f"--top {args.top}: {exp} has only {len(ranked)} trial(s) with a scored checkpoint")
     name = args.rerun_name or f"top{args.top}-seeds{args.seeds}"
     folder = rerun_dir(exp, name)
     if folder.exists():
-        parser.error(f"{folder} exists (a re-run is never overwritten); pass another --rerun-name")
+        refuse(f"{folder} exists (a re-run is never overwritten); pass another --rerun-name")
     configs = [
         {
             "rank": i + 1,

@@ -23,12 +23,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from search import signals, storage
 from search.checks import check_up_front
-from search.cli import build_parser, resume_command
+from search.cli import build_parser, refuse, resume_command
 from search.cluster import detect_gpus, local_ray, quiet_ray
 from search.gpu_memory import oom_retry_callback
 from search.lock import LockError, experiment_lock
@@ -91,13 +92,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     quiet_ray(args.verbose)
     gpus, card_bytes = detect_gpus(args.address, args.verbose)
     for problem in check_up_front(args, gpus):
-        parser.error(problem)
+        refuse(problem)
     root = args.storage if storage.is_uri(args.storage) else str(Path(args.storage).resolve())
     name = args.name
     if args.resume and not name:
         name = None if storage.is_uri(root) else storage.newest_experiment(root)
         if not name:
-            parser.error(f"--resume: no experiment found in --storage {root}; pass --name")
+            refuse(f"--resume: no experiment found in --storage {root}; pass --name")
     name = name or default_name(args, gpus)
     # --- one writer per experiment (search.lock): held until the sweep ends -----------------
     path, notes = storage.experiment_path(root, name), []
@@ -107,7 +108,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                 print(f"lock: {note}", flush=True)
             return run_locked(parser, args, root, name, gpus, card_bytes)
     except LockError as err:  # taking the lock only: the sweep's own errors pass through
-        parser.error(str(err))
+        refuse(str(err))
 
 
 def run_locked(
@@ -122,17 +123,22 @@ def run_locked(
     try:
         recorded = storage.read_record(path)
     except ValueError as err:
-        parser.error(str(err))
+        refuse(str(err))
     if args.resume and recorded is None:
-        parser.error(f"--resume: {path} holds no {EXPERIMENT_FILE}")
+        refuse(f"--resume: {path} holds no {EXPERIMENT_FILE}")
     if recorded is not None:
         where = f"recorded in {EXPERIMENT_FILE}"
         print(f"profile: {recorded.profile} ({where}); resuming {path}", flush=True)
         record, space = resume_plan(parser, args, relocate(recorded, root, path))
+        from search.export import clean_staging, export_dir
+
+        for left in clean_staging(export_dir(record, args.export)):
+            print(f"resume: removed {left}, left by an interrupted export", flush=True)
         storage.write_record(record)  # where it is now, and the trial count it will reach
         return execute(args, record, space, card_bytes, restore=True)
     record, space = new_experiment(parser, args, root, name, gpus, card_bytes)
     checked = run_preflight(parser, space)  # exits 2 before any trial or folder exists
+    record = replace(record, space_values=checked.values)  # what a resume compares against
     record, space = fetch_models(parser, args, record, space)  # pretrained files, once
     record = measure_gpu_memory(parser, args, record, space, card_bytes)
     storage.write_record(record)
@@ -225,12 +231,13 @@ def finish(
             file=sys.stderr,
         )
         return 1
-    code = 0 if args.no_export else export_at_end(args, record)
-    print_next_steps(record, exported=not args.no_export and code == 0)
-    return code
+    bundle = None if args.no_export else export_at_end(args, record)
+    print_next_steps(record, bundle)
+    return 0 if args.no_export or bundle else 1
 
 
-def export_at_end(args: argparse.Namespace, record: ExperimentRecord) -> int:
+def export_at_end(args: argparse.Namespace, record: ExperimentRecord) -> Path | None:
+    """The bundle the sweep exported (None when the export failed, which it says why)."""
     from search.export import export_record
     from trainables.bundle import read_bundle_meta
 
@@ -238,7 +245,7 @@ def export_at_end(args: argparse.Namespace, record: ExperimentRecord) -> int:
         bundle = export_record(record, args.export)
     except ValueError as err:
         print(f"export failed: {err}", file=sys.stderr)
-        return 1
+        return None
     meta = read_bundle_meta(bundle)
     print(
         f"exported best checkpoint {meta['source']['trial']}/{meta['source']['checkpoint']}"
@@ -251,7 +258,7 @@ def export_at_end(args: argparse.Namespace, record: ExperimentRecord) -> int:
     logged = log_bundle(record, bundle, meta, quiet=not args.verbose)
     if logged:
         print(f"W&B: the bundle is the model artifact {record.name}-model (run {logged})")
-    return 0
+    return bundle
 
 
 if __name__ == "__main__":

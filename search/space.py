@@ -21,6 +21,7 @@ or a choice `TrialConfig` refuses shows up as one clear `ValueError` naming the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import inspect
 import sys
@@ -93,6 +94,12 @@ def check_metric(metric: str, classes: Sequence[str], where: str, multilabel: bo
 RUN_KEYS = ("epochs",)
 
 
+def space_sha256(path: str | Path) -> str:
+    """The space file's content hash: the experiment record keeps it, so a resume knows whether
+    the file was edited since."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def load_module(path: Path) -> types.ModuleType:
     """Import a space file by path without registering it in `sys.modules`."""
     path = Path(path)
@@ -153,6 +160,10 @@ class SpaceDefine:
         self._define = None
 
     def __call__(self, trial: Any) -> dict[str, Any]:
+        return self.merge(self.returned(trial), trial.params)
+
+    def returned(self, trial: Any) -> dict[str, Any]:
+        """What the space file's define() returns for `trial` (CPU_CHOICES applied), checked."""
         if self._define is None:
             self._define = load_module(Path(self.path)).define
         returned = self._define(_Restricted(trial, self.restrict) if self.restrict else trial)
@@ -162,11 +173,14 @@ class SpaceDefine:
                 f"space file {self.path}: define() must return a dict of constants or None, "
                 f"got {type(returned).__name__}"
             )
-        suggested = set(trial.params)
+        return returned
+
+    def merge(self, returned: Mapping[str, Any], suggested: Mapping[str, Any]) -> dict[str, Any]:
+        """The constants Ray merges into a trial's config, around the names it suggested."""
         merged = {k: v for k, v in self.defaults.items() if k not in suggested}
         merged.update(returned)
         merged.update({k: v for k, v in self.overrides.items() if k not in suggested})
-        values = {**merged, **trial.params}
+        values = {**merged, **suggested}
         key = f"{values.get('model')}/{values.get('weights')}"
         if key in self.weight_files and not values.get("weights_path"):
             merged["weights_path"] = self.weight_files[key]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import shutil
 import sys
 from collections.abc import Callable
@@ -16,7 +17,6 @@ from search.storage import is_uri, join_storage, read_text
 from trainables.config import TrialConfig
 from trainables.experiment import (
     DATA_REPORT_FILE,
-    EXPORT_DIR,
     TERMINAL_STATUSES,
     ExperimentRecord,
     journal_path,
@@ -168,12 +168,13 @@ def print_summary(summary: dict[str, Any], state: str, record: ExperimentRecord)
     )
 
 
-def print_next_steps(record: ExperimentRecord, exported: bool) -> None:
-    """What to do with the finished sweep: each tool pointed at this experiment's files."""
+def print_next_steps(record: ExperimentRecord, bundle: Path | None) -> None:
+    """What to do with the finished sweep: each tool pointed at this experiment's files (and at
+    the bundle it exported, wherever --export put it)."""
     where = record.local_dir
     steps = [("report", f"cxr-tune report {where}")]
-    if exported:
-        steps.append(("predict", f"cxr-tune predict {Path(where) / EXPORT_DIR} IMAGE..."))
+    if bundle is not None:
+        steps.append(("predict", f"cxr-tune predict {shlex.quote(str(bundle))} IMAGE..."))
     if record.wandb_mode == "offline":
         steps.append(("W&B", f"{wandb_sync_command(record.wandb_dir or where)}  (upload)"))
     elif record.wandb_mode == "online":

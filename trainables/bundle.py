@@ -44,6 +44,8 @@ CALIBRATION_KEY = "calibration"  # bundle.json: trainables.calibration.calibrate
 # head grows with the square of the size: 3200 px would allocate about 6 GB before refusing).
 MAX_IMAGE_SIZE = 1024
 MAX_CLASS_NAME = 64  # characters
+BUNDLE_FILES = (WEIGHTS_FILE, CONFIG_FILE, BUNDLE_META_FILE, MODEL_CARD_FILE)
+"""What `save_bundle` writes (an exporter may add its own files beside them, e.g. ONNX)."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,15 @@ def multilabel_of(source: Bundle | dict[str, Any]) -> dict[str, Any] | None:
     meta = source.extra if isinstance(source, Bundle) else source
     record = meta.get(MULTILABEL_KEY)
     return record if isinstance(record, dict) else None
+
+
+def is_bundle(path: str | Path) -> bool:
+    """Whether the folder holds a cxr-tune bundle (its bundle.json names the format); nothing
+    else is checked, so a damaged bundle still counts as one."""
+    try:
+        return _read_json(Path(path) / BUNDLE_META_FILE).get("format") == BUNDLE_FORMAT
+    except (ValueError, OSError):
+        return False
 
 
 def read_bundle_meta(bundle_dir: str | Path) -> dict[str, Any]:

@@ -320,7 +320,10 @@ def _plan_splits(
         chosen = [entries["train"][i] for i in train_all]
         labels = _strata(chosen, classes)
         patients = [e.patient for e in chosen]
-        train_idx, val_idx, how = split_train_val(labels, patients, split_seed, val_fraction)
+        folders = [str(e.path.parent) for e in chosen]
+        train_idx, val_idx, how = split_train_val(
+            labels, patients, split_seed, val_fraction, classes, folders
+        )
         splits = {
             "train": ("train", [train_all[i] for i in train_idx]),
             "val": ("train", [train_all[i] for i in val_idx]),

@@ -212,6 +212,12 @@ class ExperimentRecord:
     sampler: str = "tpe"
     """The Optuna sampler the sweep searches with (`search.tuner.SAMPLERS`); records written
     before the choice existed searched with TPE."""
+    space_sha256: str = ""
+    """The space file's content hash when the sweep started; a resume refuses an edited file
+    ("" for records written before the field existed: not checked)."""
+    space_values: dict[str, list[str]] = field(default_factory=dict)
+    """What the space file could make a trial then (`search.preflight.space_values`: each name
+    with its choices, range or values, and the module constants), to name what an edit changed."""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

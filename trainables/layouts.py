@@ -273,6 +273,18 @@ def _files_under(folder: Path, root: Path, listing: Listing) -> list[Path]:
     return files
 
 
+def image_files_under(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) below `folder`, sorted; an image file is one whose suffix is in
+    `IMAGE_SUFFIXES`; hidden files and folders are left out of both."""
+    images, others = [], []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in sorted(n for n in filenames if not _is_hidden(n)):
+            path = Path(dirpath) / name
+            (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(path)
+    return images, others
+
+
 ClassDirLister = Callable[[Path, list[Path], Path, Listing, dict[str, str]], list[Entry]]
 
 

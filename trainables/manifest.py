@@ -16,9 +16,11 @@
   `split_seed`). Without val rows the validation split is made from train as for folders.
 - Any other column is kept in the data report's `columns`, not an error.
 
-A manifest that cannot be read, lacks a column, has an empty label or an unknown split, lists a
-file twice, has one class, or puts a patient in two splits is refused, naming its rows; a row
-whose file is missing or unreadable is skipped and listed like any bad file (`layouts`).
+A manifest that cannot be read, names a column twice (also in another case or with spaces
+around it), has a row with more values than columns, lacks a column, has an empty label or an
+unknown split, lists a file twice, has one class, or puts a patient in two splits is refused,
+naming its columns or rows; a row whose file is missing or unreadable is skipped and listed
+like any bad file (`layouts`).
 """
 
 from __future__ import annotations
@@ -57,14 +59,22 @@ def read_rows(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
+            _check_header(path, list(reader.fieldnames or []))
             columns = [c.strip() for c in reader.fieldnames or []]
             reader.fieldnames = columns
-            rows = []
+            rows, overlong = [], []
             for row in reader:
+                if any((v or "").strip() for v in row.get(None, [])):  # csv's restkey
+                    overlong.append(reader.line_num)
                 rows.append({k: (v or "").strip() for k, v in row.items() if k is not None})
                 rows[-1]["_line"] = str(reader.line_num)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"manifest {path} cannot be read: {err}") from None
+    if overlong:
+        raise ValueError(
+            f"manifest {path}: {_rows_text(overlong)} have more values than the header's "
+            f"{len(columns)} columns {columns}; which column each belongs to is ambiguous"
+        )
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise ValueError(
@@ -74,6 +84,25 @@ def read_rows(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     if not rows:
         raise ValueError(f"manifest {path} has no rows")
     return rows, columns
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    """Each column named once: a repeated name, or names that differ only in case or surrounding
+    spaces (`label`, ` Label`), would leave which value counts to the reader's order. Read from
+    the raw header (pandas would rename a repeat to `label.1`)."""
+    seen: dict[str, list[int]] = defaultdict(list)
+    for i, name in enumerate(header, start=1):
+        if name.strip():
+            seen[name.strip().casefold()].append(i)
+    repeated = [places for places in seen.values() if len(places) > 1]
+    if repeated:
+        named = "; ".join(
+            " and ".join(f"{header[i - 1]!r} (column {i})" for i in places) for places in repeated
+        )
+        raise ValueError(
+            f"manifest {path}: the header names a column more than once: {named}; name each "
+            f"column once (names that differ only in case or spaces count as the same)"
+        )
 
 
 def _check_rows(path: Path, rows: list[dict[str, str]], fmt: LabelFormat) -> None:
@@ -153,13 +182,15 @@ def manifest_layout(path: Path, separator: str = DEFAULT_SEPARATOR) -> Layout:
 
 
 def _hold_out_test(train: list[Entry]) -> tuple[list[Entry], list[Entry], str]:
+    names = sorted({e.label for e in train})
     if train and train[0].codes is not None:  # multi-label: the rarest positive finding
         labels = strata(np.array([e.codes for e in train], dtype=np.int64))
+        names = []  # a stratum is a finding, not a label: named by its index
     else:
-        names = sorted({e.label for e in train})
         labels = np.array([names.index(e.label) for e in train], dtype=np.int64)
+    folders = [str(e.path.parent) for e in train]
     keep, held, how = split_train_val(
-        labels, [e.patient for e in train], TEST_SPLIT_SEED, TEST_FRACTION
+        labels, [e.patient for e in train], TEST_SPLIT_SEED, TEST_FRACTION, names, folders
     )
     what = f"{len(held)} rows ({TEST_FRACTION:.0%}, {how}, seed {TEST_SPLIT_SEED})"
     return [train[i] for i in keep], [train[i] for i in held], what

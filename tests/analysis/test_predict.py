@@ -4,11 +4,16 @@ pixels it was trained and validated on."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from analysis.predict import main as predict_main
 from analysis.predict import predict_files, preprocessing_ops_of
 from trainables.bundle import load_bundle, save_bundle
 from trainables.config import TrialConfig
@@ -16,6 +21,7 @@ from trainables.data import decode_file, load_for_config
 from trainables.models import build_model
 from trainables.train import predict_proba
 
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["NORMAL", "BACTERIA", "VIRAL"]
 
 
@@ -75,3 +81,51 @@ def test_bundle_without_recorded_ops_is_read_as_validated_on_plain_pixels(tmp_pa
     (path / "bundle.json").write_text(json.dumps(meta))
     # Such bundles' models were validated without equalization, so none is applied.
     assert preprocessing_ops_of(load_bundle(path)) == ()
+
+
+def test_predict_reports_every_file_of_good_broken_missing_and_folder_inputs(
+    tmp_path, files, capsys
+):
+    path, _, _ = _bundle(tmp_path, "geometric")
+    good = files[0]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a PNG at all")
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(files[1].read_bytes())
+    (folder / "sub" / "b.png").write_bytes(files[2].read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    missing = tmp_path / "gone.png"
+    args = [str(path), str(good), str(broken), str(folder), str(missing), "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tune", "predict", *args, "--device", "cpu"],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # Some files were skipped: exit status 1, and no traceback.
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    out = json.loads(proc.stdout)
+    predicted = [r["image"] for r in out["predictions"]]
+    # The good file and the folder's two images (recursively, sorted) have predictions.
+    assert predicted == [str(good), str(folder / "a.png"), str(folder / "sub" / "b.png")]
+    skipped = {r["image"]: r["reason"] for r in out["skipped"]}
+    assert skipped == {
+        str(broken): "not an image file Pillow can identify",
+        str(missing): "missing file",
+    }
+    assert "3 file(s) predicted, 2 skipped" in proc.stderr
+    assert "notes.txt" in proc.stderr  # the folder's other file is named, not predicted
+    # A skipped file changes nothing for the others: same probabilities as the good ones alone.
+    alone = predict_files(load_bundle(path), [good, folder / "a.png", folder / "sub" / "b.png"])
+    np.testing.assert_allclose(_probs(out["predictions"]), _probs(alone), rtol=0, atol=1e-6)
+    # Every file predicted: exit status 0; the table gives each file its line.
+    assert predict_main([str(path), str(good), str(folder), "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert str(folder / "sub" / "b.png") in table and "skipped" not in table
+    assert predict_main([str(path), str(broken), "--device", "cpu"]) == 1
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(str(broken)))
+    assert "skipped" in line and "not an image file Pillow can identify" in line

@@ -144,3 +144,46 @@ def test_resume_refuses_a_space_whose_metric_changed(capsys, tmp_path) -> None:
     _recorded(tmp_path, metric="val_acc", mode="max")
     line = _refused(capsys, "--storage", str(tmp_path), "--name", "exp", "--resume")
     assert "now says metric val_loss (min), but the experiment ranks by val_acc (max)" in line
+
+
+def test_export_into_a_user_folder_is_refused_before_ray_leaving_its_files(tmp_path) -> None:
+    mine = tmp_path / "my results"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    (mine / "sub" / "table.csv").write_text("1,2\n")
+    before = {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()}
+    storage = tmp_path / "runs"
+    # The real command line in its own process; afterwards it says whether Ray ever started.
+    code = (
+        "import sys\nfrom search.run import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+        "    ray = sys.modules.get('ray')\n"
+        "    print('ray started:', bool(ray and ray.is_initialized()))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--space", SMOKE, "--storage", str(storage)]
+        + ["--name", "exp", "--export", str(mine)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()  # one line: no usage block, no traceback
+    # Names the folder and what is in it.
+    assert f"--export {mine}: {mine} holds notes.txt, sub/ and no bundle" in line
+    assert "ray started: False" in proc.stdout and "profile:" not in proc.stdout
+    assert not (storage / "exp").exists()  # no experiment, no trial
+    assert {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
+
+
+def test_export_into_the_working_folder_or_around_the_storage_is_refused(
+    capsys, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "draft.md").write_text("mine")
+    line = _refused(capsys, "--storage", str(tmp_path / "runs"), "--export", ".")
+    assert f"--export .: {tmp_path} holds draft.md" in line
+    empty = tmp_path / "out"
+    line = _refused(capsys, "--storage", str(empty / "runs"), "--export", str(empty))
+    assert f"--export {empty} holds --storage {empty / 'runs'}" in line

@@ -151,3 +151,16 @@ def test_s3_lock_of_another_host_is_refused_naming_the_object(s3_uri) -> None:
         assert f"s3://locks/runs/exp/{LOCK_FILE}" in str(refused.value)
     finally:
         client.delete_object(Bucket="locks", Key=f"runs/exp/{LOCK_FILE}")
+
+
+def test_the_holders_command_is_quoted_as_typed(monkeypatch, capsys) -> None:
+    from cxr_tune import cli
+    from search.lock import this_holder
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/cxr-tune", "models", "--help"])
+    # The dispatcher runs `models --help`; the command is then what the user typed, once.
+    assert cli.main(sys.argv[1:]) == 0
+    assert this_holder().command == "cxr-tune models --help"
+    monkeypatch.setattr(sys, "argv", ["cxr-tune sweep", "--space", "my space.py"])
+    assert this_holder().command == "cxr-tune sweep --space 'my space.py'"
+    capsys.readouterr()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +35,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> dict:
-    """One CLI sweep over spaces/smoke.py: 6 trials of 3 epochs, 2 at a time, W&B offline."""
-    storage = tmp_path_factory.mktemp("sweep") / "runs"
+    """One CLI sweep over a copy of spaces/smoke.py (the resume tests edit it): 6 trials of 3
+    epochs, 2 at a time, W&B offline, exported to a folder of the user's choice (--export)."""
+    base = tmp_path_factory.mktemp("sweep")
+    storage, bundle, space = base / "runs", base / "my bundle", base / "smoke.py"
+    space.write_text((REPO / "spaces" / "smoke.py").read_text())
     env = {
         **os.environ,
         "WANDB_API_KEY": SECRET,
@@ -47,7 +52,9 @@ def sweep(tmp_path_factory) -> dict:
             "-m",
             "search.run",
             "--space",
-            "spaces/smoke.py",
+            str(space),
+            "--export",
+            str(bundle),
             "--storage",
             str(storage),
             "--name",
@@ -71,7 +78,15 @@ def sweep(tmp_path_factory) -> dict:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((exp / "summary.json").read_text())
     rows = {d.name.removeprefix("trial_"): read_results(d).rows for d in trial_dirs(exp)}
-    return {"proc": proc, "exp": exp, "summary": summary, "rows": rows}
+    return {
+        "proc": proc,
+        "exp": exp,
+        "summary": summary,
+        "rows": rows,
+        "bundle": bundle,
+        "space": space,
+        "storage": storage,
+    }
 
 
 def test_sweep_finishes_with_asha_stopping_some_trials(sweep) -> None:
@@ -161,7 +176,7 @@ def test_export_bundle_reloads_with_checkpoint_predictions_and_onnx_agrees(sweep
     from trainables.experiment import best_checkpoint
     from trainables.train import model_from_checkpoint, predict_proba
 
-    out = sweep["exp"] / "export"
+    out = sweep["bundle"]
     bundle = load_bundle(out)
     meta = json.loads((out / "bundle.json").read_text())
     best = best_checkpoint(sweep["exp"], "val_loss", "min")
@@ -247,10 +262,10 @@ def test_the_exported_bundle_is_a_model_artifact_of_the_experiment(sweep) -> Non
     artifact = artifacts[0]
     assert artifact.type == "model" and artifact.name == "smoke-model"
     files = {e.path: e for e in artifact.manifest.contents}
-    exported = {p.name for p in (sweep["exp"] / "export").iterdir() if p.is_file()}
+    exported = {p.name for p in sweep["bundle"].iterdir() if p.is_file()}
     # Every file of the bundle, referenced where it lies in the experiment folder.
     assert set(files) == exported and "model.onnx" in files
-    assert all(e.local_path.startswith(str(sweep["exp"] / "export")) for e in files.values())
+    assert all(e.local_path.startswith(str(sweep["bundle"])) for e in files.values())
     meta = json.loads(artifact.metadata)
     assert meta["source"]["value"] == sweep["summary"]["best"]["value"]
 
@@ -323,11 +338,14 @@ def test_the_output_is_quiet_and_ends_with_next_steps(sweep) -> None:
     assert "To visualize your results with TensorBoard" not in out
     assert not [line for line in out.splitlines() if " INFO " in line], out[-3000:]
     assert "core_worker.cc" not in out  # Ray's C++ warning about the logging actors' arguments
+    assert "logging.cc" not in out  # nor Ray's C++ notice that it read RAY_BACKEND_LOG_LEVEL
     exp = sweep["exp"]
     steps = sweep["proc"].stdout.split("next steps:")[-1]
     # Each next step names this experiment's files.
     assert f"cxr-tune report {exp}" in steps
-    assert f"cxr-tune predict {exp / 'export'} IMAGE..." in steps
+    # The bundle is where --export put it, not STORAGE/NAME/export.
+    assert f"cxr-tune predict {shlex.quote(str(sweep['bundle']))} IMAGE..." in steps
+    assert not (exp / "export").exists()
     assert f"wandb sync {exp / 'wandb'}/offline-run-*" in steps
     assert f"optuna-dashboard {journal_path(exp)}" in steps
     # No hint at a tool that is not there: the install line names the real package, and
@@ -338,3 +356,56 @@ def test_the_output_is_quiet_and_ends_with_next_steps(sweep) -> None:
     assert (f"tensorboard --logdir {exp}" in steps) == bool(installed_command("tensorboard"))
     # TensorBoard has something to show there: Ray's event files in the trial folders.
     assert list(exp.glob("trial_*/events.out.tfevents.*"))
+
+
+def _resume_copy(sweep: dict, tmp_path: Path) -> Path:
+    """The experiment's own files (record, Ray's state, the journal), without the trial folders:
+    what a resume reads before it may start Ray. A resume here never touches the sweep's."""
+    storage = tmp_path / "runs"
+    (storage / "smoke").mkdir(parents=True)
+    for f in sweep["exp"].iterdir():
+        if f.is_file():
+            shutil.copy2(f, storage / "smoke" / f.name)
+    return storage
+
+
+def test_a_resume_of_a_space_edited_in_place_is_refused_naming_the_change(
+    sweep, tmp_path, capsys
+) -> None:
+    import ray
+
+    from search.run import run
+
+    space, original = sweep["space"], sweep["space"].read_text()
+    storage = _resume_copy(sweep, tmp_path)
+    argv = ["--space", str(space), "--storage", str(storage), "--name", "smoke", "--resume"]
+    try:
+        # A numeric constant: 32 px trials would be ranked against 64 px ones.
+        space.write_text(original.replace('"image_size": 32', '"image_size": 64'))
+        proc = subprocess.run(
+            [sys.executable, "-m", "search.run", *argv],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+        (line,) = proc.stderr.strip().splitlines()  # one line: no usage block, no traceback
+        assert f"the space file {space} changed since the experiment started" in line
+        assert "image_size: 32 -> 64" in line
+        assert f"--space {space} --name smoke-2" in line  # how to start a new experiment
+        # A categorical's choices changed in place (Optuna would fail mid-resume on this one).
+        space.write_text(original.replace('"oversample"', '"weighted"'))
+        with pytest.raises(SystemExit) as refused:
+            run(argv)
+        assert refused.value.code == 2
+        assert not ray.is_initialized()  # refused before Ray started
+    finally:
+        space.write_text(original)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "balance: choices ['original', 'oversample'] -> choices ['original', 'weighted']" in line
+    # The copy is as it was: nothing of the experiment was changed by the refusals.
+    for f in (storage / "smoke").iterdir():
+        if f.name != "cxr_tune.lock":
+            assert f.read_bytes() == (sweep["exp"] / f.name).read_bytes(), f.name

@@ -128,3 +128,33 @@ def test_unreadable_manifests_name_the_file_and_the_expected_columns(tmp_path):
     garbage.write_bytes(b"path,label\n\xff\xfe\x00bad")
     with pytest.raises(ValueError, match=f"manifest {garbage} cannot be read"):
         load_dataset(str(garbage), image_size=S)
+
+
+@pytest.mark.parametrize(
+    "header, named",
+    [
+        ("path,label,label", "'label' (column 2) and 'label' (column 3)"),
+        ("path,label, Label ", "'label' (column 2) and ' Label ' (column 3)"),
+        ("Path,path,label", "'Path' (column 1) and 'path' (column 2)"),
+    ],
+    ids=["repeated", "case_and_spaces", "path_twice"],
+)
+def test_a_header_naming_a_column_twice_is_refused_naming_the_columns(tmp_path, header, named):
+    # csv.DictReader would keep the last 'label' silently (pandas renames it 'label.1').
+    manifest = tmp_path / "labels.csv"
+    rows = "".join(f"images/{i}.png,NORMAL,VIRAL\n" for i in range(4))
+    manifest.write_text(f"{header}\n{rows}")
+    with pytest.raises(ValueError, match="names a column more than once") as err:
+        load_dataset(str(manifest), image_size=S)
+    assert str(manifest) in str(err.value) and named in str(err.value)
+
+
+def test_a_row_with_more_values_than_columns_is_refused(tmp_path):
+    base = tmp_path / "m"
+    rows = image_rows(base, patients=12, split=lambda p: "train")
+    manifest = write_manifest(base / "labels.csv", rows)
+    text = manifest.read_text().splitlines()
+    text[3] += ",VIRAL"  # line 4: one value more than the header names
+    manifest.write_text("\n".join(text) + "\n")
+    with pytest.raises(ValueError, match=r"rows 4 have more values than the header's 6 columns"):
+        load_dataset(str(manifest), image_size=S)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from image_folders import S, make_folder, make_pediatric
+from image_folders import S, make_folder, make_pediatric, noise
 
 from trainables.data import load_dataset
 from trainables.splits import split_hash, split_train_val
@@ -77,3 +77,19 @@ def test_split_train_val_holds_out_whole_patients_in_every_class():
 def test_split_hash_ignores_order_but_not_membership():
     assert split_hash(["a", "b"], ["c"]) == split_hash(["b", "a"], ["c"])
     assert split_hash(["a", "b"], ["c"]) != split_hash(["a", "c"], ["b"])
+
+
+def test_a_class_of_one_image_is_refused_naming_the_class_and_its_folder(tmp_path):
+    # No patient ids (plain file names): the stratified shuffle split needs two of each class.
+    root = tmp_path / "data"
+    for cls, n in {"NORMAL": 6, "BACTERIA": 6, "VIRAL": 1}.items():
+        for i in range(n):
+            noise(root / "train" / cls / f"{cls.lower()}{i}.png", 100 * len(cls) + i)
+            noise(root / "test" / cls / f"{cls.lower()}{i}.png", 500 + 100 * len(cls) + i)
+    with pytest.raises(ValueError) as err:
+        load_dataset(str(root), image_size=S)
+    message = str(err.value)
+    # The class by name and the folder holding its one image, not scikit-learn's label index.
+    assert "class 'VIRAL' has 1 image" in message
+    assert str(root / "train" / "VIRAL") in message
+    assert "[2]" not in message and "least populated" not in message

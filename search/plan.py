@@ -364,9 +364,13 @@ def data_changes(saved: list[dict[str, Any]], now: list[DataReport]) -> str:
         if list(before.get("classes", [])) != report.classes:
             changes.append(f"classes {before.get('classes')} -> {report.classes}")
             continue
+        counted = len(changes)
         for split, counts in report.counts.items():
             for cls, n in counts.items():
                 was = before.get("counts", {}).get(split, {}).get(cls)
                 if was != n:
                     changes.append(f"{split} {cls} {was} -> {n} images")
+        files = before.get("files_sha256")
+        if len(changes) == counted and files and files != report.files_sha256:
+            changes.append("the same counts, but other train or validation files or labels")
     return "; ".join(changes[:6]) + (f"; {len(changes) - 6} more" if len(changes) > 6 else "")

@@ -19,6 +19,8 @@ The names other code imports from here (`CLASSES`, `CLASS_ALIASES`, `ImageError`
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -154,6 +156,9 @@ class DataReport:
     """Multi-label: split -> finding -> positive / negative / uncertain / unmentioned images."""
     dicom: dict[str, dict[str, int]] = field(default_factory=dict)
     """DICOM files listed, per 'photometric', 'bits_stored' and 'transfer_syntax' value."""
+    files_sha256: str = ""
+    """sha256 of the train and validation files with their classes (`files_hash`): same counts
+    with other files or labels differ here ("" in reports written before the field existed)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -294,6 +299,7 @@ def load_dataset(
     }
     train, val, test = splits["train"], splits["val"], splits.get("test")
     _count(report, classes, {"train": train, "val": val, "test": test})
+    report.files_sha256 = files_hash(classes, {"train": train, "val": val})
     record = {
         "hash": split_hash(train.paths, val.paths),
         "train": sorted(train.paths),
@@ -469,6 +475,16 @@ def _strata(entries: list[Entry], classes: list[str]) -> np.ndarray:
     if entries and entries[0].codes is not None:
         return strata(np.array([e.codes for e in entries], np.int64))
     return np.array([classes.index(e.label) for e in entries], dtype=np.int64)
+
+
+def files_hash(classes: list[str], splits: dict[str, Split]) -> str:
+    """sha256 of every (split, file, class) a trial trains and validates on, sorted."""
+    rows = sorted(
+        (name, path, classes[label] if isinstance(label, int) else label)  # multi-label: codes
+        for name, split in splits.items()
+        for path, label in zip(split.paths, split.labels.tolist(), strict=True)
+    )
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
 
 
 def _make_split(

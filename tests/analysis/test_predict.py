@@ -83,6 +83,7 @@ def test_bundle_without_recorded_ops_is_read_as_validated_on_plain_pixels(tmp_pa
     assert preprocessing_ops_of(load_bundle(path)) == ()
 
 
+@pytest.mark.slow
 def test_predict_reports_every_file_of_good_broken_missing_and_folder_inputs(
     tmp_path, files, capsys
 ):

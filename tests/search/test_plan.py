@@ -65,6 +65,15 @@ def test_data_changes_names_other_classes_and_other_counts() -> None:
     other = now(["A", "C"], {"train": {"A": 10, "C": 8}})
     assert data_changes(saved, other) == "classes ['A', 'B'] -> ['A', 'C']"
     assert data_changes([], same) == ""  # an experiment saved before data reports existed
+    # Same counts, other files (or labels): the files' hash tells them apart.
+    hashed = [{**saved[0], "files_sha256": "a" * 64}]
+    same[0].files_sha256 = "a" * 64
+    assert data_changes(hashed, same) == ""
+    same[0].files_sha256 = "b" * 64
+    assert data_changes(hashed, same) == (
+        "the same counts, but other train or validation files or labels"
+    )
+    assert data_changes(saved, same) == ""  # saved before the hash existed: counts only
 
 
 def test_a_data_folder_the_user_cannot_list_is_a_one_line_refusal(monkeypatch, capsys) -> None:

@@ -158,3 +158,16 @@ def test_a_row_with_more_values_than_columns_is_refused(tmp_path):
     manifest.write_text("\n".join(text) + "\n")
     with pytest.raises(ValueError, match=r"rows 4 have more values than the header's 6 columns"):
         load_dataset(str(manifest), image_size=S)
+
+
+def test_the_files_hash_follows_the_files_not_the_row_order(tmp_path):
+    # The resume's check of "same data": same counts from other files is other data.
+    base = tmp_path / "m"
+    rows = image_rows(base)
+    first = load_dataset(str(write_manifest(base / "a.csv", rows)), image_size=S).report
+    again = load_dataset(str(write_manifest(base / "b.csv", rows[::-1])), image_size=S).report
+    assert len(first.files_sha256) == 64 and again.files_sha256 == first.files_sha256
+    (base / "images" / "renamed.png").write_bytes((base / rows[0]["path"]).read_bytes())
+    renamed = [{**rows[0], "path": "images/renamed.png"}, *rows[1:]]
+    other = load_dataset(str(write_manifest(base / "c.csv", renamed)), image_size=S).report
+    assert other.counts == first.counts and other.files_sha256 != first.files_sha256

@@ -126,7 +126,7 @@ def fetch_models(
     try:
         plan = prepare_models(space, allow)
     except ValueError as err:
-        parser.exit(2, f"error: {' '.join(str(err).split())}\n")
+        refuse(str(err))
     if plan.dropped:
         space = drop_missing(space, plan)
         points = space.points_to_evaluate

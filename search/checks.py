@@ -1,6 +1,6 @@
 """Checks of flags and paths that need more than argparse: done once, before any work.
 
-Each returns a one-line message for `parser.error` (exit status 2, no traceback) or None:
+Each returns a one-line message for `search.cli.refuse` (exit status 2, no traceback) or None:
 resources larger than any node of the cluster, GPU flags on a machine without a GPU, storage and
 export folders that cannot be created or written, and a `--resume` whose flags disagree with the
 experiment it resumes.

@@ -633,8 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         out = generate(args.out, args.preset, args.seed, args.confounder, args.processes)
-    except ValueError as err:
-        parser.error(str(err))
+    except ValueError as err:  # a refusal, not a usage error: one line
+        parser.exit(2, f"error: {' '.join(str(err).split())}\n")
     n = sum(1 for _ in open(out / "metadata.csv")) - 1
     print(f"wrote {n} images to {out} in {time.perf_counter() - start:.1f} s")
     return 0

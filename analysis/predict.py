@@ -168,7 +168,8 @@ def predict_files(
     batch = torch.from_numpy(np.stack(pixels)).unsqueeze(1)  # (N, 1, S, S) uint8
     model = bundle.model.eval().to(device)
     if multilabel_of(bundle) is not None:
-        return _predict_findings(bundle, model, batch, images, policy_obj.name, ops, device)
+        _predict_findings(bundle, model, batch, decoded, policy_obj.name, ops, device)
+        return rows
     # Probabilities are calibrated with the temperature fitted on validation at export.
     result = evaluate_tta(
         model,
@@ -191,13 +192,14 @@ def _predict_findings(
     bundle: Bundle,
     model: torch.nn.Module,
     batch: torch.Tensor,
-    images: Sequence[str | Path],
+    rows: list[dict[str, Any]],
     policy: str,
     ops: tuple[str, ...],
     device: str | torch.device,
-) -> list[dict[str, Any]]:
-    """A multi-label bundle: one sigmoid probability per finding, and the findings at or over
-    their validation thresholds (`class`, joined by '|'; 'No Finding' for none)."""
+) -> None:
+    """A multi-label bundle: into each of `rows` (one per image of `batch`), one sigmoid
+    probability per finding and the findings at or over their validation thresholds (`class`,
+    joined by '|'; 'No Finding' for none)."""
     from trainables.bundle import multilabel_of
     from trainables.multilabel import NO_FINDING
     from trainables.train import predict_proba
@@ -209,19 +211,10 @@ def _predict_findings(
         )
     thresholds = multilabel_of(bundle).get("thresholds", {})
     probs = predict_proba(model, batch, device, cfg=bundle.cfg, preprocess=ops, multilabel=True)
-    out = []
-    for path, row in zip(images, probs.numpy(), strict=True):
-        p = {c: float(v) for c, v in zip(bundle.classes, row, strict=True)}
+    for row, values in zip(rows, probs.numpy(), strict=True):
+        p = {c: float(v) for c, v in zip(bundle.classes, values, strict=True)}
         found = [c for c in bundle.classes if p[c] >= thresholds.get(c, 0.5)]
-        out.append(
-            {
-                "image": str(path),
-                "class": "|".join(found) or NO_FINDING,
-                "findings": found,
-                "probabilities": p,
-            }
-        )
-    return out
+        row.update({"class": "|".join(found) or NO_FINDING, "findings": found, "probabilities": p})
 
 
 def format_table(rows: list[dict[str, Any]], classes: Sequence[str]) -> str:

@@ -1,10 +1,9 @@
 """Multi-seed re-runs of the top configurations (`search.rerun`): mean ± 95 % CI per
 configuration and whether the sweep's ranking of them holds across seeds.
 
-Each re-run trial's score is its best validation metric over its epochs (the statistic the sweep
-ranked its trials by, `trainables.experiment.rank_key`). The interval is Student's t interval of
-the mean over seeds (scipy.stats.t.interval, n - 1 degrees of freedom); with one seed there is
-no interval. The ranking holds when the configurations' order by mean equals the sweep's order;
+The scores, means and intervals come from `trainables.selection`, the rule the export selects
+its model by (each re-run trial scored by its best validation epoch; Student's t interval of the
+mean over seeds). The ranking holds when the configurations' order by mean equals the sweep's order;
 it is also said whether the first configuration's interval lies clear of the second's.
 """
 
@@ -12,81 +11,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis.document import Document
 from analysis.load import Experiment
-from analysis.stats import ALPHA, Interval
 from trainables import experiment as files
 from trainables.experiment import RerunPlan
 from trainables.markdown import md_code, md_text
+from trainables.selection import (  # the one rule, shared with the export
+    RerunScores,
+    load_rerun,
+    separated,
+    t_interval,
+)
+
+__all__ = ["RerunScores", "load_rerun", "ranking_holds", "separated", "t_interval", "verdict"]
 
 SHOWN_PARAMS = ("model", "balance", "augment", "lr", "weight_decay", "frozen_depth")
-
-
-@dataclass(frozen=True)
-class RerunScores:
-    """One planned configuration and its scores, one per seed that reported the metric."""
-
-    rank: int
-    """The sweep's rank of the configuration (1 = its best)."""
-    trial_id: str
-    sweep_value: float
-    params: dict
-    seeds: list[int]
-    values: list[float]
-
-    @property
-    def interval(self) -> Interval:
-        return t_interval(self.values)
-
-
-def t_interval(values: Sequence[float], confidence: float = 1.0 - ALPHA) -> Interval:
-    """Mean and Student's t interval over seeds; NaN bounds with fewer than two values."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return Interval(math.nan, math.nan, math.nan)
-    mean = float(x.mean())
-    if x.size < 2:
-        return Interval(mean, math.nan, math.nan)
-    sem = float(stats.sem(x))
-    if sem == 0.0:
-        return Interval(mean, mean, mean)
-    low, high = stats.t.interval(confidence, x.size - 1, loc=mean, scale=sem)
-    return Interval(mean, float(low), float(high))
-
-
-def load_rerun(folder: Path) -> tuple[RerunPlan, list[RerunScores]]:
-    """A re-run's plan and each configuration's per-seed scores, in the sweep's rank order."""
-    plan = files.read_rerun_plan(folder)
-    found: dict[int, dict[int, float]] = {c["rank"]: {} for c in plan.configs}
-    for d in files.trial_dirs(folder):
-        params = files.read_params(d)
-        config = plan.config_of(params)
-        best = files.best_of(files.trial_checkpoints(d, plan.metric), plan.mode)
-        if config is None or best is None:
-            continue  # a trial of no planned configuration, or one that never scored
-        found[config["rank"]][int(params.get("seed", 0))] = best.value
-    scores = []
-    for c in sorted(plan.configs, key=lambda c: c["rank"]):
-        by_seed = found[c["rank"]]
-        seeds = sorted(by_seed)
-        scores.append(
-            RerunScores(
-                c["rank"],
-                str(c["trial_id"]),
-                float(c["value"]),
-                dict(c["params"]),
-                seeds,
-                [by_seed[s] for s in seeds],
-            )
-        )
-    return plan, scores
 
 
 def ranking_holds(scores: Sequence[RerunScores], mode: str) -> bool:
@@ -96,15 +39,6 @@ def ranking_holds(scores: Sequence[RerunScores], mode: str) -> bool:
         return False
     order = sorted(range(len(scores)), key=lambda i: -means[i] if mode == "max" else means[i])
     return [scores[i].rank for i in order] == sorted(s.rank for s in scores)
-
-
-def separated(first: RerunScores, second: RerunScores, mode: str) -> bool:
-    """Whether the first configuration's interval lies entirely on the better side of the
-    second's (no overlap of the two 95 % intervals)."""
-    a, b = first.interval, second.interval
-    if any(math.isnan(v) for v in (a.low, a.high, b.low, b.high)):
-        return False
-    return a.low > b.high if mode == "max" else a.high < b.low
 
 
 def rerun_table(plan: RerunPlan, scores: Sequence[RerunScores]) -> pd.DataFrame:

@@ -34,6 +34,8 @@ KEPT_ON_RESUME = (
     ("--gpus-per-trial", "gpus_per_trial"),
     ("--wandb-project", "wandb_project"),
     ("--wandb-mode", "wandb_mode"),
+    ("--select-top", "select_top"),
+    ("--select-seeds", "select_seeds"),
 )
 
 
@@ -137,7 +139,9 @@ def resume_changes(
             continue
         if _same(recorded.get(dest), given) or _same(_effective(record, dest), given):
             continue
-        changed.append(f"{flag} {given} (the experiment has {recorded.get(dest)})")
+        had = recorded.get(dest)
+        had = _effective(record, dest) if had is None else had
+        changed.append(f"{flag} {given} (the experiment has {had})")
     space = Path(args.space).expanduser().resolve()
     if record.space and str(space) != record.space and not _same_file(space, record.space):
         changed.append(f"--space {space} (the experiment has {record.space})")

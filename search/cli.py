@@ -33,14 +33,19 @@ class Profile:
     grace_period: int | None = None  # None: the space's
     reduction_factor: int | None = None
     max_train_batches: int = 0  # 0: full epochs
+    select_top: int = 0  # configurations re-run with new seeds before export (0: off)
+    select_seeds: int = 0
 
 
 # CPU profile, for `make run` on a 2-core machine without a GPU: the small phantom (304 train /
 # 76 val images) at 64 px, at most 10 epochs and 10 trials, two at a time, only the space's
 # CPU_CHOICES; ASHA keeps the space's grace period (capped at the epochs) and factor.
 # Measured: about 2-3 minutes for `make run` with spaces/transfer.py on 2 shared cores.
+# Noise-aware selection is off on the CPU profile (re-running the top 3 with 3 seeds would about
+# double `make run`'s time on a laptop) and on for the full one: top 3 configurations x 3 seeds.
 CPU_PROFILE = Profile("cpu", "phantom:small", 64, 10, 10, 2)
-FULL_PROFILE = Profile("full", "phantom:full", 256, None, None, None)
+FULL_PROFILE = Profile("full", "phantom:full", 256, None, None, None, select_top=3, select_seeds=3)
+DEFAULT_SELECT_TOP, DEFAULT_SELECT_SEEDS = 3, 3  # when only one of the two flags is given
 PROFILES = ("auto", "cpu", "full")
 
 
@@ -273,6 +278,18 @@ def _where_and_how(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-export", action="store_true", help="skip the export at the end")
     p.add_argument(
+        "--select-top",
+        type=_bounded(int, 0, 1000, "an integer in [0, 1000]"),
+        help="after a finished sweep, re-run its top K configurations with new seeds and export "
+        "the best mean over seeds (0: off; default: the profile's, 3 on full, off on cpu)",
+    )
+    p.add_argument(
+        "--select-seeds",
+        type=_bounded(int, 1, 1000, "an integer in [1, 1000]"),
+        help=f"new seeds per re-run configuration (default: the profile's, else "
+        f"{DEFAULT_SELECT_SEEDS})",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="also show Ray's own output (its config box, INFO lines, the trials' prints)",
@@ -294,6 +311,17 @@ def choose_profile(requested: str, gpus: int) -> tuple[Profile, str]:
         return CPU_PROFILE, why
     why = f"{gpus} GPU(s) visible" if requested == "auto" else "--profile full"
     return FULL_PROFILE, why
+
+
+def selection_of(args: argparse.Namespace, profile: Profile) -> tuple[int, int]:
+    """(top K, seeds N) of the noise-aware selection; (0, 0) when off. A flag beats the
+    profile; either flag alone turns the selection on with the other's default."""
+    top, seeds = getattr(args, "select_top", None), getattr(args, "select_seeds", None)
+    if top is None:
+        top = profile.select_top if seeds is None else DEFAULT_SELECT_TOP
+    if not top:
+        return 0, 0
+    return top, seeds or profile.select_seeds or DEFAULT_SELECT_SEEDS
 
 
 def resume_command(record: ExperimentRecord) -> str:

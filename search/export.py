@@ -1,11 +1,15 @@
-"""Export the best checkpoint of a sweep as a self-contained bundle plus an ONNX model.
+"""Export the selected checkpoint of a sweep as a self-contained bundle plus an ONNX model.
 
     python -m search.export EXPERIMENT_DIR --out DIR [--metric NAME --mode max|min]
 
-Works from what the sweep left on disk, through `trainables.experiment`: the best checkpoint
-still on disk wins by its one rule (better metric, then the earlier epoch, then the smaller trial
-id), the rule `analysis.load` ranks by too. Ray keeps the best 2 checkpoints by the metric plus
-the latest per trial. Metric and mode default to the experiment record's.
+Works from what the sweep left on disk. Selection (`trainables.selection.choose_checkpoint`, the
+rule the report's re-run section uses too): when the experiment holds a complete multi-seed
+re-run (NAME/reruns/, `search.rerun`), the configuration with the best mean over its seeds wins
+and its seed closest to that mean is exported; bundle.json's `selection` records the mean, its
+95 % interval, the seeds and the runner-up. Without one, the best checkpoint still on disk wins
+by `trainables.experiment`'s one rule (better metric, then the earlier epoch, then the smaller
+trial id) and `selection` says it is a single run. Ray keeps the best 2 checkpoints by the
+metric plus the latest per trial. Metric and mode default to the experiment record's.
 
 The bundle (`trainables.bundle.save_bundle`: safetensors weights, config.json, bundle.json with
 preprocessing, classes, metrics and history) gets `model.onnx` (dynamic batch) next to it, checked
@@ -41,10 +45,10 @@ from trainables.experiment import (
     EXPORT_DIR,
     METRIC_MODES,
     ExperimentRecord,
-    best_checkpoint,
     read_data_report,
     read_record,
 )
+from trainables.selection import choose_checkpoint, describe
 
 if TYPE_CHECKING:  # torch, numpy and the model code load only when an export runs (fast --help)
     import numpy as np
@@ -256,7 +260,7 @@ def export_best(
     if refusal := replace_refusal(out):
         raise ValueError(refusal)
     metric, mode = _metric_and_mode(experiment_dir, metric, mode)
-    best = best_checkpoint(experiment_dir, metric, mode)
+    best, selection = choose_checkpoint(experiment_dir, metric, mode)
     model, cfg, classes = model_from_checkpoint(best.checkpoint_dir)
     state = load_checkpoint(best.checkpoint_dir)
     history = list(state["history"])
@@ -302,6 +306,7 @@ def export_best(
             history,
             extra={
                 "source": source,
+                "selection": selection,
                 "onnx": onnx_check,
                 CALIBRATION_KEY: calibration,
                 **extra_ml,
@@ -447,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     src, check = meta["source"], meta["onnx"]
     value = src["value"]
     print(f"exported {src['trial']}/{src['checkpoint']} ({src['metric']}={value:.4f}) to {out}")
+    print(describe(meta.get("selection", {})))
     print(
         f"ONNX vs PyTorch: max |diff| of probabilities {check['max_abs_diff_probabilities']:.2e}"
         f" (tolerance {check['tolerance']:.0e})"

@@ -24,7 +24,7 @@ from cxr_tune import code_version, version_label
 from search import storage
 from search.checkpoints import asha_milestones
 from search.checks import resume_changes, space_edit
-from search.cli import Profile, choose_profile, refuse
+from search.cli import Profile, choose_profile, refuse, selection_of
 from search.resources import measure_before_packing
 from search.space import Space, load_space, space_sha256
 from search.tracking import resolve_mode, scrub
@@ -186,6 +186,7 @@ def make_record(
     """What the sweep decides before it starts (flags > profile > space), for cxr-tune's record."""
     path = storage.experiment_path(root, name)
     num_samples = args.num_samples or min(profile.num_samples or math.inf, space.num_samples)
+    select_top, select_seeds = selection_of(args, profile)
     return ExperimentRecord(
         name=name,
         storage=root,
@@ -201,6 +202,8 @@ def make_record(
         space_sha256=space_sha256(space.path),
         tpe_startup_trials=startup_trials(num_samples, len(space.points_to_evaluate)),
         sampler=choose_sampler(args.sampler or space.sampler, num_samples, space.param_kinds),
+        select_top=select_top,
+        select_seeds=select_seeds,
         max_concurrent=args.max_concurrent or profile.max_concurrent,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
@@ -247,6 +250,21 @@ def announce(record: ExperimentRecord) -> None:
         f"{record.points_to_evaluate}, random start-up until {record.tpe_startup_trials} "
         f"trials have finished",
         flush=True,
+    )
+    print(selection_line(record), flush=True)
+
+
+def selection_line(record: ExperimentRecord) -> str:
+    """What the export will be chosen by (`trainables.selection`)."""
+    if record.select_top:
+        return (
+            f"selection: after the sweep, its top {record.select_top} configurations re-run with "
+            f"{record.select_seeds} new seeds each; the export is the best mean over seeds"
+        )
+    why = " (off on the cpu profile: it would about double the run's time)"
+    return (
+        f"selection: single run{why if record.profile == 'cpu' else ''}; the export is the "
+        f"sweep's best epoch; --select-top K --select-seeds N chooses by the mean over seeds"
     )
 
 

@@ -65,13 +65,29 @@ def plan_rerun(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tup
         refuse(str(err))
     if record is None:
         refuse(f"--name {args.name}: {exp} holds no finished sweep (no experiment record)")
-    ranked = ranked_trials(exp, record.metric, record.mode)
-    if len(ranked) < args.top:
-        refuse(f"--top {args.top}: {exp} has only {len(ranked)} trial(s) with a scored checkpoint")
     name = args.rerun_name or f"top{args.top}-seeds{args.seeds}"
+    try:
+        plan, folder = plan_of(record, exp, args.top, args.seeds, name)
+    except ValueError as err:
+        refuse(str(err))
+    return record, plan, folder
+
+
+def plan_of(
+    record: ExperimentRecord, exp: Path, top: int, seeds: int, name: str
+) -> tuple[RerunPlan, Path]:
+    """The re-run of `exp`'s `top` configurations with `seeds` new seeds, in the folder `name`;
+    ValueError (naming the flag) when the sweep has fewer scored trials or the folder exists."""
+    ranked = ranked_trials(exp, record.metric, record.mode)
+    if len(ranked) < top:
+        raise ValueError(
+            f"--top {top}: {exp} has only {len(ranked)} trial(s) with a scored checkpoint"
+        )
     folder = rerun_dir(exp, name)
     if folder.exists():
-        refuse(f"{folder} exists (a re-run is never overwritten); pass another --rerun-name")
+        raise ValueError(
+            f"{folder} exists (a re-run is never overwritten); pass another --rerun-name"
+        )
     configs = [
         {
             "rank": i + 1,
@@ -79,24 +95,31 @@ def plan_rerun(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tup
             "value": c.value,
             "params": read_params(c.trial_dir),
         }
-        for i, c in enumerate(ranked[: args.top])
+        for i, c in enumerate(ranked[:top])
     ]
-    # New seeds: the sweep's own (record.seed) is already one draw of each configuration.
-    seeds = [record.seed + 1 + i for i in range(args.seeds)]
     plan = RerunPlan(
         name=name,
         metric=record.metric,
         mode=record.mode,
-        seeds=seeds,
+        # New seeds: the sweep's own (record.seed) is already one draw of each configuration.
+        seeds=[record.seed + 1 + i for i in range(seeds)],
         configs=configs,
         source=str(exp),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    return record, plan, folder
+    return plan, folder
 
 
-def run_rerun(record: ExperimentRecord, plan: RerunPlan, folder: Path, args: argparse.Namespace):
-    """The second Ray run: each planned configuration once per seed, all epochs, FIFO."""
+def run_rerun(
+    record: ExperimentRecord,
+    plan: RerunPlan,
+    folder: Path,
+    max_concurrent: int | None = None,
+    cpus_per_trial: float | None = None,
+    verbose: bool = False,
+):
+    """The second Ray run: each planned configuration once per seed, all epochs, FIFO
+    (concurrency and CPUs per trial default to the sweep's)."""
     from search.cluster import detect_gpus, local_ray
     from search.tuner import TunerSettings, build_tuner, make_trainable
 
@@ -110,19 +133,60 @@ def run_rerun(record: ExperimentRecord, plan: RerunPlan, folder: Path, args: arg
         num_samples=len(points),
         grace_period=1,
         reduction_factor=2,
-        max_concurrent=args.max_concurrent or record.max_concurrent,
+        max_concurrent=max_concurrent or record.max_concurrent,
         seed=record.seed,
         search="points",
         asha=False,  # every seed trains to the end: the spread is the point
         points_to_evaluate=tuple(points),
         wandb_mode="disabled",
     )
-    cpus = args.cpus_per_trial or record.cpus_per_trial
+    cpus = cpus_per_trial or record.cpus_per_trial
     _, card_bytes = detect_gpus(None)
-    with local_ray():
+    with local_ray(verbose):
         trainable = make_trainable(cpus, record.gpus_per_trial, card_bytes)
         tuner = build_tuner(settings, None, trainable, param_space=space_of(points))
         return tuner.fit()
+
+
+def select_after_sweep(record: ExperimentRecord, verbose: bool = False) -> str | None:
+    """Noise-aware selection at the end of a finished sweep (`record.select_top` > 0): re-run its
+    top configurations with `record.select_seeds` new seeds in a new folder
+    (select-topK-seedsN, never overwritten), so the export that follows chooses by the mean
+    over seeds (`trainables.selection`). Returns a problem in words, None when it ran or is off;
+    the export then says which rule chose its model."""
+    if not record.select_top:
+        return None
+    if storage.is_uri(record.path):
+        return "the re-run needs a local experiment folder"
+    exp = Path(record.path)
+    ranked = ranked_trials(exp, record.metric, record.mode)
+    top = min(record.select_top, len(ranked))
+    if top < 1:
+        return "no trial has a scored checkpoint"
+    base = f"select-top{top}-seeds{record.select_seeds}"
+    name = next(
+        n
+        for n in (base, *(f"{base}-{i}" for i in range(2, 10000)))
+        if not rerun_dir(exp, n).exists()
+    )
+    plan, folder = plan_of(record, exp, top, record.select_seeds, name)
+    write_rerun_plan(folder, plan)
+    announce(record, plan, folder)
+    grid = run_rerun(record, plan, folder, verbose=verbose)
+    failed = [r for r in grid if r.error is not None]
+    print(f"re-run finished: {len(grid) - len(failed)} trials ok, {len(failed)} failed", flush=True)
+    return None
+
+
+def announce(record: ExperimentRecord, plan: RerunPlan, folder: Path) -> None:
+    print(
+        f"re-run {folder}: top {len(plan.configs)} configurations by {plan.metric} "
+        f"({plan.mode}) x seeds {plan.seeds} = {len(plan.configs) * len(plan.seeds)} trials, "
+        f"{record.max_epochs} epochs each, no early stopping",
+        flush=True,
+    )
+    for c in plan.configs:
+        print(f"  #{c['rank']} trial {c['trial_id']}: {plan.metric} {c['value']:.4f}", flush=True)
 
 
 def space_of(points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -148,15 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     record, plan, folder = plan_rerun(args, parser)
     write_rerun_plan(folder, plan)
-    print(
-        f"re-run {folder}: top {len(plan.configs)} configurations by {plan.metric} "
-        f"({plan.mode}) x seeds {plan.seeds} = {len(plan.configs) * len(plan.seeds)} trials, "
-        f"{record.max_epochs} epochs each, no early stopping",
-        flush=True,
-    )
-    for c in plan.configs:
-        print(f"  #{c['rank']} trial {c['trial_id']}: {plan.metric} {c['value']:.4f}", flush=True)
-    grid = run_rerun(record, plan, folder, args)
+    announce(record, plan, folder)
+    grid = run_rerun(record, plan, folder, args.max_concurrent, args.cpus_per_trial)
     failed = [r for r in grid if r.error is not None]
     print(
         f"re-run finished: {len(grid) - len(failed)} trials ok, {len(failed)} failed; "

@@ -231,15 +231,33 @@ def finish(
             file=sys.stderr,
         )
         return 1
+    select_at_end(args, record)
     bundle = None if args.no_export else export_at_end(args, record)
     print_next_steps(record, bundle)
     return 0 if args.no_export or bundle else 1
+
+
+def select_at_end(args: argparse.Namespace, record: ExperimentRecord) -> None:
+    """The multi-seed re-run of the top configurations the export then chooses from (off when
+    the record's select_top is 0); a failed re-run leaves the export to the single best run."""
+    from search.rerun import select_after_sweep
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        problem = select_after_sweep(record, args.verbose)
+    except ValueError as err:
+        problem = str(err)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Tune's handler again (see execute)
+    if problem:
+        print(f"selection: no re-run ({problem}); the export is one seed's best epoch", flush=True)
 
 
 def export_at_end(args: argparse.Namespace, record: ExperimentRecord) -> Path | None:
     """The bundle the sweep exported (None when the export failed, which it says why)."""
     from search.export import export_record
     from trainables.bundle import read_bundle_meta
+    from trainables.selection import describe
 
     try:
         bundle = export_record(record, args.export)
@@ -248,11 +266,12 @@ def export_at_end(args: argparse.Namespace, record: ExperimentRecord) -> Path | 
         return None
     meta = read_bundle_meta(bundle)
     print(
-        f"exported best checkpoint {meta['source']['trial']}/{meta['source']['checkpoint']}"
+        f"exported checkpoint {meta['source']['trial']}/{meta['source']['checkpoint']}"
         f" to {bundle} (bundle + model.onnx, ONNX max |diff| "
         f"{meta['onnx']['max_abs_diff_probabilities']:.1e})",
         flush=True,
     )
+    print(f"headline {describe(meta.get('selection', {}))}", flush=True)
     from search.tracking import log_bundle
 
     logged = log_bundle(record, bundle, meta, quiet=not args.verbose)

@@ -218,6 +218,11 @@ class ExperimentRecord:
     space_values: dict[str, list[str]] = field(default_factory=dict)
     """What the space file could make a trial then (`search.preflight.space_values`: each name
     with its choices, range or values, and the module constants), to name what an edit changed."""
+    select_top: int = 0
+    """Noise-aware selection (`trainables.selection`): after a finished sweep its top
+    `select_top` configurations are re-run with `select_seeds` new seeds and the export is the
+    best mean; 0: off (the export is the sweep's single best epoch)."""
+    select_seeds: int = 0
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from cxr_tune import PACKAGE
 from trainables.markdown import md_cell, md_code, md_text
+from trainables.selection import describe
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
 LICENCE = "MIT (the LICENSE file of the cxr-tune repository)"
@@ -42,6 +43,11 @@ def _metrics_lines(meta: dict[str, Any]) -> list[str]:
             f"{md_code(source.get('trial_id'))}, {md_code(source.get('checkpoint'))} of "
             f"experiment {md_code(experiment)}."
         )
+    selection = meta.get("selection")
+    if selection:  # how the checkpoint was chosen: mean over seeds, or one seed's best epoch
+        lines.append("")
+        line = describe(selection)
+        lines.append(md_text(line[:1].upper() + line[1:]) + ".")
     val = meta.get("metrics", {})
     shown = {k: v for k, v in val.items() if k.startswith("val_") and isinstance(v, float)}
     if shown:

@@ -1,5 +1,7 @@
-"""Multi-seed re-runs (search.rerun): a real sweep, then a second Ray run of its top 2
-configurations x 2 seeds, read back by analysis.reruns."""
+"""Multi-seed re-runs (search.rerun): a real sweep with --select-top 2 --select-seeds 2, whose
+finish step runs the second Ray run of its top 2 configurations x 2 seeds (search.rerun's plan
+and run) before the export chooses by the mean; read back by analysis.reruns. The command
+line's refusals are checked against the same experiment."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ def define(trial):
 """
 
 pytestmark = pytest.mark.slow
+NAME = "select-top2-seeds2"  # the re-run the sweep's --select-top 2 --select-seeds 2 makes
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -60,31 +63,40 @@ def rerun(tmp_path_factory) -> dict:
         "exp",
         "--num-samples",
         "3",
-        "--no-export",
+        "--select-top",
+        "2",
+        "--select-seeds",
+        "2",
         "--wandb-mode",
         "disabled",
     )
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
-    proc = cli(
-        "search.rerun",
-        "--name",
-        "exp",
-        "--storage",
-        str(storage),
-        "--top",
-        "2",
-        "--seeds",
-        "2",
-        "--max-concurrent",
-        "2",
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"exp": storage / "exp", "storage": storage, "proc": proc}
+    return {"exp": storage / "exp", "storage": storage, "sweep": sweep}
+
+
+def test_the_sweep_selects_by_the_mean_over_seeds_before_export(rerun) -> None:
+    """--select-top 2 --select-seeds 2: the finished sweep re-ran its top 2 with 2 seeds and
+    exported the best mean's closest-to-mean seed (trainables.selection, checked on its own
+    in tests/search/test_selection.py)."""
+    from trainables.selection import load_rerun, select
+
+    exp, out = rerun["exp"], rerun["sweep"].stdout
+    record = json.loads((exp / "cxr_tune.json").read_text())
+    assert (record["select_top"], record["select_seeds"]) == (2, 2)
+    assert "selection: after the sweep, its top 2 configurations re-run" in out
+    folder = rerun_dir(exp, NAME)
+    plan, scores = load_rerun(folder)
+    assert all(s.seeds == [1, 2] for s in scores)
+    chosen = select(plan, folder, scores)
+    meta = json.loads((exp / "export" / "bundle.json").read_text())
+    assert meta["selection"]["rerun"] == "select-top2-seeds2"
+    assert meta["source"]["trial"] == chosen.checkpoint.trial_dir.name
+    assert "headline selection: mean over 2 seeds (re-run select-top2-seeds2)" in out
 
 
 def test_rerun_trains_the_top_two_configurations_with_two_new_seeds(rerun) -> None:
     exp = rerun["exp"]
-    folder = rerun_dir(exp, "top2-seeds2")
+    folder = rerun_dir(exp, NAME)
     plan = read_rerun_plan(folder)
     ranked = ranked_trials(exp, "val_loss", "min")
     # The plan takes the sweep's own ranking (the report's and export's order), best first.
@@ -105,7 +117,7 @@ def test_rerun_trains_the_top_two_configurations_with_two_new_seeds(rerun) -> No
 
 
 def test_rerun_scores_match_the_trials_files_and_reach_the_report(rerun, tmp_path) -> None:
-    folder = rerun_dir(rerun["exp"], "top2-seeds2")
+    folder = rerun_dir(rerun["exp"], NAME)
     plan, scores = load_rerun(folder)
     assert [s.rank for s in scores] == [1, 2] and all(len(s.values) == 2 for s in scores)
     # Independent read: each trial's best (lowest) val_loss over epochs that kept a checkpoint
@@ -122,8 +134,8 @@ def test_rerun_scores_match_the_trials_files_and_reach_the_report(rerun, tmp_pat
     rerun_section(doc, load_experiment(rerun["exp"]), t)
     text = doc.markdown()
     assert "Multi-seed re-runs" in text and "ranking of its top 2 configurations" in text
-    assert "| mean | ci95_lower | ci95_upper |" in text  # the interval reaches the page
-    assert list(t["rerun_top2-seeds2"]["seeds"]) == [2, 2]
+    assert "| mean | ci95\\_lower | ci95\\_upper |" in text  # the interval reaches the page
+    assert list(t[f"rerun_{NAME}"]["seeds"]) == [2, 2]
 
 
 def test_rerun_refuses_bad_requests_before_starting_ray(rerun) -> None:
@@ -132,7 +144,10 @@ def test_rerun_refuses_bad_requests_before_starting_ray(rerun) -> None:
         "search.rerun", "--name", "exp", "--storage", storage, "--top", "5", "--seeds", "2"
     )
     assert too_many.returncode == 2 and "has only 3 trial(s)" in too_many.stderr
-    again = cli("search.rerun", "--name", "exp", "--storage", storage, "--top", "2", "--seeds", "2")
+    again = cli(
+        "search.rerun", "--name", "exp", "--storage", storage, "--top", "2", "--seeds", "2",
+        "--rerun-name", NAME,
+    )  # fmt: skip
     assert again.returncode == 2 and "never overwritten" in again.stderr
     missing = cli(
         "search.rerun", "--name", "nope", "--storage", storage, "--top", "1", "--seeds", "1"

@@ -242,13 +242,11 @@ def select_at_end(args: argparse.Namespace, record: ExperimentRecord) -> None:
     the record's select_top is 0); a failed re-run leaves the export to the single best run."""
     from search.rerun import select_after_sweep
 
-    handler = signal.getsignal(signal.SIGINT)
     try:
-        problem = select_after_sweep(record, args.verbose)
+        with signals.sigint_handler_restored():  # Ctrl-C stops the export, as after the sweep
+            problem = select_after_sweep(record, args.verbose)
     except ValueError as err:
         problem = str(err)
-    finally:
-        signal.signal(signal.SIGINT, handler)  # Tune's handler again (see execute)
     if problem:
         print(f"selection: no re-run ({problem}); the export is one seed's best epoch", flush=True)
 

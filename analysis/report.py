@@ -197,6 +197,8 @@ def run_report(
 
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    if resamples < 100:
+        raise ValueError(f"--resamples must be at least 100, got {resamples}")
     if wandb:
         resolve_wandb_mode(wandb_mode)  # a bad WANDB_MODE fails before the evaluation runs
     exp = load_experiment(experiment)
@@ -233,6 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=3, help="trials in the curves figure")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument(
+        "--resamples",
+        type=int,
+        default=1000,
+        help="bootstrap resamples of a multi-label report's per-finding AUROC intervals",
+    )
+    parser.add_argument(
         "--wandb", action="store_true", help="also log to the sweep's W&B group, as a report run"
     )
     parser.add_argument(
@@ -250,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.device,
             args.wandb or bool(args.wandb_mode),
             args.wandb_mode,
+            args.resamples,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -110,7 +110,9 @@ def _data_report_lines(report: Any) -> list[str]:
     lines = [
         f"Data report: {md_code(report.get('root'))} ({md_text(report.get('layout'))}), "
         f"{len(classes)} classes, {md_text(report.get('image_size'))} px "
-        f"{md_text(report.get('resize_mode'))}; images per class and split:",
+        f"{md_text(report.get('resize_mode'))}; "
+        + ("positive images per finding" if report.get("multilabel") else "images per class")
+        + " and split:",
         "",
         "| split | " + " | ".join(map(md_cell, classes)) + " | total |",
         "|---" * (len(classes) + 2) + "|",

@@ -138,7 +138,11 @@ def load_experiment(path: str | Path) -> Experiment:
     trial_dirs = files.trial_dirs(path)
     if not trial_dirs:
         raise ValueError(_no_trials_message(path))
-    ray_status = {s.dir_name: s.status for s in files.read_ray_states(path) if s.dir_name}
+    try:
+        ray_status = {s.dir_name: s.status for s in files.read_ray_states(path) if s.dir_name}
+    except ValueError as err:  # a torn Ray state stops a resume, not a report from the files
+        ray_status = {}
+        missing.append(f"{err}; trial statuses are read from the trial folders alone")
     trials = [_load_trial(d, metric, mode, max_epochs, ray_status) for d in trial_dirs]
     missing += _problems(trials, record, metric, ray_status)
     summary = files.read_summary_rows(path)

@@ -58,3 +58,18 @@ def test_a_resumed_trials_repeated_epoch_keeps_its_last_report(smoke_experiment,
     trial = next(t for t in load_experiment(exp_dir).trials if t.path == trial_dir)
     assert trial.history["epoch"].is_unique
     assert trial.history.set_index("epoch").loc[1, "val_loss"] == 0.123
+
+
+def test_a_torn_ray_state_is_a_note_and_the_trials_still_load(smoke_experiment, tmp_path):
+    exp_dir = tmp_path / "smoke"
+    shutil.copytree(smoke_experiment, exp_dir, copy_function=os.symlink)
+    whole = load_experiment(exp_dir)
+    state = max(exp_dir.glob("experiment_state-*.json"))
+    text = state.read_text()
+    state.unlink()  # a symlink into the shared fixture: replace it, never write through it
+    state.write_text(text[: len(text) // 2])  # a write cut short by a full disk
+    torn = load_experiment(exp_dir)
+    # The report still reads every trial from its folder, and says what it could not read.
+    assert [t.trial_id for t in torn.trials] == [t.trial_id for t in whole.trials]
+    assert [t.epochs for t in torn.trials] == [t.epochs for t in whole.trials]
+    assert any(state.name in m and "trial folders alone" in m for m in torn.missing)

@@ -33,6 +33,7 @@ from trainables.experiment import (
     rerun_dir,
     write_rerun_plan,
 )
+from trainables.selection import newest_complete_rerun
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,12 +171,22 @@ def select_after_sweep(record: ExperimentRecord, verbose: bool = False) -> str |
         if not rerun_dir(exp, n).exists()
     )
     plan, folder = plan_of(record, exp, top, record.select_seeds, name)
+    done, _ = newest_complete_rerun(exp, record.metric, record.mode)
+    if done is not None and same_rerun(done.plan, plan):  # a resumed sweep that had finished
+        print(f"selection: re-run {done.folder} already covers these configurations and seeds")
+        return None
     write_rerun_plan(folder, plan)
     announce(record, plan, folder)
     grid = run_rerun(record, plan, folder, verbose=verbose)
     failed = [r for r in grid if r.error is not None]
     print(f"re-run finished: {len(grid) - len(failed)} trials ok, {len(failed)} failed", flush=True)
     return None
+
+
+def same_rerun(a: RerunPlan, b: RerunPlan) -> bool:
+    """The same configurations (by the sweep's trial ids, in order) and the same seeds."""
+    ids = [c["trial_id"] for c in a.configs], [c["trial_id"] for c in b.configs]
+    return ids[0] == ids[1] and list(a.seeds) == list(b.seeds) and a.metric == b.metric
 
 
 def announce(record: ExperimentRecord, plan: RerunPlan, folder: Path) -> None:

@@ -140,8 +140,10 @@ def print_summary(summary: dict[str, Any], state: str, record: ExperimentRecord)
             for k in ("val_acc", "val_loss")
             if k in best["metrics"] and k != metric
         )
+        # with a selection re-run the headline is the mean over seeds, printed after it
+        label = "best single epoch (one seed)" if record.select_top else "best"
         print(
-            f"best {metric} {best['value']:.4f} (trial {best['trial_id']}, epoch "
+            f"{label} {metric} {best['value']:.4f} (trial {best['trial_id']}, epoch "
             f"{best['epoch']}{'; ' + others if others else ''}): {describe(best['config'])}"
         )
         print("  config: " + json.dumps(best["config"], sort_keys=True, default=str))

@@ -47,7 +47,12 @@ def _trial(parent: Path, dirname: str, params: dict, values: list[float], weight
         (d / name).mkdir()
         os.link(weights, d / name / "checkpoint.pt")
         rows.append(
-            {"epoch": epoch, "val_acc": value, "trial_id": dirname, "checkpoint_dir_name": name}
+            {
+                "epoch": epoch,
+                "val_acc": value,
+                "trial_id": dirname.removeprefix("trial_"),
+                "checkpoint_dir_name": name,
+            }
         )
     (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -185,3 +190,20 @@ def test_select_flags_follow_the_profile_are_recorded_and_kept_on_resume(tmp_pat
     full = ExperimentRecord(name="y", metric="val_acc", mode="max", select_top=3, select_seeds=3)
     refusal, _ = resume_changes(parser, parse("--resume", "--select-top", "1"), full)
     assert refusal and "--select-top 1 (the experiment has 3)" in refusal
+
+
+def test_a_finished_sweep_resumed_keeps_its_complete_selection_rerun(experiment, capsys) -> None:
+    """The resumed sweep's finish step finds the re-run it made before and starts no Ray run."""
+    from search.rerun import select_after_sweep
+    from trainables.experiment import ExperimentRecord
+
+    _add_rerun(experiment, "select-top3-seeds3", "2026-02-01T00:00:00+00:00")
+    record = ExperimentRecord(
+        name="exp", metric="val_acc", mode="max", path=str(experiment),
+        storage=str(experiment.parent), select_top=3, select_seeds=3, args={"seed": 0},
+    )  # fmt: skip
+    assert select_after_sweep(record) is None
+    assert "already covers these configurations and seeds" in capsys.readouterr().out
+    assert sorted(p.name for p in (experiment / "reruns").iterdir()) == ["select-top3-seeds3"]
+    off = ExperimentRecord(name="exp", metric="val_acc", mode="max", path=str(experiment))
+    assert select_after_sweep(off) is None  # --select-top 0: nothing to do

@@ -19,13 +19,13 @@ import pandas as pd
 
 from trainables import experiment as files
 from trainables.config import TrialConfig, field_names
-from trainables.experiment import ExperimentRecord, ScoredCheckpoint
-
-# Trial statuses, in words a report can print.
-COMPLETED = "completed"  # trained all max_epochs
-STOPPED = "stopped early"  # ended before max_epochs without error (ASHA)
-ERRORED = "errored"  # raised; error.txt in the trial dir
-UNFINISHED = "unfinished"  # still pending or running when the files were written
+from trainables.experiment import (
+    ERRORED,
+    UNFINISHED,
+    ExperimentRecord,
+    ScoredCheckpoint,
+    trial_outcome,
+)
 
 
 @dataclass
@@ -196,22 +196,10 @@ def _load_trial(
     record.best = files.best_of(scored, mode)
     record.error = files.read_error(d)
     target = max_epochs or (config.epochs if config else None)
-    record.status = _status(ray_status.get(d.name), record.error, epochs, target)
+    # Without Ray's saved state a trial short of its epochs counts as stopped (or is still
+    # running, which the files cannot tell apart).
+    record.status = trial_outcome(ray_status.get(d.name), epochs, target, record.error is not None)
     return record
-
-
-def _status(ray: str | None, error: str | None, epochs: int, target: int | None) -> str:
-    if ray == "ERROR" or (ray is None and error is not None):
-        return ERRORED
-    if ray in ("PENDING", "RUNNING", "PAUSED"):
-        return UNFINISHED
-    if target is not None and epochs >= target:
-        return COMPLETED
-    if ray == "TERMINATED":
-        return STOPPED
-    # No Ray state file: a trial short of its epochs was stopped (or is still running, which
-    # the files cannot tell apart).
-    return STOPPED if epochs > 0 else UNFINISHED
 
 
 def _problems(

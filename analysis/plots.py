@@ -20,10 +20,16 @@ from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 from torch import nn  # noqa: E402
 
-from analysis.load import COMPLETED, ERRORED, STOPPED, Experiment, TrialRecord  # noqa: E402
+from analysis.load import Experiment, TrialRecord  # noqa: E402
 from trainables.augment import normalize, to_float  # noqa: E402
 from trainables.cache import atomic_write_bytes  # noqa: E402
-from trainables.experiment import asha_milestones, journal_path  # noqa: E402
+from trainables.experiment import (  # noqa: E402
+    COMPLETED,
+    ERRORED,
+    STOPPED,
+    asha_milestones,
+    journal_path,
+)
 from trainables.models import feature_layer  # noqa: E402
 
 DPI = 110

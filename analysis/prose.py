@@ -12,11 +12,11 @@ import pandas as pd
 from analysis import plots, tables
 from analysis.document import Document, file_link
 from analysis.evaluate import Evaluator
-from analysis.load import COMPLETED, Experiment, TrialRecord
+from analysis.load import Experiment, TrialRecord
 from analysis.tables import TrialEval
 from analysis.tta import SEED_POLICIES
 from trainables.data import DataReport
-from trainables.experiment import read_data_report
+from trainables.experiment import COMPLETED, read_data_report
 from trainables.markdown import md_code, md_text
 from trainables.train import model_from_checkpoint
 

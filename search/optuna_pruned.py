@@ -42,7 +42,7 @@ from optuna.trial import TrialState
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables.experiment import best_epoch_row
+from trainables.experiment import COMPLETED, ERRORED, best_epoch_row, trial_outcome
 from trainables.vocab import PER_FINDING_PREFIXES
 
 logger = logging.getLogger(__name__)
@@ -93,9 +93,10 @@ class PrunedOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             return
         best = self._best_epoch(ot_trial)
-        if error:
+        how = trial_outcome(None, self._epoch(result) if result else 0, self.max_epochs, error)
+        if how == ERRORED:
             state, values = TrialState.FAIL, None
-        elif value is not None and self._epoch(result) >= self.max_epochs:
+        elif value is not None and how == COMPLETED:
             # The sweep ranks a trial by its best epoch (export and report do too).
             state, values = TrialState.COMPLETE, best[1] if best else float(value)
         else:

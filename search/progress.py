@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from trainables.experiment import TERMINAL_STATUSES, is_better
+from trainables.experiment import COMPLETED, TERMINAL_STATUSES, is_better, trial_outcome
 
 
 def make_progress_callback(metric: str, mode: str, max_epochs: int, num_samples: int):
@@ -48,7 +48,8 @@ def make_progress_callback(metric: str, mode: str, max_epochs: int, num_samples:
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             epoch = int((trial.last_result or {}).get("epoch", 0))
-            how = "finished" if epoch >= max_epochs else f"stopped early at epoch {epoch}"
+            done = trial_outcome(None, epoch, max_epochs) == COMPLETED
+            how = "finished" if done else f"stopped early at epoch {epoch}"
             self._line(trials, f"{trial.trial_id} {how}")
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:

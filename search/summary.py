@@ -16,12 +16,16 @@ from search.progress import describe
 from search.storage import is_uri, join_storage, read_text
 from trainables.config import TrialConfig
 from trainables.experiment import (
+    COMPLETED,
     DATA_REPORT_FILE,
+    ERRORED,
+    STOPPED,
     TERMINAL_STATUSES,
     ExperimentRecord,
     journal_path,
     parse_data_report,
     read_ray_states,
+    trial_outcome,
     wandb_sync_command,
 )
 
@@ -42,12 +46,14 @@ def trial_row(trial: Any, status: str, record: ExperimentRecord, gpus: float) ->
     """One trial's line of summary.json."""
     last = trial.last_result or {}
     epoch = int(last.get("epoch", 0))
+    outcome = trial_outcome(status, epoch, record.max_epochs)
     return {
         "trial_id": trial.trial_id,
         "status": status,
+        "outcome": outcome,
         "epochs": epoch,
-        "stopped_early": status == "TERMINATED" and epoch < record.max_epochs,
-        "error": status == "ERROR",
+        "stopped_early": outcome == STOPPED,
+        "error": outcome == ERRORED,
         "failures": int(getattr(trial, "num_failures", 0)),
         record.metric: last.get(record.metric),
         "seconds": float(last.get("time_total_s", 0.0)),
@@ -72,7 +78,7 @@ def summarize(
         "mode": record.mode,
         "trials": len(trials),
         "num_samples": record.num_samples,
-        "finished": sum(r["status"] == "TERMINATED" and not r["stopped_early"] for r in rows),
+        "finished": sum(r["outcome"] == COMPLETED for r in rows),
         "stopped_early": [
             {"trial_id": r["trial_id"], "epoch": r["epochs"]} for r in rows if r["stopped_early"]
         ],

@@ -35,9 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from trainables.experiment import (
+    COMPLETED,
+    ERRORED,
+    STOPPED,
+    UNFINISHED,
     WANDB_MODES,
     ExperimentRecord,
     best_epoch_row,
+    trial_outcome,
     wandb_mode,
 )
 
@@ -93,13 +98,24 @@ def trial_tags(config: Mapping[str, Any], experiment: Mapping[str, Any]) -> list
     return tags
 
 
+# The run tag of each outcome (`trainables.experiment.trial_outcome`); a run ends only when its
+# trial does, so one that reported no epoch was stopped early too.
+OUTCOME_TAGS = {
+    COMPLETED: "completed",
+    STOPPED: "stopped_early",
+    ERRORED: "error",
+    UNFINISHED: "stopped_early",
+}
+
+
 def outcome(epoch: int, max_epochs: int, failed: bool) -> dict[str, Any]:
     """How a trial ended, as its run's tag and summary fields (epoch: the last reported)."""
-    if failed:
-        return {"tag": "error", "stopped_early": False, "epochs": epoch}
-    if epoch < max_epochs:
-        return {"tag": "stopped_early", "stopped_early": True, "stop_epoch": epoch, "epochs": epoch}
-    return {"tag": "completed", "stopped_early": False, "epochs": epoch}
+    how = trial_outcome(None, epoch, max_epochs, raised=failed)
+    ended: dict[str, Any] = {"tag": OUTCOME_TAGS[how]}
+    ended["stopped_early"] = ended["tag"] == "stopped_early"
+    if ended["stopped_early"]:
+        ended["stop_epoch"] = epoch
+    return ended | {"epochs": epoch}
 
 
 def run_summary(

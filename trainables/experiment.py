@@ -542,6 +542,33 @@ def _checkpoint_epoch(ckpt: Path) -> int | None:
 
 TERMINAL_STATUSES = ("TERMINATED", "ERROR")  # Ray's statuses of a trial that will not run again
 
+# How a trial ended, in words a report can print (`trial_outcome` decides).
+COMPLETED = "completed"  # trained all max_epochs
+STOPPED = "stopped early"  # ended before max_epochs without error (ASHA or a time budget)
+ERRORED = "errored"  # raised (Ray's ERROR; error.txt in the trial dir)
+UNFINISHED = "unfinished"  # still pending or running, or nothing reported yet
+
+
+def trial_outcome(
+    status: str | None, epochs: int, max_epochs: int | None, raised: bool = False
+) -> str:
+    """COMPLETED, STOPPED, ERRORED or UNFINISHED: the one rule for how a trial ended, used by
+    summary.json, the W&B tags, the Optuna state, the progress lines and the report.
+
+    `status` is Ray's word (None when unknown: no saved Ray state, or a callback that only
+    knows whether the trial raised); `raised` decides ERRORED only without a status, since a
+    trial Ray retried after an error has an error.txt but may since have finished. `epochs` is
+    the last epoch it reported; `max_epochs` None when unknown."""
+    if status == "ERROR" or (status is None and raised):
+        return ERRORED
+    if status in ("PENDING", "RUNNING", "PAUSED"):
+        return UNFINISHED
+    if max_epochs is not None and epochs >= max_epochs:
+        return COMPLETED
+    if status == "TERMINATED" or epochs > 0:
+        return STOPPED
+    return UNFINISHED
+
 
 @dataclass(frozen=True)
 class RayTrialState:

@@ -12,8 +12,9 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from analysis import predict, report
-from analysis.load import ERRORED, load_experiment
+from analysis.load import load_experiment
 from trainables.data import load_for_config
+from trainables.experiment import ERRORED
 
 
 def _link_copy(src: Path, dst: Path) -> Path:

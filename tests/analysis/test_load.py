@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from analysis.load import COMPLETED, STOPPED, load_experiment
-from trainables.experiment import read_record
+from analysis.load import load_experiment
+from trainables.experiment import COMPLETED, STOPPED, read_record
 
 pytestmark = pytest.mark.slow  # needs the session's smoke sweep
 

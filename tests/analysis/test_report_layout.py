@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from analysis.document import _inline_html
-from analysis.load import COMPLETED
 from analysis.tables import compact, display
 from bench.report_screenshot import browser, layout, screenshot
+from trainables.experiment import COMPLETED
 from trainables.model_card import MODEL_CARD_FILE
 
 

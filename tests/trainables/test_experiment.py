@@ -13,8 +13,12 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.experiment import (
+    COMPLETED,
+    ERRORED,
     EXPERIMENT_FILE,
     SCHEMA_VERSION,
+    STOPPED,
+    UNFINISHED,
     ExperimentRecord,
     best_checkpoint,
     epoch_rows,
@@ -25,6 +29,7 @@ from trainables.experiment import (
     read_record,
     read_results,
     trial_checkpoints,
+    trial_outcome,
     write_record,
 )
 from trainables.models import build_model
@@ -167,3 +172,26 @@ def test_the_experiment_module_imports_no_search_library() -> None:
     # Plain JSON and files: search/ and analysis/ both import it; torch only when a checkpoint
     # that no result row names has to be opened.
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("status", "epochs", "max_epochs", "raised", "expected"),
+    [
+        ("TERMINATED", 4, 4, False, COMPLETED),  # trained every epoch
+        ("TERMINATED", 2, 4, False, STOPPED),  # ASHA or the time budget cut it short
+        ("TERMINATED", 0, 4, False, STOPPED),  # Ray ended it before its first report
+        ("ERROR", 4, 4, False, ERRORED),  # Ray's word wins over the epochs
+        ("TERMINATED", 4, 4, True, COMPLETED),  # retried after an error, then finished
+        ("RUNNING", 4, 4, False, UNFINISHED),  # a resume continues it
+        ("PENDING", 0, 4, False, UNFINISHED),
+        ("PAUSED", 2, 4, False, UNFINISHED),
+        (None, 2, 4, True, ERRORED),  # no Ray state: error.txt or Ray's failed flag decides
+        (None, 4, 4, False, COMPLETED),
+        (None, 2, 4, False, STOPPED),  # files alone: short of its epochs counts as stopped
+        (None, 0, 4, False, UNFINISHED),  # nothing reported yet
+        (None, 3, None, False, STOPPED),  # target unknown: never called completed
+        ("TERMINATED", 5, 4, False, COMPLETED),  # a space that lowered MAX_EPOCHS on resume
+    ],
+)
+def test_trial_outcome_is_decided_once_for_every_case(status, epochs, max_epochs, raised, expected):
+    assert trial_outcome(status, epochs, max_epochs, raised) == expected

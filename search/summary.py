@@ -22,8 +22,12 @@ from trainables.experiment import (
     STOPPED,
     TERMINAL_STATUSES,
     ExperimentRecord,
+    ScoredCheckpoint,
+    best_checkpoint,
+    best_of,
     journal_path,
     parse_data_report,
+    read_params,
     read_ray_states,
     trial_outcome,
     wandb_sync_command,
@@ -86,36 +90,64 @@ def summarize(
         "wall_s": wall_s,
         "gpu_hours": sum(r["seconds"] * r["gpus"] / 3600.0 for r in rows),
         "trial_rows": rows,
-        "best": best_epoch(grid, record.metric, record.mode),
+        "best": best_epoch(grid, record),
     }
 
 
-def best_epoch(grid: Any, metric: str, mode: str) -> dict[str, Any] | None:
-    """The best epoch of the best trial by Ray's own ranking (None when nothing scored)."""
+def best_epoch(grid: Any, record: ExperimentRecord) -> dict[str, Any] | None:
+    """The sweep's best: the checkpoint the export exports and the report ranks first, by the
+    product's one rule (`trainables.experiment.best_checkpoint`: the better value, then the
+    earlier epoch, then the smaller trial id), with that epoch's metrics; None when no kept
+    checkpoint scored. A local sweep is read from its files, exactly as the export reads them;
+    a sweep at a URI from the checkpoints Ray kept (`Result.best_checkpoints`)."""
+    if is_uri(record.path):
+        return _best_kept(grid, record.metric, record.mode)
     try:
-        best = grid.get_best_result(metric=metric, mode=mode, scope="all")
-    except (RuntimeError, KeyError, ValueError):
+        best = best_checkpoint(Path(record.path), record.metric, record.mode)
+    except ValueError:  # no trial, or nothing scored
         return None
-    if best is None or best.metrics_dataframe is None:
-        return None
-    if metric not in best.metrics_dataframe.columns:  # every trial failed before reporting
-        return None
-    # `best.metrics` is the trial's last epoch; the best epoch is a row of its history.
-    frame = best.metrics_dataframe.dropna(subset=[metric])
-    if not len(frame):
-        return None
-    row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
+    return _best_entry(best, read_params(best.trial_dir), str(best.trial_dir))
+
+
+def _best_kept(grid: Any, metric: str, mode: str) -> dict[str, Any] | None:
+    """`best_epoch` from Ray's results (public `ResultGrid` and `Result` accessors)."""
+    found: dict[str, tuple[dict[str, Any], str]] = {}
+    candidates = []
+    for result in grid:
+        for checkpoint, metrics in result.best_checkpoints or []:
+            value = metrics.get(metric)
+            if not _is_number(value) or "epoch" not in metrics:
+                continue
+            trial_id = str(metrics.get("trial_id", ""))
+            found[trial_id] = (result.config, str(result.path))
+            candidates.append(
+                ScoredCheckpoint(
+                    Path(checkpoint.path),
+                    trial_id,
+                    int(metrics["epoch"]),
+                    Path(checkpoint.path),
+                    float(value),
+                    dict(metrics),
+                )
+            )
+    best = best_of(candidates, mode)
+    return None if best is None else _best_entry(best, *found[best.trial_id])
+
+
+def _best_entry(best: ScoredCheckpoint, config: dict[str, Any], path: str) -> dict[str, Any]:
+    """summary.json's `best`."""
     return {
-        "trial_id": str(row.get("trial_id", best.metrics.get("trial_id"))),
-        "value": float(row[metric]),
-        "epoch": int(row.get("epoch", 0)),
-        "config": best.config,
+        "trial_id": best.trial_id,
+        "value": best.value,
+        "epoch": best.epoch,
+        "checkpoint": best.checkpoint_dir.name,
+        "config": config,
         "metrics": {
-            k: float(row[k])
-            for k in row.index
-            if k.startswith(("val_", "train_")) and _is_number(row[k])
+            k: float(v)
+            for k, v in best.row.items()
+            if k.startswith(("val_", "train_")) and _is_number(v)
         },
-        "path": best.path,
+        "path": path,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -153,6 +154,13 @@ def test_export_and_report_choose_the_same_checkpoint_on_a_tie(tied_experiment, 
     assert source["trial"] == best_trial.path.name == "trial_zzz"
     assert source["checkpoint"] == best_trial.best_checkpoint.name == "checkpoint_000001"
     assert source["trial_id"] == "aaa" and source["value"] == best_trial.best_score == 0.5
+    # summary.json's best is the same checkpoint (it used Ray's ranking, which knows no tie rule).
+    from search.summary import best_epoch
+
+    record = dataclasses.replace(read_record(tied_experiment), path=str(tied_experiment))
+    best = best_epoch(None, record)
+    assert (best["trial_id"], best["epoch"], best["checkpoint"]) == ("aaa", 2, source["checkpoint"])
+    assert best["value"] == source["value"] and best["path"] == str(best_trial.path)
     # The torn last lines were skipped, counted, and listed in words.
     assert all(t.damaged_rows == 1 for t in exp.trials)
     assert sum("damaged result.json line" in m for m in exp.missing) == 2

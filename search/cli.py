@@ -115,6 +115,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default only when it has one (not "(default: None)")."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
+        # argparse's documented extension point for HelpFormatter subclasses.
         if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)

@@ -71,6 +71,8 @@ def summarize(
     grid: Any, record: ExperimentRecord, wall_s: float, gpus_of: Callable[[dict], float]
 ) -> dict[str, Any]:
     """What happened, from the trials Ray tracked (statuses as saved for a resume)."""
+    # Private (checked on Ray 2.60.0): ResultGrid's Results carry no trial status, failure
+    # count, or id of a trial that never reported; summary.json lists every trial Ray tracked.
     trials = list(grid._experiment_analysis.trials)
     saved = saved_statuses(record)
     rows = [

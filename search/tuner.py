@@ -314,6 +314,6 @@ def restore_tuner(settings: TunerSettings, trainable: Any, callbacks: Sequence[A
         resume_unfinished=True,
         resume_errored=True,
     )
-    # Ray 2.60 has no public way to replace a restored Tuner's callbacks.
+    # Private (checked on Ray 2.60.0): no public way to replace a restored Tuner's callbacks.
     tuner._local_tuner.get_run_config().callbacks = _callbacks(settings, callbacks)
     return tuner

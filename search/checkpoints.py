@@ -93,7 +93,8 @@ def plan_checkpoints(
     if "checkpoint_every" in raw or not torch.cuda.is_available():
         return cfg
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    m, _ = (table or MemoryTable.load()).lookup(key_for(cfg, props.name, props.total_memory))
+    key = key_for(cfg, props.name, props.total_memory, len(train_labels))
+    m, _ = (table or MemoryTable.load()).lookup(key)
     if m is None or m.step_s <= 0:
         return cfg
     from trainables.balance import epoch_indices

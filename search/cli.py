@@ -228,6 +228,12 @@ def _resources(p: argparse.ArgumentParser) -> None:
         help="trials running at once (default: as many as resources allow)",
     )
     p.add_argument(
+        "--stream-data",
+        action="store_true",
+        help="stream training batches from the node's memory-mapped copy instead of keeping the "
+        "train split on the GPU (default: kept there when it fits the trial's share)",
+    )
+    p.add_argument(
         "--gpus-per-trial",
         type=_bounded(float, 0.0, 8.0, "a number in [0, 8]"),
         help="GPUs per trial (default: a fraction sized from the model's peak "

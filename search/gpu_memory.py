@@ -10,9 +10,13 @@ the real data) in a short-lived subprocess:
 
 It records `torch.cuda.max_memory_reserved()`, the process's CUDA context, the step, evaluation
 and checkpoint-save times, and the card's name and total memory into `$CXR_TUNE_CACHE/
-gpu_memory.json` (this module owns that file), keyed by all of those (`MemoryKey`). From it:
+gpu_memory.json` (this module owns that file), keyed by all of those and by the train split's
+decoded bytes (`MemoryKey.data_bytes`: a figure measured on a small set is never reused for a
+large one). The measurement streams the training batches, so `reserved` is the model's own
+need; the data is added by `with_data`:
 
-    need  = reserved + max(10% of reserved, 256 MiB) + context           (bytes on the card)
+    model = reserved + max(10% of reserved, 256 MiB) + context           (bytes on the card)
+    need  = model + data_bytes when the split is kept on the card (`keeps_data`), else model
     share = ceil(need / card_bytes to a multiple of 1/8), at least 1/8   (what Ray is asked for)
     cap   = (share * card_bytes - context) / card_bytes                  (allocator fraction)
 
@@ -49,7 +53,7 @@ from trainables.cache import atomic_write_text, cache_root, file_lock
 from trainables.config import TrialConfig
 
 CACHE_FILE = "gpu_memory.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keys carry data_bytes; reserved measured with streamed batches
 MIB = 2**20
 GIB = 2**30
 MARGIN_SHARE = 0.10  # of the measured peak: fragmentation over later epochs, other batch shapes
@@ -84,6 +88,7 @@ class MemoryKey:
     compile: bool
     card: str | None
     card_bytes: int
+    data_bytes: int = 0  # the train split's decoded bytes (images x image_size^2, uint8)
 
     def id(self) -> str:
         return "|".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
@@ -110,10 +115,19 @@ def precision_of(amp: str) -> str:
     return "fp32" if amp == "fp32" else "bf16"
 
 
+def train_bytes(train_images: int, image_size: int) -> int:
+    """Decoded bytes of a train split of `train_images` uint8 squares of `image_size` pixels."""
+    return int(train_images) * int(image_size) ** 2
+
+
 def key_for(
-    config: TrialConfig | Mapping[str, Any], card: str | None, card_bytes: int
+    config: TrialConfig | Mapping[str, Any],
+    card: str | None,
+    card_bytes: int,
+    train_images: int = 0,
 ) -> MemoryKey:
-    """The key of a trial config (a `TrialConfig` or Ray's dict; missing keys take the defaults)."""
+    """The key of a trial config (a `TrialConfig` or Ray's dict; missing keys take the defaults)
+    on a dataset whose train split holds `train_images` images."""
     if not isinstance(config, TrialConfig):
         base = TrialConfig()
         config = replace(base, **{k: v for k, v in config.items() if k in KEY_FIELDS})
@@ -127,6 +141,7 @@ def key_for(
         compile=bool(config.compile),
         card=card,
         card_bytes=int(card_bytes),
+        data_bytes=train_bytes(train_images, config.image_size),
     )
 
 
@@ -164,6 +179,26 @@ def margin_bytes(reserved: int) -> int:
 def need_bytes(m: Measurement) -> int:
     """Bytes of the card one trial of this shape occupies, margin included."""
     return int(m.reserved_bytes + margin_bytes(m.reserved_bytes) + m.context_bytes)
+
+
+def keeps_data(model_need: int, data_bytes: int, card_bytes: int, placement: str = "auto") -> bool:
+    """Whether a trial keeps its train split on the card (`TrialConfig.data_on_device`): 'auto'
+    when the model's need plus the split fit one card; otherwise batches stream from host memory
+    and the share holds the model alone."""
+    if placement != "auto":
+        return placement == "resident"
+    return model_need + data_bytes <= card_bytes
+
+
+def with_data(model_need: int, data_bytes: int, card_bytes: int, placement: str = "auto") -> int:
+    """Bytes of the card one trial occupies: the model's need, plus its data when kept there."""
+    keep = keeps_data(model_need, data_bytes, card_bytes, placement)
+    return int(model_need + (data_bytes if keep else 0))
+
+
+def data_budget(share: float, model_need: int, card_bytes: int) -> int:
+    """Bytes of a trial's share left for its train split after the model's measured need."""
+    return max(0, int(share * card_bytes) - int(model_need))
 
 
 def share_for(need: int, card_bytes: int) -> float:
@@ -236,9 +271,10 @@ class MemoryTable:
         return max(found, key=need_bytes) if found else None
 
     def lookup(self, key: MemoryKey) -> tuple[Measurement | None, str]:
-        """The entry for `key` and how it was found: "measured" (this shape), "upper bound"
-        (same model with a batch and image at least as large and nothing frozen: freezing only
-        removes gradients, Adam state and saved activations), or (None, "estimate")."""
+        """The entry for `key` and how it was found: "measured" (this shape on this dataset's
+        size), "upper bound" (same model with a batch, image and dataset at least as large and
+        nothing frozen: freezing only removes gradients, Adam state and saved activations), or
+        (None, "estimate")."""
         m = self.exact(key)
         if m is not None:
             return m, "measured" if m.source == "measured" else m.source
@@ -250,6 +286,7 @@ class MemoryTable:
             == (key.model, key.precision, key.compile)
             and m.key.batch_size >= key.batch_size
             and m.key.image_size >= key.image_size
+            and m.key.data_bytes >= key.data_bytes
             and m.key.frozen_depth == 0
         ]
         if bounds:
@@ -311,8 +348,8 @@ def measure_here(cfg: TrialConfig, steps: int = MEASURE_STEPS) -> Measurement:
         raise GpuMemoryError("no CUDA device visible: nothing to measure")
     device = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(device)
-    key = key_for(cfg, props.name, props.total_memory)
     data = load_for_config(cfg)
+    key = key_for(cfg, props.name, props.total_memory, len(data.train.labels))
     try:
         timings = _train_and_save(cfg, data, device, steps)
     except torch.cuda.OutOfMemoryError as err:
@@ -353,19 +390,27 @@ def _train_and_save(cfg: TrialConfig, data: Any, device: Any, steps: int) -> dic
 
     model, optimizer = build_training(cfg, len(data.classes), device)
     samplers = make_generators(cfg, device)
-    train_x, train_y = data.train.images.to(device), data.train.labels.to(device)
+    # Streamed, as a trial whose data does not fit keeps it: the figure is the model's own need,
+    # and the dataset's bytes are added where a trial keeps the split on the card (with_data).
+    train_x, train_y = data.train.images, data.train.labels
     criterion = build_criterion(cfg, data, device)
     step = make_step(cfg, model, optimizer, criterion, device)
     order = epoch_order(cfg, data, samplers["cpu"])
     # Warm-up: cuDNN autotuning, lazy CUDA modules; then the timed steps.
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda _: None)
     train_one_epoch(
-        replace(cfg, max_train_batches=1), step, train_x, train_y, order, samplers["device"]
+        replace(cfg, max_train_batches=1), step, train_x, train_y, order, samplers["device"], device
     )
     sync(device)
     started = time.perf_counter()
     train_one_epoch(
-        replace(cfg, max_train_batches=steps), step, train_x, train_y, order, samplers["device"]
+        replace(cfg, max_train_batches=steps),
+        step,
+        train_x,
+        train_y,
+        order,
+        samplers["device"],
+        device,
     )
     sync(device)
     step_s = (time.perf_counter() - started) / steps
@@ -508,20 +553,25 @@ def describe(m: Measurement) -> str:
 
 @contextlib.contextmanager
 def capped(
-    cfg: TrialConfig, share: float | None, table: MemoryTable | None = None
-) -> Iterator[None]:
+    cfg: TrialConfig,
+    share: float | None,
+    table: MemoryTable | None = None,
+    train_images: int = 0,
+) -> Iterator[int | None]:
     """Limit this process's CUDA allocator to its `share` of the card while the block runs; turn
-    an out-of-memory error into `GpuMemoryError` and record the larger need for the retry."""
+    an out-of-memory error into `GpuMemoryError` and record the larger need for the retry.
+    Yields the bytes of the share left for the train split (`data_budget`) when the model's need
+    was measured, else None (the trial then keeps it only within half the card's free memory)."""
     import torch
 
     if share is None or not torch.cuda.is_available():
-        yield
+        yield None
         return
     share = min(share, 1.0)  # a trial given several GPUs trains on one of them
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)
     table = table if table is not None else MemoryTable.load()
-    key = key_for(cfg, props.name, props.total_memory)
+    key = key_for(cfg, props.name, props.total_memory, train_images)
     m, _ = table.lookup(key)
     if m is not None and need_bytes(m) > props.total_memory:
         raise GpuMemoryError(refusal(key, need_bytes(m)))
@@ -529,7 +579,7 @@ def capped(
     cap = allocator_cap(share, context, props.total_memory)
     torch.cuda.set_per_process_memory_fraction(cap, device)
     try:
-        yield
+        yield None if m is None else data_budget(share, need_bytes(m), props.total_memory)
     except torch.cuda.OutOfMemoryError as err:
         observed = torch.cuda.max_memory_reserved(device) + requested_bytes(str(err))
         grown = grown_measurement(key, m, observed, context)

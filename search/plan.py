@@ -70,6 +70,8 @@ def new_experiment(
     overrides = {"data": args.data or profile.data, "seed": args.seed}
     if args.class_map:
         overrides["class_map"] = args.class_map
+    if getattr(args, "stream_data", False):
+        overrides["data_on_device"] = "stream"
     if args.label_separator:
         overrides["label_separator"] = args.label_separator
     if getattr(args, "plugin", None):
@@ -100,12 +102,16 @@ def measure_gpu_memory(
     record: ExperimentRecord,
     space: Space,
     card_bytes: int,
+    checked: Preflight | None = None,
 ) -> ExperimentRecord:
     """The record with each trial shape's GPU memory measured on this machine's card, when
-    trials are packed onto it (after the pre-flight: bad data is refused before this runs)."""
+    trials are packed onto it (after the pre-flight: bad data is refused before this runs),
+    for the run's train split (its size is part of every measurement's key)."""
+    train_images = checked.images[0]["train"] if checked is not None and checked.images else 0
     try:
         packing = card_bytes if record.gpus_per_trial is None and not args.address else 0
-        return replace(record, gpu_memory=measure_before_packing(space.define, packing))
+        memory = measure_before_packing(space.define, packing, train_images=train_images)
+        return replace(record, gpu_memory=memory)
     except ValueError as err:
         refuse(str(err))
 
@@ -285,6 +291,37 @@ def run_preflight(parser: argparse.ArgumentParser, space: Space) -> Preflight:
     print(checked.format(), flush=True)
     checked.leakage = audit_leakage(checked.configs, lambda line: print(line, flush=True))
     return checked
+
+
+def check_data_memory(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    record: ExperimentRecord,
+    space: Space,
+    checked: Preflight,
+    gpus: int,
+    card_bytes: int,
+) -> None:
+    """Print what the run's data needs per trial and per node; refuse (exit 2, one line) a
+    sweep whose data cannot fit this node. On a cluster (--address) the figures are per node
+    and only printed: the workers are not this machine."""
+    from search.data_memory import data_memory
+    from search.gpu_memory import space_configs
+
+    if not checked.images:
+        return
+    memory = data_memory(
+        space_configs(space.define),
+        checked.images[0],
+        max_concurrent=record.max_concurrent,
+        num_samples=record.num_samples,
+        cpus_per_trial=record.cpus_per_trial,
+        gpus=gpus,
+        card_bytes=card_bytes,
+    )
+    print(memory.format(), flush=True)
+    if not args.address and (refusal := memory.refusal()):
+        parser.exit(2, f"error: {refusal}\n")
 
 
 def save_data_report(record: ExperimentRecord, checked: Preflight) -> None:

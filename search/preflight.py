@@ -62,6 +62,8 @@ class Preflight:
     """One config per dataset setting (the run's own first)."""
     leakage: list[dict[str, Any]] = field(default_factory=list)
     """`audit_leakage`'s audits, once it ran."""
+    images: list[dict[str, int]] = field(default_factory=list)
+    """Images per split of each dataset setting (as `configs`): what its decoded bytes are."""
 
     def format(self) -> str:
         first, *others = self.reports
@@ -85,7 +87,7 @@ def preflight(space: Space) -> Preflight:
     by_key: dict[tuple, TrialConfig] = {}
     for cfg in [*space.samples, *configs]:
         by_key.setdefault(dataset_key(cfg), cfg)
-    reports, notes = [], []
+    reports, notes, images = [], [], []
     if branches >= EXPLORE_LIMIT:
         notes.append(
             f"the space has more than {EXPLORE_LIMIT} define() paths: the first {branches} were "
@@ -101,6 +103,7 @@ def preflight(space: Space) -> Preflight:
                 except ValueError as err:
                     raise ValueError(f"{where}: {err}") from None
         reports.append(dataset.report)
+        images.append({"train": len(dataset.train), "val": len(dataset.val)})
     listed = dict.fromkeys((c.data, c.class_map, c.label_separator) for c in by_key.values())
     for data, class_map, separator in listed:
         try:
@@ -108,7 +111,7 @@ def preflight(space: Space) -> Preflight:
         except ValueError as err:
             notes.append(f"the test split cannot be read, so analysis.report will refuse: {err}")
     values = space_values(space.path, walked)
-    return Preflight(reports, branches, values, notes, list(by_key.values()))
+    return Preflight(reports, branches, values, notes, list(by_key.values()), images=images)
 
 
 def audit_leakage(

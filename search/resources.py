@@ -8,9 +8,13 @@ measured peak plus a margin, in eighths of a card, and each trial's allocator is
 share). Only without a measurement (a machine without a GPU, or a shape not measured yet) the
 fraction comes from the estimate below:
 
-    fraction = clamp(ceil_to_quarter(peak_bytes(model, batch, image_size) / card_bytes + margin),
-                     0.25, 1.0)
+    fraction = clamp(ceil_to_quarter(need / card_bytes + margin), 0.25, 1.0)
+    need = peak_bytes(model, batch, image_size) + data_bytes   (the split kept on the card)
+         = peak_bytes(model, batch, image_size)                (streamed: it does not fit a card)
     peak_bytes = fixed_bytes[model] + per_image_bytes[model] * batch * (image_size / 256) ** 2
+
+`data_bytes` is the train split's decoded size (images x image_size^2 bytes): a trial keeps it
+on the card when it fits its share (`search.gpu_memory.keeps_data`), else streams batches.
 
 `fixed_bytes` covers weights, gradients and Adam state (16 bytes per trainable parameter in
 fp32) plus the CUDA context; `per_image_bytes` is the activation memory per 256x256 training
@@ -31,12 +35,14 @@ from search.gpu_memory import (
     GpuMemoryError,
     MemoryTable,
     describe,
+    keeps_data,
     key_for,
     measure,
     need_bytes,
     shape_name,
     share_for,
     space_configs,
+    with_data,
     worst_case_configs,
 )
 from trainables.config import TrialConfig
@@ -63,33 +69,45 @@ def peak_bytes(model: str, batch_size: int, image_size: int) -> int:
     return int(fixed + per_image * batch_size * (image_size / 256) ** 2)
 
 
-def gpu_fraction(model: str, batch_size: int, image_size: int, card_bytes: int) -> float:
-    """The share of one card a trial asks for: a multiple of 1/4, at least 1/4, at most 1."""
+def gpu_fraction(
+    model: str,
+    batch_size: int,
+    image_size: int,
+    card_bytes: int,
+    data_bytes: int = 0,
+    placement: str = "auto",
+) -> float:
+    """The share of one card a trial asks for: a multiple of 1/4, at least 1/4, at most 1;
+    with the train split's `data_bytes` when the trial keeps it on the card."""
     if card_bytes <= 0:
         raise ValueError(f"card_bytes must be positive, got {card_bytes!r}")
-    need = peak_bytes(model, batch_size, image_size) / card_bytes + MARGIN
+    peak = peak_bytes(model, batch_size, image_size)
+    need = with_data(peak, data_bytes, card_bytes, placement) / card_bytes + MARGIN
     return min(1.0, max(MIN_FRACTION, math.ceil(need * 4) / 4))
 
 
 def sized_share(
-    config: dict[str, Any], card_bytes: int, memory: MemoryTable | None = None
+    config: dict[str, Any],
+    card_bytes: int,
+    memory: MemoryTable | None = None,
+    train_images: int = 0,
 ) -> tuple[float, str]:
     """(GPU share, where it came from) for a trial config on a card of `card_bytes`: the measured
     table's figure ("measured", "upper bound", "oom") or the estimate ("estimate"). Never above
     one card: a shape too large for a card is refused by the measurement and by the trial."""
     table = memory if memory is not None else MemoryTable.load()
-    m, how = table.lookup(key_for(config, None, card_bytes))
+    key = key_for(config, None, card_bytes, train_images)
+    placement = str(config.get("data_on_device", "auto"))
+    m, how = table.lookup(key)
     if m is None:
         return (
             gpu_fraction(
-                config.get("model", "simple_cnn_10m"),
-                int(config.get("batch_size", 32)),
-                int(config.get("image_size", 256)),
-                card_bytes,
+                key.model, key.batch_size, key.image_size, card_bytes, key.data_bytes, placement
             ),
             "estimate",
         )
-    return min(1.0, share_for(need_bytes(m), card_bytes)), how
+    need = with_data(need_bytes(m), key.data_bytes, card_bytes, placement)
+    return min(1.0, share_for(need, card_bytes)), how
 
 
 def trial_resources(
@@ -97,6 +115,7 @@ def trial_resources(
     gpus_per_trial: float | None,
     card_bytes: int | None,
     memory: MemoryTable | None = None,
+    train_images: int = 0,
 ) -> Callable[[dict[str, Any]], Any]:
     """A function of the trial config for `tune.with_resources` (a PlacementGroupFactory).
 
@@ -108,7 +127,11 @@ def trial_resources(
         from ray.tune.execution.placement_groups import PlacementGroupFactory
 
         return PlacementGroupFactory(
-            [resource_request(config, cpus_per_trial, gpus_per_trial, card_bytes, memory)]
+            [
+                resource_request(
+                    config, cpus_per_trial, gpus_per_trial, card_bytes, memory, train_images
+                )
+            ]
         )
 
     return resources
@@ -120,10 +143,11 @@ def resource_request(
     gpus_per_trial: float | None,
     card_bytes: int | None,
     memory: MemoryTable | None = None,
+    train_images: int = 0,
 ) -> dict[str, float]:
     bundle: dict[str, float] = {"CPU": cpus_per_trial}
     if gpus_per_trial is None and card_bytes:
-        bundle["GPU"] = sized_share(config, card_bytes, memory)[0]
+        bundle["GPU"] = sized_share(config, card_bytes, memory, train_images)[0]
     elif gpus_per_trial:
         bundle["GPU"] = gpus_per_trial
     return bundle
@@ -138,21 +162,27 @@ def measure_before_packing(
     *,
     budget_s: float = 120.0,
     log: Callable[[str], None] = print,
+    train_images: int = 0,
 ) -> dict[str, Any]:
     """Before packing trials on this machine's GPU: measure every shape the space can choose
     that the table lacks (upper bounds first, then exact frozen settings, within `budget_s`
     seconds), refuse shapes that do not fit a whole card, and return the experiment record's
-    `gpu_memory` entry (`memory_record`). Without a local GPU it measures nothing."""
+    `gpu_memory` entry (`memory_record`). `train_images`: the train split's size, part of every
+    key. Without a local GPU it measures nothing."""
     import torch
 
     if not card_bytes or not torch.cuda.is_available():
-        return {"source": "estimate", "why": "no local GPU: fractions from search/resources.py"}
+        return {
+            "source": "estimate",
+            "why": "no local GPU: fractions from search/resources.py",
+            "train_images": train_images,
+        }
     props = torch.cuda.get_device_properties(0)
     table = MemoryTable.load()
     shapes = worst_case_configs(space_configs(define))
     started = time.monotonic()
     for cfg in shapes:
-        key = key_for(cfg, props.name, props.total_memory)
+        key = key_for(cfg, props.name, props.total_memory, train_images)
         if table.exact(key) is not None:
             continue
         if time.monotonic() - started > budget_s:
@@ -164,37 +194,54 @@ def measure_before_packing(
             log(f"gpu memory: {shape_name(cfg)} not measured ({err}); packed from the estimate")
             continue
         log(f"gpu memory: {describe(m)}")
-    record = memory_record(table, shapes, props.name, props.total_memory)
+    record = memory_record(table, shapes, props.name, props.total_memory, train_images)
     too_large = [r for r in record["shapes"] if r["need_bytes"] > props.total_memory]
     if too_large:
         first = too_large[0]
         raise ValueError(
             f"{first['shape']} needs {first['need_bytes'] / GIB:.1f} GiB measured, more than a "
-            f"whole {props.name} ({props.total_memory / GIB:.1f} GiB): lower the space's "
-            f"batch_size or image_size"
+            f"whole {props.name} ({props.total_memory / GIB:.1f} GiB) even with the data "
+            f"streamed: lower the space's batch_size or image_size"
         )
     return record
 
 
 def memory_record(
-    table: MemoryTable, shapes: Sequence[TrialConfig], card: str, card_bytes: int
+    table: MemoryTable,
+    shapes: Sequence[TrialConfig],
+    card: str,
+    card_bytes: int,
+    train_images: int = 0,
 ) -> dict[str, Any]:
     """Which figure each shape of the sweep was packed from: for the experiment record."""
     rows = []
     for cfg in shapes:
-        m, how = table.lookup(key_for(cfg, card, card_bytes))
-        need = need_bytes(m) if m else peak_bytes(cfg.model, cfg.batch_size, cfg.image_size)
+        key = key_for(cfg, card, card_bytes, train_images)
+        m, how = table.lookup(key)
+        model = need_bytes(m) if m else peak_bytes(cfg.model, cfg.batch_size, cfg.image_size)
+        need = with_data(model, key.data_bytes, card_bytes, cfg.data_on_device)
         share = (
             share_for(need, card_bytes)
             if m
-            else gpu_fraction(cfg.model, cfg.batch_size, cfg.image_size, card_bytes)
+            else gpu_fraction(cfg.model, cfg.batch_size, cfg.image_size, card_bytes, key.data_bytes)
         )
-        rows.append({"shape": shape_name(cfg), "source": how, "need_bytes": need, "share": share})
+        rows.append(
+            {
+                "shape": shape_name(cfg),
+                "source": how,
+                "need_bytes": need,
+                "model_bytes": model,
+                "data_bytes": key.data_bytes,
+                "data_on_card": keeps_data(model, key.data_bytes, card_bytes, cfg.data_on_device),
+                "share": share,
+            }
+        )
     sources = {r["source"] for r in rows}
     return {
         "source": "measured" if sources <= {"measured", "upper bound", "oom"} else "mixed",
         "card": card,
         "card_bytes": card_bytes,
         "table": str(table.path or MemoryTable.default_path()),
+        "train_images": train_images,
         "shapes": rows,
     }

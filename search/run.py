@@ -34,6 +34,7 @@ from search.cluster import detect_gpus, local_ray, quiet_ray
 from search.gpu_memory import oom_retry_callback
 from search.lock import LockError, experiment_lock
 from search.plan import (
+    check_data_memory,
     default_name,
     fetch_models,
     measure_gpu_memory,
@@ -139,8 +140,9 @@ def run_locked(
     record, space = new_experiment(parser, args, root, name, gpus, card_bytes)
     checked = run_preflight(parser, space)  # exits 2 before any trial or folder exists
     record = replace(record, space_values=checked.values)  # what a resume compares against
+    check_data_memory(parser, args, record, space, checked, gpus, card_bytes)
     record, space = fetch_models(parser, args, record, space)  # pretrained files, once
-    record = measure_gpu_memory(parser, args, record, space, card_bytes)
+    record = measure_gpu_memory(parser, args, record, space, card_bytes, checked)
     storage.write_record(record)
     save_data_report(record, checked)
     return execute(args, record, space, card_bytes, restore=False)
@@ -158,7 +160,12 @@ def execute(
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created..."
-        trainable = make_trainable(record.cpus_per_trial, record.gpus_per_trial, card_bytes)
+        trainable = make_trainable(
+            record.cpus_per_trial,
+            record.gpus_per_trial,
+            card_bytes,
+            int(record.gpu_memory.get("train_images", 0)),
+        )
         started = time.monotonic()
         callbacks = sweep_callbacks(record)
         if restore:
@@ -206,7 +213,11 @@ def finish(
 
     def gpus_of(config: dict[str, Any]) -> float:
         return resource_request(
-            config, record.cpus_per_trial, record.gpus_per_trial, card_bytes or None
+            config,
+            record.cpus_per_trial,
+            record.gpus_per_trial,
+            card_bytes or None,
+            train_images=int(record.gpu_memory.get("train_images", 0)),
         ).get("GPU", 0.0)
 
     budget = record.time_budget

@@ -56,9 +56,17 @@ def train_trial(config: dict[str, Any]) -> None:
         share = _gpu_share() if device == "cuda" else None
         if share is not None:  # checkpoint cadence from this card's measured save/epoch times
             cfg = plan_checkpoints(cfg, config, dataset.train.labels)
-        # The allocator stays inside the share Ray gave (fractional GPUs are logical only).
-        with capped(cfg, share):
-            train(cfg, _report, resume_from=resume_from, dataset=dataset, device=device)
+        # The allocator stays inside the share Ray gave (fractional GPUs are logical only); the
+        # train split stays on the card only when it fits what the share leaves the data.
+        with capped(cfg, share, train_images=len(dataset.train)) as budget:
+            train(
+                cfg,
+                _report,
+                resume_from=resume_from,
+                dataset=dataset,
+                device=device,
+                data_budget=budget,
+            )
 
 
 def _gpu_share() -> float | None:

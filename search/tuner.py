@@ -213,15 +213,21 @@ def trial_dirname(trial: Any) -> str:
 
 
 def make_trainable(
-    cpus_per_trial: float, gpus_per_trial: float | None, card_bytes: int | None
+    cpus_per_trial: float,
+    gpus_per_trial: float | None,
+    card_bytes: int | None,
+    train_images: int = 0,
 ) -> Any:
-    """`search.trainable.train_trial` with each trial's CPU/GPU request (`search.resources`)."""
+    """`search.trainable.train_trial` with each trial's CPU/GPU request (`search.resources`),
+    sized for a train split of `train_images` images."""
     from ray import tune
 
     from search.resources import trial_resources
     from search.trainable import train_trial
 
-    resources = trial_resources(cpus_per_trial, gpus_per_trial, card_bytes or None)
+    resources = trial_resources(
+        cpus_per_trial, gpus_per_trial, card_bytes or None, train_images=train_images
+    )
     return tune.with_resources(train_trial, resources=resources)
 
 

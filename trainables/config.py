@@ -18,6 +18,7 @@ from trainables.vocab import (
     AUGMENTATIONS,
     BALANCES,
     CXR_WEIGHTS,
+    DATA_PLACEMENTS,
     MODEL_NAMES,
     MODEL_WEIGHTS,
     PHANTOM_PRESETS,
@@ -101,10 +102,15 @@ class TrialConfig:
     the sweep passes ASHA's rung epochs, so a trial stopped at a rung ends on a checkpoint."""
     max_train_batches: int = 0
     """Cap on training steps per epoch, 0 for no cap (smoke tests and benchmarks)."""
+    data_on_device: str = "auto"
+    """Where the train split lives while training: 'auto' keeps it on the GPU when it fits the
+    trial's share, else streams batches from the memory-mapped host copy; 'resident' or
+    'stream' force one (`trainables.train.data_placement`; the sweep's --stream-data)."""
 
     def __post_init__(self) -> None:
         check_resize_mode(self.resize_mode)
         _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("data_on_device", self.data_on_device, DATA_PLACEMENTS)
         _check_range("frozen_depth", self.frozen_depth, 0, 5)
         _check_range("unfrozen_blocks", self.unfrozen_blocks, 0, 3)
         _check_range("batch_size", self.batch_size, 1, 65536)

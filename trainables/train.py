@@ -1,4 +1,9 @@
-"""Train one `TrialConfig`: the seed's loop (Adam, cross-entropy), fed from device-resident data.
+"""Train one `TrialConfig`: the seed's loop (Adam, cross-entropy), fed within the trial's share.
+
+The train split stays on the training device when it fits the bytes the caller allows
+(`data_budget`: the trial's GPU share minus the model's measured need); otherwise each batch is
+gathered from the memory-mapped split into pinned host memory, one batch ahead, and copied while
+the device runs the previous step. Both feeds give identical batches for a seed.
 
 The loop knows one thing about the outside world, a reporter `report(metrics, checkpoint_dir)`
 called once per epoch. In tests it appends to a list; in `search/` it calls Ray. The checkpoint
@@ -14,7 +19,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,8 +63,11 @@ def train(
     resume_from: Path | None = None,
     dataset: Dataset | None = None,
     device: str | torch.device | None = None,
+    data_budget: int | None = None,
 ) -> dict[str, float]:
-    """Train `cfg` for `cfg.epochs` epochs (continuing after a checkpoint's epoch when resuming)."""
+    """Train `cfg` for `cfg.epochs` epochs (continuing after a checkpoint's epoch when resuming).
+
+    `data_budget`: bytes of the device the train split may occupy (`data_placement`)."""
     device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     data = dataset if dataset is not None else load_for_config(cfg)
@@ -68,7 +77,9 @@ def train(
     if resume_from is not None:
         start_epoch, history = restore_checkpoint(resume_from, cfg, model, optimizer, samplers)
 
-    train_x, train_y = data.train.images.to(device), data.train.labels.to(device)
+    placement = data_placement(cfg, data.train.images, device, data_budget)
+    train_x = data.train.images.to(device) if placement == "resident" else data.train.images
+    train_y = data.train.labels.to(train_x.device)
     criterion = build_criterion(cfg, data, device)
     step = make_step(cfg, model, optimizer, criterion, device)
 
@@ -76,7 +87,9 @@ def train(
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
         order = epoch_order(cfg, data, samplers["cpu"])
-        train_stats = train_one_epoch(cfg, step, train_x, train_y, order, samplers["device"])
+        train_stats = train_one_epoch(
+            cfg, step, train_x, train_y, order, samplers["device"], device, placement == "stream"
+        )
         train_seconds = time.perf_counter() - started
         val_stats = evaluate(model, data.val, device, cfg=cfg, classes=data.classes, prefix="val")
         metrics = {
@@ -143,6 +156,26 @@ def correct_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == y).sum()
 
 
+DATA_BUDGET_FREE_SHARE = 0.5  # without a budget: at most this share of the device's free bytes
+
+
+def data_placement(
+    cfg: TrialConfig, images: torch.Tensor, device: torch.device, budget: int | None
+) -> str:
+    """'resident' (the split moved to the device once) or 'stream' (batches copied as needed).
+
+    `cfg.data_on_device` decides unless 'auto'; then a CPU device reads the memory map in place
+    (resident) and an accelerator keeps the split only when its bytes fit `budget` (None: half of
+    the device's free memory now)."""
+    if cfg.data_on_device != "auto":
+        return cfg.data_on_device
+    if device.type != "cuda":
+        return "resident"
+    if budget is None:
+        budget = int(torch.cuda.mem_get_info(device)[0] * DATA_BUDGET_FREE_SHARE)
+    return "resident" if images.numel() * images.element_size() <= budget else "stream"
+
+
 def make_generators(cfg: TrialConfig, device: torch.device) -> dict[str, torch.Generator]:
     """Two seeded streams: epoch sampling on the CPU, augmentation on the training device."""
     cpu = torch.Generator().manual_seed(cfg.seed)
@@ -185,31 +218,74 @@ def train_one_epoch(
     labels: torch.Tensor,
     order: torch.Tensor,
     generator: torch.Generator,
+    device: torch.device | None = None,
+    stream: bool | None = None,
 ) -> dict[str, float]:
-    order = order.to(images.device)
+    """One epoch over `order`; `images` (uint8, N×1×S×S) and `labels` live on `device` (resident)
+    or on the host, streamed to `device` batch by batch (`device` defaults to where `images`
+    are; `stream` None: stream when they are elsewhere)."""
+    device = images.device if device is None else torch.device(device)
     # Under torch.compile a short last batch would trigger a second compilation (tens of
     # seconds, measured in bench/compile_batch.py), so compiled runs drop it.
     n_batches = len(order) // cfg.batch_size if cfg.compile else -(-len(order) // cfg.batch_size)
     n_batches = max(n_batches, 1)
     if cfg.max_train_batches:
         n_batches = min(n_batches, cfg.max_train_batches)
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
     seen = 0
-    policy = device_policy(cfg.amp, images.device)
-    for b in range(n_batches):
-        idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        x = policy.batch(prepare_train_batch(images[idx], cfg.augment, generator))
-        batch_loss, batch_correct = step(x, labels[idx])
+    policy = device_policy(cfg.amp, device)
+    batches = train_batches(images, labels, order, cfg.batch_size, n_batches, device, stream)
+    for raw, y in batches:
+        x = policy.batch(prepare_train_batch(raw, cfg.augment, generator))
+        batch_loss, batch_correct = step(x, y)
         loss_sum += batch_loss
         correct += batch_correct
-        seen += len(idx)
+        seen += len(y)
     # One host sync per epoch, not per step.
     return {
         "train_loss": float(loss_sum) / max(seen, 1),
         "train_acc": float(correct) / max(seen, 1),
         "images_trained": float(seen),
     }
+
+
+def train_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    n_batches: int,
+    device: torch.device,
+    stream: bool | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images, labels) of each batch of `order` on `device`. Resident data is indexed
+    where it lives; streamed data (`stream`, default: `images` not on `device`) is gathered one
+    batch ahead by a helper thread (into pinned memory for CUDA) and copied without blocking,
+    so the device does not wait for the host. Both give the same batches for one `order`."""
+    if stream is None:
+        stream = images.device != device
+    if not stream:
+        order = order.to(device)
+        for b in range(n_batches):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            yield images[idx], labels[idx]
+        return
+    order = order.to(images.device)
+    pin = device.type == "cuda"
+
+    def gather(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        x, y = images[idx], labels[idx]  # a copy of one batch from the memory map
+        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="cxr-prefetch") as pool:
+        pending = pool.submit(gather, 0)
+        for b in range(n_batches):
+            x, y = pending.result()
+            if b + 1 < n_batches:
+                pending = pool.submit(gather, b + 1)
+            yield x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
 
 
 @torch.no_grad()

@@ -31,6 +31,8 @@ RESIZE_MODES = ("pad", "crop")
 """Keep the aspect ratio by padding to a square or center-cropping (`TrialConfig.resize_mode`)."""
 AMP_MODES = ("auto", "bf16", "fp32")
 """Numerics (`TrialConfig.amp`); `trainables.device.device_policy` says what each means."""
+DATA_PLACEMENTS = ("auto", "resident", "stream")
+"""Where the train split lives while training (`TrialConfig.data_on_device`)."""
 
 
 def check_resize_mode(resize_mode: str) -> None:

@@ -319,3 +319,31 @@ def test_the_measured_steps_and_save_run_the_product_training_path_on_cpu() -> N
     ref = save_checkpoint(Path(tempfile.mkdtemp()), cfg, data, model, optimizer, samplers, 1, [])
     assert ref.name == CHECKPOINT_FILE
     assert abs(timings["checkpoint_bytes"] - ref.stat().st_size) < 0.01 * ref.stat().st_size
+
+
+def test_measurements_are_keyed_by_the_datasets_size_and_the_estimate_has_a_data_term(cache):
+    cfg = TrialConfig(model="resnet50", batch_size=32, image_size=256)
+    phantom = gm.key_for(cfg, "H100", CARD, train_images=304)
+    nih = gm.key_for(cfg, "H100", CARD, train_images=89_000)
+    assert phantom.data_bytes == 304 * 256 * 256 and nih.data_bytes == 89_000 * 256 * 256
+    assert phantom != nih and phantom.id() != nih.id()
+    table = gm.MemoryTable(
+        {phantom.id(): gm.Measurement(phantom, 3 * GIB, 3 * GIB, GIB, "measured")}
+    )
+    # A figure measured on the phantom is never reused as exact, nor as a bound, for a larger set.
+    assert table.lookup(nih) == (None, "estimate")
+    assert table.lookup(gm.key_for(cfg, "H100", CARD, train_images=100))[1] == "upper bound"
+    # The share adds the train split when it stays on the card: 89k x 64 KiB = 5.4 GiB.
+    m = table.entries[phantom.id()]
+    model = gm.need_bytes(m)
+    assert gm.with_data(model, nih.data_bytes, CARD) == model + nih.data_bytes
+    assert gm.with_data(model, nih.data_bytes, CARD, "stream") == model  # streamed: model only
+    assert gm.with_data(model, 100 * GIB, CARD) == model  # larger than the card: streamed
+    # The fallback estimate grows with the data too (a quarter-card step here).
+    small = gpu_fraction("resnet50", 32, 256, CARD)
+    assert gpu_fraction("resnet50", 32, 256, CARD, data_bytes=40 * GIB) > small
+    assert gpu_fraction("resnet50", 32, 256, CARD, 40 * GIB, "stream") == small
+    config = {"model": "resnet50", "batch_size": 32, "image_size": 256}
+    assert sized_share(config, CARD, gm.MemoryTable(), train_images=600_000)[0] > small
+    # The trial's data budget is its share minus the model's measured need.
+    assert gm.data_budget(0.25, model, CARD) == int(0.25 * CARD) - model

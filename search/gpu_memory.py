@@ -43,12 +43,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from cxr_tune import prog
+from search.preflight import walk
+from search.space import SpaceDefine
 from trainables.cache import atomic_write_text, cache_root, file_lock
 from trainables.config import TrialConfig
 
@@ -447,70 +449,19 @@ def _device_used_bytes() -> int | None:
 
 # --- what a space can choose ------------------------------------------------------------------
 
-# Names the probe enumerates; every other suggestion takes its first choice (or its low end).
-ENUMERATED = (
-    "model",
-    "frozen_depth",
-    "unfrozen_blocks",
-    "amp",
-    "compile",
-    "batch_size",
-    "image_size",
-)
-LARGEST = ("batch_size", "image_size")  # of these only the largest matters (memory grows)
-MAX_PATHS = 512  # define() branches explored at most
+# Integer names whose every value is a shape (the walk takes the other integers' high end).
+ENUMERATED = ("frozen_depth", "unfrozen_blocks")
 
 
-class _Probe:
-    """An Optuna-like trial that takes the choices of `path` and records every branch point."""
-
-    def __init__(self, path: Sequence[int]) -> None:
-        self.path = list(path)
-        self.taken: list[int] = []
-        self.branches: list[int] = []
-        self.params: dict[str, Any] = {}
-
-    def _pick(self, name: str, values: Sequence[Any]) -> Any:
-        if name in LARGEST:
-            values = [max(values)]
-        elif name == "augment":  # the most ops: the most augmentation memory
-            from trainables.augment import AUGMENTATIONS, ops_for
-
-            values = [max(values, key=lambda a: len(ops_for(a)) if a in AUGMENTATIONS else 0)]
-        if name not in ENUMERATED or len(values) == 1:
-            self.params[name] = values[0]
-            return values[0]
-        depth = len(self.taken)
-        index = self.path[depth] if depth < len(self.path) else 0
-        self.taken.append(index)
-        self.branches.append(len(values))
-        self.params[name] = values[index]
-        return values[index]
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        return self._pick(name, list(choices))
-
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
-        return self._pick(name, list(range(low, high + 1, step)))
-
-    def suggest_float(self, name: str, low: float, high: float, **_: Any) -> float:
-        self.params[name] = low
-        return low
-
-    suggest_uniform = suggest_loguniform = suggest_float
-
-
-def space_configs(define: Callable[[Any], Any], limit: int = MAX_PATHS) -> list[TrialConfig]:
-    """Every branch of `define` over the memory-relevant names, as TrialConfigs (depth first)."""
-    configs, stack = [], [[]]
-    while stack and len(configs) < limit:
-        probe = _Probe(stack.pop())
-        constants = define(probe) or {}
-        values = {**constants, **probe.params}
+def space_configs(define: SpaceDefine) -> list[TrialConfig]:
+    """Every branch of `define` (the pre-flight's walk: `search.preflight.walk`, each frozen
+    setting's integers enumerated, numbers at their high end), as TrialConfigs."""
+    configs = []
+    for probe, returned in walk(
+        define, "space", restricted=True, ends=("high",), enumerated=ENUMERATED
+    ):
+        values = {**define.merge(returned, probe.params), **probe.params}
         configs.append(TrialConfig.from_dict({k: v for k, v in values.items() if k != "epochs"}))
-        for depth in range(len(probe.path), len(probe.taken)):
-            for alt in range(1, probe.branches[depth]):
-                stack.append(probe.taken[:depth] + [alt])
     return configs
 
 

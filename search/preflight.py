@@ -23,7 +23,7 @@ turns it into exit status 2 before any trial or experiment folder exists.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,11 +137,12 @@ def audit_leakage(
 
 
 class _Probe:
-    """A stand-in Optuna trial that follows one path through the categorical choices and puts
-    every numeric suggestion at its low or its high end."""
+    """A stand-in Optuna trial that follows one path through the categorical choices (and the
+    values of the integers named in `enumerated`) and puts every other numeric suggestion at its
+    low or its high end."""
 
-    def __init__(self, path: list[int], end: str) -> None:
-        self.path, self.end = path, end
+    def __init__(self, path: list[int], end: str, enumerated: Collection[str] = ()) -> None:
+        self.path, self.end, self.enumerated = path, end, enumerated
         self.taken: list[int] = []
         self.counts: list[int] = []
         self.params: dict[str, Any] = {}
@@ -154,18 +155,23 @@ class _Probe:
         choices = list(choices)
         if not choices:
             raise ValueError(f"suggest_categorical({name!r}) has no choices")
+        self.categorical.setdefault(name, []).extend(choices)
+        self.offered[name] = f"choices {choices!r}"
+        return self._branch(name, choices)
+
+    def _branch(self, name: str, values: list[Any]) -> Any:
         i = len(self.taken)
         pick = self.path[i] if i < len(self.path) else 0
         self.taken.append(pick)
-        self.counts.append(len(choices))
-        self.categorical.setdefault(name, []).extend(choices)
-        self.offered[name] = f"choices {choices!r}"
-        self.params[name] = choices[pick]
-        return choices[pick]
+        self.counts.append(len(values))
+        self.params[name] = values[pick]
+        return values[pick]
 
     def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
-        value = low if self.end == "low" else high - (high - low) % step
         self.offered[name] = _numeric("int", low, high, step if step != 1 else None, log)
+        if name in self.enumerated:
+            return self._branch(name, list(range(low, high + 1, step)))
+        value = low if self.end == "low" else high - (high - low) % step
         self.params[name] = value
         return value
 
@@ -188,17 +194,24 @@ def _numeric(kind: str, low: float, high: float, step: float | None, log: bool) 
 
 
 def walk(
-    define: SpaceDefine, where: str, restricted: bool = False
+    define: SpaceDefine,
+    where: str,
+    restricted: bool = False,
+    *,
+    ends: Sequence[str] = ("low", "high"),
+    enumerated: Collection[str] = (),
 ) -> Iterator[tuple[_Probe, dict[str, Any]]]:
     """Every categorical branch of `define`, each at both numeric ends: (the probe that followed
     it, what the file's define() returned); at most `EXPLORE_LIMIT` calls. The one rule for how a
-    space is walked. `restricted` walks only the choices the run keeps (CPU_CHOICES)."""
+    space is walked (the pre-flight, the space's record, the GPU memory shapes). `restricted`
+    walks only the choices the run keeps (CPU_CHOICES); `ends` the numeric ends taken;
+    `enumerated` the integer names whose every value is a branch (`search.gpu_memory`)."""
     unrestricted = SpaceDefine(define.path, restrict=define.restrict if restricted else None)
     stack, pushed, calls = [[]], {()}, 0
     while stack and calls < EXPLORE_LIMIT:
         path = stack.pop()
-        for end in ("low", "high"):
-            probe = _Probe(path, end)
+        for end in ends:
+            probe = _Probe(path, end, enumerated)
             yield probe, _call(unrestricted, probe, where)
             calls += 1
             for j in range(len(path), len(probe.counts)):

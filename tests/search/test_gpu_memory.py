@@ -347,3 +347,18 @@ def test_measurements_are_keyed_by_the_datasets_size_and_the_estimate_has_a_data
     assert sized_share(config, CARD, gm.MemoryTable(), train_images=600_000)[0] > small
     # The trial's data budget is its share minus the model's measured need.
     assert gm.data_budget(0.25, model, CARD) == int(0.25 * CARD) - model
+
+
+def test_the_memory_shapes_come_from_the_preflights_walk() -> None:
+    # One walker: every model and frozen setting the pre-flight checks is a measured shape, and
+    # every categorical batch size is walked (the largest is measured).
+    from search.preflight import explore
+    from search.space import load_space
+
+    space = load_space(REPO / "spaces" / "transfer.py", defaults={"image_size": 256})
+    checked, _ = explore(space.define, "transfer")
+    walked = gm.space_configs(space.define)
+    frozen = {(c.model, c.frozen_depth, c.unfrozen_blocks) for c in walked}
+    assert {(c.model, c.frozen_depth, c.unfrozen_blocks) for c in checked} <= frozen
+    assert {c.batch_size for c in walked} == {c.batch_size for c in checked}
+    assert not hasattr(gm, "_Probe")  # no second probe of its own

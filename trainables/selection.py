@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from trainables import experiment as files
 from trainables.experiment import RerunPlan, ScoredCheckpoint
@@ -45,6 +44,8 @@ class MeanInterval:
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> MeanInterval:
     """Mean and Student's t interval over seeds; NaN bounds with fewer than two values."""
+    from scipy import stats  # here, not at import: `cxr-tune export --help` stays fast
+
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return MeanInterval(math.nan, math.nan, math.nan)

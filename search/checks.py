@@ -175,7 +175,7 @@ def space_edit(record: ExperimentRecord) -> str | None:
 
     if space_sha256(path) == record.space_sha256:
         return None
-    from search.preflight import space_changes, space_values
+    from search.walk import space_changes, space_values
 
     try:
         changed = space_changes(record.space_values, space_values(path))

@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tune import prog
-from search.preflight import walk
 from search.space import SpaceDefine
+from search.walk import walk
 from trainables.cache import atomic_write_text, cache_root, file_lock
 from trainables.config import TrialConfig
 
@@ -454,7 +454,7 @@ ENUMERATED = ("frozen_depth", "unfrozen_blocks")
 
 
 def space_configs(define: SpaceDefine) -> list[TrialConfig]:
-    """Every branch of `define` (the pre-flight's walk: `search.preflight.walk`, each frozen
+    """Every branch of `define` (the pre-flight's walk: `search.walk.walk`, each frozen
     setting's integers enumerated, numbers at their high end), as TrialConfigs."""
     configs = []
     for probe, returned in walk(

@@ -23,12 +23,12 @@ turns it into exit status 2 before any trial or experiment folder exists.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from search.space import RUN_KEYS, Space, SpaceDefine, check_metric, load_module
+from search.space import RUN_KEYS, Space, SpaceDefine, check_metric
+from search.walk import EXPLORE_LIMIT, Probe, space_values, walk
 from trainables.config import TrialConfig, field_names
 from trainables.data import DataReport, dataset_key, list_dataset, load_for_config
 from trainables.leakage import audit_settings, describe_audit, leakage_for_config
@@ -45,7 +45,6 @@ REGISTRIES: dict[str, Sequence[str]] = {
     "amp": AMP_MODES,
 }
 """TrialConfig fields whose values come from a registry: a categorical choice must be a name."""
-EXPLORE_LIMIT = 4096  # define() calls; a space with more branches is checked on the first ones
 
 
 @dataclass
@@ -136,92 +135,6 @@ def audit_leakage(
     return list(audits.values())
 
 
-class _Probe:
-    """A stand-in Optuna trial that follows one path through the categorical choices (and the
-    values of the integers named in `enumerated`) and puts every other numeric suggestion at its
-    low or its high end."""
-
-    def __init__(self, path: list[int], end: str, enumerated: Collection[str] = ()) -> None:
-        self.path, self.end, self.enumerated = path, end, enumerated
-        self.taken: list[int] = []
-        self.counts: list[int] = []
-        self.params: dict[str, Any] = {}
-        self.categorical: dict[str, list[Any]] = {}
-        self.offered: dict[str, str] = {}
-        """What each suggestion offered, in words ("choices [...]", "float in [a, b] (log)")."""
-        self.number = 0
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        choices = list(choices)
-        if not choices:
-            raise ValueError(f"suggest_categorical({name!r}) has no choices")
-        self.categorical.setdefault(name, []).extend(choices)
-        self.offered[name] = f"choices {choices!r}"
-        return self._branch(name, choices)
-
-    def _branch(self, name: str, values: list[Any]) -> Any:
-        i = len(self.taken)
-        pick = self.path[i] if i < len(self.path) else 0
-        self.taken.append(pick)
-        self.counts.append(len(values))
-        self.params[name] = values[pick]
-        return values[pick]
-
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
-        self.offered[name] = _numeric("int", low, high, step if step != 1 else None, log)
-        if name in self.enumerated:
-            return self._branch(name, list(range(low, high + 1, step)))
-        value = low if self.end == "low" else high - (high - low) % step
-        self.params[name] = value
-        return value
-
-    def suggest_float(self, name: str, low: float, high: float, *, step=None, log=False) -> float:
-        value = float(low if self.end == "low" else high)
-        self.offered[name] = _numeric("float", low, high, step, log)
-        self.params[name] = value
-        return value
-
-    def set_user_attr(self, key: str, value: Any) -> None:  # harmless in a probe
-        pass
-
-
-def _numeric(kind: str, low: float, high: float, step: float | None, log: bool) -> str:
-    return (
-        f"{kind} in [{low!r}, {high!r}]"
-        + (f" step {step!r}" if step is not None else "")
-        + (" (log)" if log else "")
-    )
-
-
-def walk(
-    define: SpaceDefine,
-    where: str,
-    restricted: bool = False,
-    *,
-    ends: Sequence[str] = ("low", "high"),
-    enumerated: Collection[str] = (),
-) -> Iterator[tuple[_Probe, dict[str, Any]]]:
-    """Every categorical branch of `define`, each at both numeric ends: (the probe that followed
-    it, what the file's define() returned); at most `EXPLORE_LIMIT` calls. The one rule for how a
-    space is walked (the pre-flight, the space's record, the GPU memory shapes). `restricted`
-    walks only the choices the run keeps (CPU_CHOICES); `ends` the numeric ends taken;
-    `enumerated` the integer names whose every value is a branch (`search.gpu_memory`)."""
-    unrestricted = SpaceDefine(define.path, restrict=define.restrict if restricted else None)
-    stack, pushed, calls = [[]], {()}, 0
-    while stack and calls < EXPLORE_LIMIT:
-        path = stack.pop()
-        for end in ends:
-            probe = _Probe(path, end, enumerated)
-            yield probe, _call(unrestricted, probe, where)
-            calls += 1
-            for j in range(len(path), len(probe.counts)):
-                for alt in range(1, probe.counts[j]):
-                    child = tuple(probe.taken[:j]) + (alt,)
-                    if child not in pushed:
-                        pushed.add(child)
-                        stack.append(list(child))
-
-
 def explore(
     define: SpaceDefine, where: str, restricted: bool = False
 ) -> tuple[list[TrialConfig], int]:
@@ -234,7 +147,7 @@ def explore(
 
 def _explore(
     define: SpaceDefine, where: str, restricted: bool = False
-) -> tuple[list[TrialConfig], list[tuple[_Probe, dict[str, Any]]]]:
+) -> tuple[list[TrialConfig], list[tuple[Probe, dict[str, Any]]]]:
     walked = list(walk(define, where, restricted))
     configs = [
         _leaf(probe, define.merge(returned, probe.params), where) for probe, returned in walked
@@ -242,66 +155,7 @@ def _explore(
     return configs, walked
 
 
-# Module constants of a space file that decide what its sweep trains (`search.space`).
-SPACE_CONSTANTS = (
-    "METRIC",
-    "MODE",
-    "MAX_EPOCHS",
-    "GRACE_PERIOD",
-    "REDUCTION_FACTOR",
-    "NUM_SAMPLES",
-    "POINTS_TO_EVALUATE",
-    "CPU_CHOICES",
-)
-
-
-def space_values(
-    path: str | Path, walked: Sequence[tuple[_Probe, dict[str, Any]]] | None = None
-) -> dict[str, list[str]]:
-    """What the space file at `path` can make a trial: each name its define() suggests (with its
-    choices or range) or returns (with its values) on any branch, and its module constants, in
-    words: the experiment record keeps it, so a resume can name what an edit changed. `walked`:
-    the file's `walk`, when the caller has it."""
-    if walked is None:
-        walked = list(walk(SpaceDefine(path), f"space file {path}"))
-    values: dict[str, set[str]] = {}
-    for probe, returned in walked:
-        for name, offered in probe.offered.items():
-            values.setdefault(name, set()).add(offered)
-        for name, value in returned.items():
-            if name not in probe.params:
-                values.setdefault(name, set()).add(repr(value))
-    module = load_module(Path(path))
-    for name in SPACE_CONSTANTS:
-        if hasattr(module, name):
-            values[name] = {repr(getattr(module, name))}
-    return {name: sorted(found) for name, found in sorted(values.items())}
-
-
-def space_changes(before: dict[str, list[str]], after: dict[str, list[str]]) -> list[str]:
-    """Each name whose values differ between two `space_values`, as 'name: old -> new'."""
-    changes = []
-    for name in sorted(set(before) | set(after)):
-        old, new = list(before.get(name, [])), list(after.get(name, []))
-        if old != new:
-            changes.append(
-                f"{name}: {' | '.join(old) or 'absent'} -> {' | '.join(new) or 'absent'}"
-            )
-    return changes
-
-
-def _call(define: SpaceDefine, probe: _Probe, where: str) -> dict[str, Any]:
-    try:
-        return define(probe)
-    except Exception as err:  # user code failing on one branch
-        if str(err).startswith("space file"):
-            raise
-        raise ValueError(
-            f"{where}: define() fails on the branch {probe.params}: {type(err).__name__}: {err}"
-        ) from err
-
-
-def _leaf(probe: _Probe, constants: dict[str, Any], where: str) -> TrialConfig:
+def _leaf(probe: Probe, constants: dict[str, Any], where: str) -> TrialConfig:
     for name, choices in probe.categorical.items():
         bad = [c for c in choices if name in REGISTRIES and c not in REGISTRIES[name]]
         if bad:
@@ -323,7 +177,3 @@ def _leaf(probe: _Probe, constants: dict[str, Any], where: str) -> TrialConfig:
         raise ValueError(
             f"{where}: the branch {probe.params} is not a valid TrialConfig: {err}"
         ) from None
-
-
-def _words(values: list[str]) -> str:
-    return " | ".join(values) or "absent"

@@ -216,7 +216,7 @@ class ExperimentRecord:
     """The space file's content hash when the sweep started; a resume refuses an edited file
     ("" for records written before the field existed: not checked)."""
     space_values: dict[str, list[str]] = field(default_factory=dict)
-    """What the space file could make a trial then (`search.preflight.space_values`: each name
+    """What the space file could make a trial then (`search.walk.space_values`: each name
     with its choices, range or values, and the module constants), to name what an edit changed."""
     select_top: int = 0
     """Noise-aware selection (`trainables.selection`): after a finished sweep its top

@@ -155,10 +155,19 @@ def test_unknown_tta_policy_lists_the_choices(bundle_copy, image, capsys):
     assert "unknown TTA policy 'tta3'; expected one of ['mirror', 'none', 'tta1', 'tta2']" in err
 
 
+def _predict_skip(args: list[str], capsys) -> str:
+    """A file predict cannot read is skipped with its reason (exit 1: some file failed)."""
+    capsys.readouterr()
+    assert predict.main(args) == 1
+    out = capsys.readouterr()
+    assert "0 file(s) predicted, 1 skipped" in out.err
+    return out.out
+
+
 def test_missing_or_corrupt_image_is_named(bundle_copy, tmp_path, capsys):
-    err = _predict_error([str(bundle_copy), str(tmp_path / "absent.png")], capsys)
-    assert "absent.png" in err and "not found" in err
+    out = _predict_skip([str(bundle_copy), str(tmp_path / "absent.png")], capsys)
+    assert "absent.png" in out and "missing file" in out
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image")
-    err = _predict_error([str(bundle_copy), str(junk)], capsys)
-    assert "junk.png" in err
+    out = _predict_skip([str(bundle_copy), str(junk)], capsys)
+    assert "junk.png" in out

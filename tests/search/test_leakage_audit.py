@@ -86,7 +86,12 @@ def test_the_sigint_handler_from_before_fit_is_put_back():
         pass
 
     # After a sweep ends on its own, Ctrl-C must raise again in the summary and the export.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with signals.sigint_handler_restored():
-        signal.signal(signal.SIGINT, tunes_own)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # (Start from Python's own handler: an earlier in-process sweep of the suite may have left
+    # Tune's installed, which is the very thing this protects against in the product.)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with signals.sigint_handler_restored():
+            signal.signal(signal.SIGINT, tunes_own)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

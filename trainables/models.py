@@ -494,12 +494,13 @@ def densenet121(cfg: TrialConfig, num_classes: int = 3) -> nn.Module:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the registry with parameter counts at 256 px (built on the meta device: no memory)."""
+    """Print the built-in models with parameter counts at 256 px (built on the meta device: no
+    memory). A plugin's models need their file: they are not listed here."""
     from trainables.cli import models_parser
 
     models_parser().parse_args(argv)
     print(f"{'model':<16}{'parameters':>14}{'trainable (seed frozen)':>26}")
-    for name in MODELS:
+    for name in MODEL_NAMES:
         with torch.device("meta"):
             total = count_parameters(build_model(TrialConfig(model=name, image_size=256)))
             trainable = "-"

@@ -100,24 +100,6 @@ def test_importance_on_few_trials_carries_a_caveat(smoke_report):
     assert "Importance is fitted on " in texts and "trials" in texts
 
 
-def test_importance_comes_from_the_sweeps_journal_as_optuna_computes_it(smoke_report):
-    import optuna
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.trial import TrialState
-
-    exp, _, tables, _ = smoke_report
-    storage = JournalStorage(JournalFileBackend(str(exp.path / "optuna_journal.log")))
-    study = optuna.load_study(study_name=exp.name, storage=storage)
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
-    if len(complete) < 2:
-        pytest.skip(f"the shared smoke sweep has {len(complete)} complete trials this run")
-    expected = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
-    got = tables["importance"].set_index("parameter")["importance"].to_dict()
-    assert got == pytest.approx(dict(expected))  # the figure optuna-dashboard shows
-
-
 def test_the_report_records_the_chosen_policy_in_the_exported_bundle(smoke_report):
     exp, _, tables, _ = smoke_report
     meta = json.loads((exp.path / "export" / "bundle.json").read_text())

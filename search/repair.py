@@ -74,6 +74,7 @@ def prepare_resume(experiment_path: str, max_epochs: int, num_samples: int | Non
     """Everything a resume fixes in the saved state first; one line per change, to print."""
     notes = []
     if "://" not in experiment_path:
+        notes += set_aside_torn_pickles(Path(experiment_path))
         notes += rebase_search_state(Path(experiment_path))
         notes += rebase_journal(Path(experiment_path))
         notes += reconcile(Path(experiment_path), max_epochs)
@@ -220,6 +221,34 @@ def _orphans(experiment_dir: Path, listed: set[str], max_epochs: int) -> list[st
                 f"finished) and is unknown to it: removed; a new trial takes its place"
             )
     return notes
+
+
+TORN_SUFFIX = ".torn"  # a torn save of Ray's, renamed out of its glob, kept for inspection
+
+
+def set_aside_torn_pickles(experiment_dir: Path) -> list[str]:
+    """Ray writes its searcher and search-generator saves in place, and restores from the
+    newest by name: a driver killed mid-write leaves a newest file that is empty or cut short,
+    and the resume would fail unpickling it. Such a newest file is renamed out of the glob
+    (NAME.torn), so the resume continues from the save before it, as Ray would have had the
+    write not begun; the repairs that follow align that save with Ray's trial table."""
+    notes = []
+    for pattern in (SEARCH_GEN_GLOB, SEARCHER_GLOB):
+        files = sorted(experiment_dir.glob(pattern))
+        while files and not _unpickles(files[-1]):
+            torn = files.pop()
+            torn.rename(torn.with_name(torn.name + TORN_SUFFIX))
+            left = f"{files[-1].name} is used instead" if files else "none is left"
+            notes.append(f"{torn.name} was cut short by the stop (renamed {TORN_SUFFIX}); {left}")
+    return notes
+
+
+def _unpickles(path: Path) -> bool:
+    try:
+        cloudpickle.loads(path.read_bytes())
+    except Exception:  # any failure to load: empty, cut short, garbled
+        return False
+    return True
 
 
 def rebase_search_state(experiment_dir: Path) -> list[str]:

@@ -101,3 +101,26 @@ def test_a_journal_with_a_garbled_line_is_refused(tmp_path: Path) -> None:
         f"{journal}: line 2 is not an Optuna journal record; the study cannot be read: restore "
         f"the file from a copy, or start a new --name"
     )
+
+
+def test_a_torn_newest_searcher_save_is_set_aside_and_the_one_before_is_used(tmp_path):
+    import cloudpickle
+
+    from search.repair import SEARCH_GEN_GLOB, SEARCHER_GLOB, set_aside_torn_pickles
+
+    # A SIGKILL while Ray rewrote its saves: the newest search-generator file is empty and the
+    # newest searcher file cut short; the older ones are whole.
+    whole = cloudpickle.dumps({"counter": 3})
+    (tmp_path / "search_gen_state-2026-01-01_00-00-01.json").write_bytes(whole)
+    (tmp_path / "search_gen_state-2026-01-01_00-00-02.json").write_bytes(b"")
+    (tmp_path / "searcher-state-2026-01-01_00-00-01.pkl").write_bytes(whole)
+    (tmp_path / "searcher-state-2026-01-01_00-00-02.pkl").write_bytes(whole[: len(whole) // 2])
+    notes = set_aside_torn_pickles(tmp_path)
+    assert len(notes) == 2 and all("is used instead" in n for n in notes)
+    # What Ray restores from (the newest by name in each glob) now unpickles.
+    for pattern in (SEARCH_GEN_GLOB, SEARCHER_GLOB):
+        newest = sorted(tmp_path.glob(pattern))[-1]
+        assert newest.name.endswith("00-00-01" + newest.suffix)
+        assert cloudpickle.loads(newest.read_bytes()) == {"counter": 3}
+    assert len(list(tmp_path.glob("*.torn"))) == 2  # kept for inspection, out of Ray's way
+    assert set_aside_torn_pickles(tmp_path) == []  # nothing torn is left

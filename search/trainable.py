@@ -21,7 +21,8 @@ from ray import tune
 from search.checkpoints import plan_checkpoints
 from search.gpu_memory import capped
 from trainables.config import TrialConfig
-from trainables.data import Dataset, dataset_key, load_for_config
+from trainables.data import Dataset, dataset_key
+from trainables.mapped import load_mapped
 from trainables.train import train
 
 # Decoded datasets kept across trials that reuse this worker process (TuneConfig.reuse_actors),
@@ -35,7 +36,7 @@ def dataset_for(cfg: TrialConfig) -> Dataset:
     if key not in _DATASETS:
         while len(_DATASETS) >= _MAX_CACHED:
             _DATASETS.pop(next(iter(_DATASETS)))
-        _DATASETS[key] = load_for_config(cfg)
+        _DATASETS[key] = load_mapped(cfg)  # no Python object per image in this process
     return _DATASETS[key]
 
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,21 +103,48 @@ def load_for_config(cfg: Any, include_test: bool = False) -> Dataset:
 # ---------------------------------------------------------------------------- data classes
 
 
-@dataclass
 class Split:
-    images: torch.Tensor
-    """uint8 (N, 1, S, S), a read-only memory map of the decode cache (shared by every process
-    on the node): index or copy it, never write into it."""
-    labels: torch.Tensor
-    """int64 (N,), indices into `Dataset.classes`; for multi-label data int64 (N, F), one
-    `trainables.multilabel` code per finding (`Dataset.classes` are then the findings)."""
-    paths: list[str]
-    """Relative to `Dataset.root`, POSIX separators."""
-    patients: list[str]
-    """Patient id per image; a file without one is its own patient (its path)."""
+    """One split's images and labels; its paths and patients are lists, read from the decode
+    cache on first use in a mapped dataset (`trainables.mapped`), which trains without them."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        paths: list[str] | None = None,
+        patients: list[str] | None = None,
+        rows: Callable[[], tuple[list[str], list[str]]] | None = None,
+    ) -> None:
+        if (paths is None or patients is None) and rows is None:
+            raise ValueError("a Split needs its paths and patients, or a way to read them")
+        self.images = images
+        """uint8 (N, 1, S, S), a read-only memory map of the decode cache (shared by every
+        process on the node): index or copy it, never write into it."""
+        self.labels = labels
+        """int64 (N,), indices into `Dataset.classes`; for multi-label data int64 (N, F), one
+        `trainables.multilabel` code per finding (`Dataset.classes` are then the findings)."""
+        self._paths, self._patients, self._rows = paths, patients, rows
+
+    @property
+    def paths(self) -> list[str]:
+        """Relative to `Dataset.root`, POSIX separators."""
+        if self._paths is None:
+            self._read_rows()
+        return self._paths  # type: ignore[return-value]
+
+    @property
+    def patients(self) -> list[str]:
+        """Patient id per image; a file without one is its own patient (its path)."""
+        if self._patients is None:
+            self._read_rows()
+        return self._patients  # type: ignore[return-value]
+
+    def _read_rows(self) -> None:
+        assert self._rows is not None
+        self._paths, self._patients = self._rows()
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.labels)
 
 
 @dataclass
@@ -243,6 +271,8 @@ class Dataset:
     """{'hash': sha256 of the sorted train and val paths, 'train', 'val', 'test': [paths]}."""
     decoded: int
     """Files decoded by PIL in this load; 0 when everything came from the cache."""
+    view: Path | None = None
+    """The decode cache's view this load mapped (`trainables.decode_cache`)."""
 
     @property
     def multilabel(self) -> bool:
@@ -306,7 +336,9 @@ def load_dataset(
         "val": sorted(val.paths),
         "test": sorted(test.paths) if test is not None else [],
     }
-    return Dataset(layout.root, classes, train, val, test, report, record, report.decoded)
+    return Dataset(
+        layout.root, classes, train, val, test, report, record, report.decoded, cached.view
+    )
 
 
 def _plan_splits(
@@ -491,19 +523,23 @@ def _make_split(
     entries: list[Entry], index: list[int], images: np.ndarray, classes: list[str], size: int
 ) -> Split:
     chosen = [entries[i] for i in index]
-    if not len(index):
-        images = np.zeros((0, size, size), np.uint8)
-    with warnings.catch_warnings():
-        # A read-only map: torch warns that it cannot write into it; nothing here writes.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        pixels = torch.from_numpy(images)
     if chosen and chosen[0].codes is not None:
         labels = torch.tensor([list(e.codes) for e in chosen], dtype=torch.int64)
     else:
         labels = torch.tensor([classes.index(e.label) for e in chosen], dtype=torch.int64)
     return Split(
-        images=pixels.unsqueeze(1),
+        images=pixels(images, size),
         labels=labels,
         paths=[e.rel for e in chosen],
         patients=[e.patient if e.patient is not None else e.rel for e in chosen],
     )
+
+
+def pixels(images: np.ndarray, size: int) -> torch.Tensor:
+    """A split's (N, 1, S, S) tensor over its read-only memory map (N may be 0)."""
+    if not len(images):
+        images = np.zeros((0, size, size), np.uint8)
+    with warnings.catch_warnings():
+        # A read-only map: torch warns that it cannot write into it; nothing here writes.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(images).unsqueeze(1)

@@ -10,6 +10,9 @@ the one owner of these files):
   hashes, the preprocessing, the split settings): per split the array it maps and the listing
   indices of its rows, the files that failed to decode and why, and how the validation split was
   chosen. A warm load reads this and maps the arrays: no PIL, no split computed again.
+- ``views/<id>.npz``: the view's record for trials (`save_record`, written by
+  `trainables.mapped`): labels, paths and patients per split and the data report, so a trial
+  maps its splits without listing the files or holding a Python object per image.
 
 Every process (the driver's pre-flight, each trial, the report) maps the arrays read-only
 (``numpy.load(mmap_mode="r")``): the pages live once in the node's page cache, so a trial's
@@ -438,8 +441,13 @@ def _publish(
         atomic_write_text(where / "views" / f"{view_id}.json", json.dumps(view))
         for other in (where / "views").glob("*.json"):
             if other.stem != view_id and _read(other).get("identity") == view["identity"]:
-                other.unlink(missing_ok=True)  # a stale version of this same setting
+                _drop_view(other)  # a stale version of this same setting
         _drop_unmapped(where)
+
+
+def _drop_view(view_json: Path) -> None:
+    view_json.unlink(missing_ok=True)
+    view_json.with_suffix(RECORD_SUFFIX).unlink(missing_ok=True)
 
 
 def _read(path: Path) -> dict:
@@ -450,7 +458,10 @@ def _read(path: Path) -> dict:
 
 
 def _drop_unmapped(where: Path) -> int:
-    """Delete the arrays no view maps; returns the bytes freed."""
+    """Delete the arrays no view maps and the records of views gone; returns the bytes freed."""
+    for record in (where / "views").glob(f"*{RECORD_SUFFIX}"):
+        if not record.with_suffix(".json").is_file():
+            record.unlink(missing_ok=True)
     used = {
         s.get("array")
         for v in (where / "views").glob("*.json")
@@ -477,6 +488,64 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:  # removed meanwhile by someone cleaning the cache
         return 0.0
+
+
+# ---------------------------------------------------------------------------- trials' records
+
+RECORD_SUFFIX = ".npz"
+
+
+@dataclass
+class Record:
+    """What a trial needs beside the pixels, stored with the view (`save_record`)."""
+
+    meta: dict[str, Any]
+    columns: Any
+    """`numpy.load`'s NpzFile: a column is read from disk on first use."""
+    images: dict[str, np.ndarray]
+    """split -> uint8 (N, S, S), memory-mapped read-only."""
+
+
+def save_record(view: Path, meta: dict[str, Any], columns: dict[str, np.ndarray]) -> None:
+    """Store `meta` (JSON) and per-row `columns` as ``views/<id>.npz`` beside the view, so a
+    trial can map its splits without listing the files (`trainables.mapped`). The view's
+    content decides them, so the first writer's record stands; a view gone meanwhile gets none."""
+    path = view.with_suffix(RECORD_SUFFIX)
+    if path.is_file():
+        return
+    splits = _read(view.with_suffix(".json")).get("splits", {})
+    arrays = {n: [s["array"], len(s["index"])] for n, s in splits.items()}
+    body = json.dumps({"version": FORMAT_VERSION, "arrays": arrays, "meta": meta})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, record=np.array(body), **columns)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with file_lock(view.parent.parent / "locks" / "publish.lock"):
+            if view.with_suffix(".json").is_file():
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def open_record(view: Path) -> Record | None:
+    """A view's record with its splits mapped, or None when the view, its record or an array
+    is gone (load the full way again). Under the directory's lock, like `_open_view`."""
+    where = view.parent.parent
+    with file_lock(where / "locks" / "publish.lock"):
+        try:
+            if not view.with_suffix(".json").is_file():
+                return None
+            columns = np.load(view.with_suffix(RECORD_SUFFIX), allow_pickle=False)
+            body = json.loads(str(columns["record"]))
+            if body.get("version") != FORMAT_VERSION:
+                return None
+            images = {n: _map(where, key, rows)[0] for n, (key, rows) in body["arrays"].items()}
+        except (OSError, ValueError, KeyError):
+            return None
+        os.utime(view.with_suffix(".json"))
+    return Record(body["meta"], columns, images)
 
 
 # ---------------------------------------------------------------------------- list and prune
@@ -566,8 +635,9 @@ def _prune_dir(where: Path, older_than_days: float | None) -> None:
             if _read(view).get("version") != FORMAT_VERSION or (
                 cutoff is not None and _mtime(view) < cutoff
             ):
-                view.unlink(missing_ok=True)
-        for item in (where / "arrays").glob(".*.tmp-*"):
+                _drop_view(view)
+        temps = [*(where / "arrays").glob(".*.tmp-*"), *(where / "views").glob(".*.tmp-*")]
+        for item in temps:
             if not _builder_alive(item):
                 item.unlink(missing_ok=True)
         for array in (where / "arrays").glob("*.npy"):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from image_folders import S, make_folder, noise
+from smaps import two_trials_smaps
 from PIL import Image
 
 from trainables.data import load_dataset
@@ -87,59 +88,6 @@ def test_concurrent_processes_build_one_correct_cache(tmp_path):
 
 # --- one decoded copy per node: memory maps, killed builds, list and prune ------------------
 
-_MAP_CHILD = r"""
-import json, sys, time
-from pathlib import Path
-import numpy as np
-from trainables.data import load_dataset
-
-me, other, size, roots = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-
-def wait_for(flag):
-    Path(f"{me}.{flag}").write_text("")
-    while not Path(f"{other}.{flag}").exists():
-        time.sleep(0.05)
-
-def private_and_shared():
-    fields = {}
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
-        name, value = line.split(":")
-        fields[name] = int(value.split()[0]) * 1024  # kB -> bytes
-    return fields
-
-out, keep = [], []
-for n, root in enumerate(roots):
-    ds = load_dataset(root, image_size=size)
-    assert ds.decoded == 0, "the parent built the cache"
-    keep.append(ds)  # a trial keeps its dataset mapped while it trains
-    pixels = [np.asarray(s.images).reshape(-1) for s in (ds.train, ds.val)]
-    touched = sum(int(p[::4096].astype(np.int64).sum()) for p in pixels)  # every page read
-    wait_for(f"read{n}")  # both processes map and have read everything ...
-    out.append({"fields": private_and_shared(), "touched": touched})
-    wait_for(f"measured{n}")  # ... and keep it mapped until both have measured
-Path(me + ".json").write_text(json.dumps(out))
-"""
-
-
-def _two_trials_smaps(tmp_path: Path, roots: list[Path], size: int) -> list[list[dict]]:
-    """Two processes load each root in turn (warm) and read every page; after each, both
-    processes' smaps_rollup while both hold the map."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    me = [str(tmp_path / f"trial{i}") for i in range(2)]
-    args = [str(size), *map(str, roots)]
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _MAP_CHILD, me[i], me[1 - i], *args], env=env)
-        for i in range(2)
-    ]
-    for p in procs:
-        assert p.wait(timeout=300) == 0
-    return [json.loads(Path(m + ".json").read_text()) for m in me]
-
-
 @pytest.mark.slow
 def test_two_processes_share_one_copy_and_private_memory_does_not_grow_with_the_data(tmp_path):
     size = 256  # pixels: 64 KiB an image, so pixels dominate the per-file bookkeeping
@@ -151,7 +99,7 @@ def test_two_processes_share_one_copy_and_private_memory_does_not_grow_with_the_
         pixels.append((len(ds.train) + len(ds.val)) * size * size)
     grown = pixels[1] - pixels[0]
     assert grown > 25 * 2**20  # x8 the images: 3.75 MiB -> 30 MiB of pixels
-    for before, after in _two_trials_smaps(tmp_path, [small, large], size):
+    for before, after in two_trials_smaps(tmp_path, [small, large], size, "load_dataset"):
         b, a = before["fields"], after["fields"]
         private = sum(a[k] - b[k] for k in ("Private_Clean", "Private_Dirty"))
         # Each process's private memory grows by far less than the pixels it read (goal: <= 5%

@@ -1,0 +1,84 @@
+"""A trial's mapped dataset: the same data as a full load, no per-image objects in the trial's
+process, errors and a killed child reported, records cleaned up with their views."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from image_folders import S, make_folder, noise
+from smaps import two_trials_smaps
+
+from trainables import decode_cache
+from trainables.config import TrialConfig
+from trainables.data import load_dataset
+from trainables.mapped import in_child, load_mapped, open_mapped
+
+pytestmark = pytest.mark.usefixtures("cold_cache")
+
+
+def test_a_mapped_load_is_the_full_load(tmp_path):
+    root = make_folder(tmp_path / "d")
+    full = load_dataset(str(root), image_size=S, split_seed=3)
+    mapped = load_mapped(TrialConfig(data=str(root), image_size=S, split_seed=3))
+    assert mapped.decoded == 0  # the full load above built the cache
+    assert mapped.view == full.view and mapped.root == full.root
+    assert mapped.classes == full.classes and mapped.test is None
+    for a, b in ((mapped.train, full.train), (mapped.val, full.val)):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+        assert a.paths == b.paths and a.patients == b.patients  # read from the record on use
+    assert mapped.split_record == {"hash": full.split_record["hash"]}
+    assert mapped.report.counts == full.report.counts
+    assert mapped.report.files_sha256 == full.report.files_sha256
+
+
+def test_a_cold_mapped_load_builds_in_its_child(tmp_path):
+    root = make_folder(tmp_path / "d")
+    mapped = load_mapped(TrialConfig(data=str(root), image_size=S))
+    assert mapped.decoded == 70  # the child decoded every file once
+    assert load_mapped(TrialConfig(data=str(root), image_size=S)).decoded == 0
+
+
+def test_changed_data_maps_the_new_view_and_the_old_record_goes(tmp_path):
+    root = make_folder(tmp_path / "d")
+    first = load_mapped(TrialConfig(data=str(root), image_size=S))
+    noise(root / "train" / "VIRAL" / "person999_virus_1.png", seed=999)
+    second = load_mapped(TrialConfig(data=str(root), image_size=S))
+    assert len(second.train) + len(second.val) == len(first.train) + len(first.val) + 1
+    assert not first.view.with_suffix(".json").exists()
+    assert not first.view.with_suffix(decode_cache.RECORD_SUFFIX).exists()
+    assert open_mapped(first.view) is None  # a trial holding the old id loads again
+    assert second.view.with_suffix(decode_cache.RECORD_SUFFIX).is_file()
+
+
+def test_refusals_and_a_killed_child_reach_the_trial(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError) as full:
+        load_dataset(str(empty), image_size=S)
+    with pytest.raises(ValueError) as mapped:
+        load_mapped(TrialConfig(data=str(empty), image_size=S))
+    assert str(mapped.value) == str(full.value)  # the same one line
+    with pytest.raises(RuntimeError, match="child process ended"):
+        in_child(lambda _: os.kill(os.getpid(), signal.SIGKILL), None)
+    assert in_child(lambda x: (x, os.getpid()), 5)[1] != os.getpid()
+
+
+@pytest.mark.slow
+def test_a_trials_private_memory_stays_within_5_percent_at_64_px(tmp_path):
+    size = 64  # 4 KiB an image: a full load's ~0.8 KB of objects per file would be ~20 %
+    small = make_folder(tmp_path / "small", counts={"NORMAL": 100, "BACTERIA": 100, "VIRAL": 100})
+    large = make_folder(tmp_path / "large", counts={"NORMAL": 800, "BACTERIA": 800, "VIRAL": 800})
+    pixels = []
+    for root in (small, large):  # the driver's pre-flight builds each cache once
+        ds = load_dataset(str(root), image_size=size)
+        pixels.append((len(ds.train) + len(ds.val)) * size * size)
+    grown = pixels[1] - pixels[0]
+    assert grown > 8 * 2**20  # x8 the images: 1.2 MiB -> 9.4 MiB of pixels
+    for before, after in two_trials_smaps(tmp_path, [small, large], size, "load_mapped"):
+        b, a = before["fields"], after["fields"]
+        private = sum(a[k] - b[k] for k in ("Private_Clean", "Private_Dirty"))
+        assert private < 0.05 * grown, (private, grown)
+        assert a["Shared_Clean"] - b["Shared_Clean"] > 0.9 * grown

@@ -11,11 +11,16 @@ patient) as an image folder and as the equivalent CSV manifest, then, each in a 
 - `cold` / `warm`: the pre-flight's load (`load_dataset`) with an empty, then a filled decode
   cache: seconds and the driver's peak RSS above its baseline, against the decoded bytes;
 - `manifest_cold`: the same cold load from the CSV manifest;
-- `trials`: two trial-like processes load the dataset warm and read every page; each one's
-  `/proc/PID/smaps_rollup` (Private_Clean + Private_Dirty, Shared_Clean) while both hold the map,
-  minus its own figures before the load: what a trial's private memory for data is;
+- `trials`: two trial-like processes load the dataset warm as a sweep's trial does
+  (`trainables.mapped.load_mapped`) and read every page; each one's `/proc/PID/smaps_rollup`
+  (Private_Clean + Private_Dirty, Shared_Clean) while both hold the map, minus its own figures
+  before the load: what a trial's private memory for data is;
 - `epoch`: one epoch of `trainables.train.train_batches` (the feed alone, batch 64) with the split
-  resident (the map indexed in place) and streamed (gathered one batch ahead by a thread).
+  resident (the map indexed in place) and streamed (gathered one batch ahead by a thread);
+- `sweep` (with `--sweep`): a real 2-trial sweep (`search.run`, `bench/spaces/scale_sweep.py`, two
+  trials at once, warm cache) while every Ray trial worker's smaps_rollup is sampled: the peak
+  anonymous (heap) and private memory of the trial processes, which hold torch and the model
+  besides the data, so the figure to read is how it grows with N.
 
 Goals (issue 19): a trial's private memory for data <= 5% of the dataset's bytes; the driver's
 cold pre-flight peak <= 1.5x the dataset. Each figure's growth exponent is the slope of log(value)
@@ -78,7 +83,9 @@ CHILD = r"""
 import json, os, resource, sys, time
 from pathlib import Path
 import numpy as np
+from trainables.config import TrialConfig
 from trainables.data import list_dataset, load_dataset
+from trainables.mapped import load_mapped
 
 kind, data, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 
@@ -101,7 +108,10 @@ if kind == "listing":
     list_dataset(data)
     print(json.dumps({"seconds": time.perf_counter() - started}))
     sys.exit()
-ds = load_dataset(data, image_size=size)
+if kind == "trial":  # as a sweep's trial loads it (search.trainable)
+    ds = load_mapped(TrialConfig(data=data, image_size=size))
+else:
+    ds = load_dataset(data, image_size=size)
 seconds = time.perf_counter() - started
 _, peak = rss()
 out = {"seconds": seconds, "peak_above_base": peak - base, "decoded": ds.decoded,
@@ -149,7 +159,7 @@ def result(proc: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def measure(n: int, size: int, work: Path) -> dict:
+def measure(n: int, size: int, work: Path, sweep: bool = False) -> dict:
     root = work / f"n{n}"
     started = time.perf_counter()
     generate(root, n, size)
@@ -164,9 +174,66 @@ def measure(n: int, size: int, work: Path) -> dict:
     procs = [child("trial", folder, size, cache, flags[i], flags[1 - i]) for i in range(2)]
     figures["trials"] = [result(p) for p in procs]
     figures["epoch"] = result(child("epoch", folder, size, cache))
+    if sweep:
+        figures["sweep"] = measure_sweep(folder, cache, root / "sweep")
     figures["dataset_bytes"] = figures["cold"]["images"] * size * size
     shutil.rmtree(root, ignore_errors=True)
     return figures
+
+
+def measure_sweep(data: Path, cache: Path, storage: Path) -> dict:
+    """A real 2-trial sweep on the warm cache, sampling every Ray trial worker's memory."""
+    env = {**os.environ, "CXR_TUNE_CACHE": str(cache), "PYTHONPATH": str(REPO)}
+    env.setdefault("WANDB_MODE", "disabled")
+    command = [
+        sys.executable, "-m", "search.run", "--space", str(REPO / "bench/spaces/scale_sweep.py"),
+        "--data", str(data), "--profile", "cpu", "--num-samples", "2", "--max-concurrent", "2",
+        "--storage", str(storage), "--name", "scale", "--wandb-mode", "disabled", "--no-export",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peaks: dict[int, dict[str, int]] = {}
+    while proc.poll() is None:
+        for pid, fields in trial_workers():
+            peak = peaks.setdefault(pid, {})
+            for key in ("Anonymous", "Private", "Shared_Clean"):
+                peak[key] = max(peak.get(key, 0), fields[key])
+        time.sleep(0.5)
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the sweep failed (exit {proc.returncode}): {err[-2000:]}")
+    if not peaks:
+        raise RuntimeError("no Ray trial worker was seen during the sweep")
+    return {"seconds": time.perf_counter() - started, "workers": list(peaks.values())}
+
+
+def trial_workers() -> list[tuple[int, dict[str, int]]]:
+    """(pid, smaps_rollup in bytes, Private = Private_Clean + Private_Dirty) of every process
+    whose title is a Ray trial's (Tune names a function trainable's actor ImplicitFunc), not
+    counting the short-lived child a trial forks to list its data (`trainables.mapped`), which
+    inherits the title."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not _is_trial(proc) or _is_trial(Path("/proc") / _parent(proc)):
+                continue
+            fields = {}
+            for line in (proc / "smaps_rollup").read_text().splitlines()[1:]:
+                name, value = line.split(":")
+                fields[name] = int(value.split()[0]) * 1024
+        except (OSError, ValueError):
+            continue  # not a number, gone meanwhile
+        fields["Private"] = fields["Private_Clean"] + fields["Private_Dirty"]
+        out.append((int(proc.name), fields))
+    return out
+
+
+def _is_trial(proc: Path) -> bool:
+    return (proc / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc")
+
+
+def _parent(proc: Path) -> str:
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
 
 
 def exponent(ns: list[int], values: list[float]) -> float:
@@ -193,6 +260,11 @@ def report(rows: list[dict]) -> list[str]:
         "epoch feed s, streamed": [r["epoch"]["streamed_s"] for r in rows],
         "dataset MB": [r["dataset_bytes"] / 1e6 for r in rows],
     }
+    if all("sweep" in r for r in rows):
+        for key in ("Anonymous", "Private"):
+            series[f"sweep trial worker {key.lower()} MB (max)"] = [
+                max(w[key] for w in r["sweep"]["workers"]) / 1e6 for r in rows
+            ]
     lines = ["| figure | " + " | ".join(f"N = {n:,}" for n in ns) + " | growth exponent |"]
     lines.append("|---" * (len(ns) + 2) + "|")
     for name, values in series.items():
@@ -221,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, 32000], help="images")
     p.add_argument("--image-size", type=int, default=64, help="decoded side, pixels")
     p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    p.add_argument("--sweep", action="store_true", help="also a real 2-trial sweep per size")
     args = p.parse_args(argv)
     if min(args.sizes) < 100 or args.image_size < 32:
         p.error("--sizes must be >= 100 images and --image-size >= 32 px")
@@ -228,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for n in sorted(args.sizes):
-            rows.append(measure(n, args.image_size, work))
+            rows.append(measure(n, args.image_size, work, args.sweep))
             print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

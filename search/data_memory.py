@@ -3,7 +3,9 @@
     decoded   = images x image_size^2 bytes (uint8) over train and val: one copy per node, in
                 the decode cache, memory-mapped by every trial there (the page cache holds it once)
     trial RAM = PREFETCH_BATCHES x batch_size x image_size^2 (streamed batches, pinned)
-                + images x BOOKKEEPING_BYTES (paths, labels, patients, split indices)
+                + images x TRIAL_BYTES_PER_IMAGE (labels; the pixels are the node's mapped copy)
+                + images x LOAD_BYTES_PER_IMAGE while the trial starts (the forked child that
+                  lists and hashes the files, `trainables.mapped`; returned when it exits)
     trial GPU = the train split's bytes when it stays on the card, else PREFETCH_BATCHES batches
     node      = decoded + concurrent x trial RAM <= the node's memory (MemTotal);
                 concurrent x trial GPU <= the node's GPU memory
@@ -25,7 +27,11 @@ from search.resources import peak_bytes
 from trainables.config import TrialConfig
 
 PREFETCH_BATCHES = 2  # the batch being trained and the one gathered ahead
-BOOKKEEPING_BYTES = 1024  # per image in a trial: path, patient, label, index (bench/scale.py)
+# Per image, measured with bench/scale.py (bench/RESULTS.md): a mapped trial keeps int64 labels
+# (one, or one per finding of multi-label data: 128 B covers CheXpert's 14); the full load in
+# its child peaks at 1.6-1.9 KB an image (paths, hashes, the listing) and then exits.
+TRIAL_BYTES_PER_IMAGE = 128
+LOAD_BYTES_PER_IMAGE = 2048
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,9 @@ class DataMemory:
         return (
             f"memory: {self.images:,} images at {self.image_size} px decode to "
             f"{gb(self.decoded_bytes)}, mapped once per node (the decode cache); "
-            f"each trial's private RAM for data {gb(self.trial_ram_bytes)} (batch "
-            f"{self.batch_size}); {self.concurrent} concurrent: RAM {gb(self.need_ram())} of "
+            f"each trial's private RAM for data at most {gb(self.trial_ram_bytes)} (batch "
+            f"{self.batch_size}, and its start's listing); {self.concurrent} concurrent: "
+            f"RAM {gb(self.need_ram())} of "
             f"{gb(self.node_ram_bytes)}{gpu}"
         )
 
@@ -134,7 +141,7 @@ def data_memory(
         image_size=size,
         batch_size=batch,
         decoded_bytes=train_bytes(total, size),
-        trial_ram_bytes=batch_bytes + total * BOOKKEEPING_BYTES,
+        trial_ram_bytes=batch_bytes + total * (TRIAL_BYTES_PER_IMAGE + LOAD_BYTES_PER_IMAGE),
         trial_gpu_bytes=(data if on_card else batch_bytes) if gpus else 0,
         on_card=on_card,
         concurrent=max(1, min(num_samples, max_concurrent or slots)),

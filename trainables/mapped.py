@@ -31,8 +31,8 @@ import torch
 
 from trainables.data import (
     DATASET_FIELDS,
-    Dataset,
     DataReport,
+    Dataset,
     Split,
     dataset_key,
     load_dataset,

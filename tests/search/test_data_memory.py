@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from search.data_memory import BOOKKEEPING_BYTES, PREFETCH_BATCHES, data_memory
+from search.data_memory import (
+    LOAD_BYTES_PER_IMAGE,
+    PREFETCH_BATCHES,
+    TRIAL_BYTES_PER_IMAGE,
+    data_memory,
+)
 from trainables.config import TrialConfig
 
 GIB = 2**30
@@ -21,7 +26,8 @@ def plan(configs=(CFG,), images=NIH, **kw):
 def test_decoded_size_and_per_trial_bytes_follow_the_formula():
     m = plan()
     assert m.decoded_bytes == 112_120 * 256 * 256  # 7.35 GB, once per node
-    assert m.trial_ram_bytes == PREFETCH_BATCHES * 64 * 256 * 256 + 112_120 * BOOKKEEPING_BYTES
+    per_image = TRIAL_BYTES_PER_IMAGE + LOAD_BYTES_PER_IMAGE  # labels + the start's listing
+    assert m.trial_ram_bytes == PREFETCH_BATCHES * 64 * 256 * 256 + 112_120 * per_image
     assert m.on_card and m.trial_gpu_bytes == 89_696 * 256 * 256  # the train split on the card
     assert m.need_gpu() == 8 * m.trial_gpu_bytes
     line = m.format()
@@ -45,9 +51,10 @@ def test_a_sweep_that_cannot_fit_the_node_is_refused_naming_numbers_and_flags():
     ram = plan(ram_bytes=6 * GIB, gpus=0).refusal()
     assert "does not fit this node's memory: 7.35 GB decoded (112,120 images at 256 px)" in ram
     assert "image_size" in ram
-    # With room for the copy and some trials, it names how many fit: (8.6 - 7.35) GB / 0.123 GB.
+    # With room for the copy and some trials, it names how many fit:
+    # (8.59 - 7.35) GB / (8.4 MB of batches + 112,120 x 2,176 B = 0.252 GB) = 4.9.
     assert (
-        "--max-concurrent (at most 10 fit)" in plan(ram_bytes=8 * GIB, max_concurrent=16).refusal()
+        "--max-concurrent (at most 4 fit)" in plan(ram_bytes=8 * GIB, max_concurrent=16).refusal()
     )
     # Without --max-concurrent the CPUs (and GPU eighths) bound the concurrency.
     assert plan(max_concurrent=None, gpus=0).concurrent >= 1

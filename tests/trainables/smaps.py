@@ -16,7 +16,8 @@ from trainables.config import TrialConfig
 from trainables.data import load_dataset
 from trainables.mapped import load_mapped
 
-me, other, size, loader, roots = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+me, other, size, loader = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+roots = sys.argv[5:]
 
 def load(root):
     if loader == "load_mapped":  # what a sweep's trial runs (search.trainable)

@@ -103,45 +103,42 @@ def load_for_config(cfg: Any, include_test: bool = False) -> Dataset:
 # ---------------------------------------------------------------------------- data classes
 
 
+@dataclass
 class Split:
-    """One split's images and labels; its paths and patients are lists, read from the decode
-    cache on first use in a mapped dataset (`trainables.mapped`), which trains without them."""
+    """One split's images and labels. Its paths and patients are given, or (a mapped dataset,
+    `trainables.mapped`, which trains without them) read by `rows` on first use."""
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        paths: list[str] | None = None,
-        patients: list[str] | None = None,
-        rows: Callable[[], tuple[list[str], list[str]]] | None = None,
-    ) -> None:
-        if (paths is None or patients is None) and rows is None:
+    images: torch.Tensor
+    """uint8 (N, 1, S, S), a read-only memory map of the decode cache (shared by every process
+    on the node): index or copy it, never write into it."""
+    labels: torch.Tensor
+    """int64 (N,), indices into `Dataset.classes`; for multi-label data int64 (N, F), one
+    `trainables.multilabel` code per finding (`Dataset.classes` are then the findings)."""
+    path_list: list[str] | None = None
+    patient_list: list[str] | None = None
+    rows: Callable[[], tuple[list[str], list[str]]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.path_list is None or self.patient_list is None) and self.rows is None:
             raise ValueError("a Split needs its paths and patients, or a way to read them")
-        self.images = images
-        """uint8 (N, 1, S, S), a read-only memory map of the decode cache (shared by every
-        process on the node): index or copy it, never write into it."""
-        self.labels = labels
-        """int64 (N,), indices into `Dataset.classes`; for multi-label data int64 (N, F), one
-        `trainables.multilabel` code per finding (`Dataset.classes` are then the findings)."""
-        self._paths, self._patients, self._rows = paths, patients, rows
 
     @property
     def paths(self) -> list[str]:
         """Relative to `Dataset.root`, POSIX separators."""
-        if self._paths is None:
+        if self.path_list is None:
             self._read_rows()
-        return self._paths  # type: ignore[return-value]
+        return self.path_list  # type: ignore[return-value]
 
     @property
     def patients(self) -> list[str]:
         """Patient id per image; a file without one is its own patient (its path)."""
-        if self._patients is None:
+        if self.patient_list is None:
             self._read_rows()
-        return self._patients  # type: ignore[return-value]
+        return self.patient_list  # type: ignore[return-value]
 
     def _read_rows(self) -> None:
-        assert self._rows is not None
-        self._paths, self._patients = self._rows()
+        assert self.rows is not None
+        self.path_list, self.patient_list = self.rows()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -528,10 +525,10 @@ def _make_split(
     else:
         labels = torch.tensor([classes.index(e.label) for e in chosen], dtype=torch.int64)
     return Split(
-        images=pixels(images, size),
-        labels=labels,
-        paths=[e.rel for e in chosen],
-        patients=[e.patient if e.patient is not None else e.rel for e in chosen],
+        pixels(images, size),
+        labels,
+        [e.rel for e in chosen],
+        [e.patient if e.patient is not None else e.rel for e in chosen],
     )
 
 

@@ -1,7 +1,7 @@
 """The data plane at dataset scale: one decoded copy per node, measured against the image count.
 
     python -m bench.scale [--sizes 2000 8000 32000] [--image-size 64] [--json PATH]
-    python -m bench.scale --sizes 10000 50000 112000 --sweep   # the issue's sizes (~10 min, ~2 GB disk)
+    python -m bench.scale --sizes 10000 50000 112000 --sweep   # the issue's sizes (~10 min)
 
 For each size N: N unique generated PNGs (noise plus a few shapes, 3 classes, 2 images per
 patient) as an image folder and as the equivalent CSV manifest, then, each in a fresh process

@@ -216,7 +216,13 @@ def _eval_inputs(cfg: TrialConfig, images: torch.Tensor, split) -> list[torch.Te
 def test_training_inputs_without_augmentation_are_the_evaluation_inputs(name, phantom64):
     cfg = TrialConfig(image_size=64, augment=name, data="phantom:small")
     v = phantom64.val
-    split = replace(v, images=v.images[:24], labels=v.labels[:24], paths=v.paths[:24])
+    split = replace(
+        v,
+        images=v.images[:24],
+        labels=v.labels[:24],
+        path_list=v.paths[:24],
+        patient_list=v.patients[:24],
+    )
     train_inputs = prepare_train_batch(split.images, name, _gen(0), p_augment=0.0)
     # Bit for bit: validation and prediction apply the set's preprocessing, and nothing else.
     for inputs in _eval_inputs(cfg, split.images, split):

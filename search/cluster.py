@@ -27,9 +27,9 @@ def quiet_ray(verbose: bool) -> None:
 
     - Its "Configuration for experiment" box and a TensorBoard hint at a staging folder: the new
       output engine prints both even at verbose=0, the legacy one prints nothing at 0.
-    - Its C++ log lines, such as the error-level core_worker.cc warning about the W&B logging
-      actors' constructor arguments (Ray creates them with max_restarts=-1). The info line Ray
-      then prints saying it read RAY_BACKEND_LOG_LEVEL is held back by `without_level_notice`.
+    - Its C++ log lines, such as error-level core_worker.cc warnings about actors created with
+      max_restarts=-1. The info line Ray then prints saying it read RAY_BACKEND_LOG_LEVEL is
+      held back by `without_level_notice`.
     - Its Python INFO lines: `ray_logging_level`.
     """
     if verbose:
@@ -141,7 +141,7 @@ def local_ray(verbose: bool = False) -> Iterator[None]:
     Trials' output reaches this terminal only with --verbose (the progress lines cover it).
 
     What it starts cannot leak a secret or outlive the driver: Ray's processes start without
-    the variables of `SECRET_ENV` (the W&B logging actors get the key another way, see
+    the variables of `SECRET_ENV` (the driver opens the trials' W&B runs itself,
     `search.wandb_callback`); Ray makes its temp dir and session folders mode 0777, so that
     dir lives inside a 0700 folder of this user (no other user can reach Ray's logs); and a
     `search.watchdog` ends Ray's processes and removes the folder when the driver ends, even

@@ -1,4 +1,4 @@
-"""Weights & Biases logging for a sweep, through Ray's `WandbLoggerCallback`.
+"""Weights & Biases logging for a sweep: one run per trial, opened by the driver.
 
 - One W&B run per trial (job_type `trial`), grouped by the experiment name. Its config is the
   whole `TrialConfig` plus `experiment` (space, metric, ASHA settings, profile, code version:
@@ -15,13 +15,13 @@
   `disabled` logs nothing and never imports wandb.
 - Every run lands in the experiment directory (`STORAGE/NAME/wandb/offline-run-*`), so one
   `wandb sync` (`trainables.experiment.wandb_sync_command`) uploads them all later.
-- W&B being unreachable never hangs or fails the sweep: each trial's run starts in its own Ray
-  actor with a short init timeout, and the end-of-sweep wait for runs to finish is bounded.
-- The API key stays in memory: it is never a callback argument, a config value or part of
-  Ray's runtime env (`search.wandb_callback` hands it to the logging actors as a constructor
-  argument; `search.cluster.local_ray` starts Ray's processes without it).
-  What is logged leaves out the three key field names of `excluded_keys` (Ray's callback
-  drops exactly those names); the files the sweep writes go through `scrub`, which drops any
+- W&B being unreachable never hangs or fails the sweep: each trial's run starts with a short
+  init timeout, and the waits for runs to finish are bounded.
+- The API key stays in memory and in the driver: the trials' runs are opened by the driver
+  (`search.wandb_callback`, a public `tune.Callback`), so it is never a callback argument, a
+  config value or part of Ray's runtime env (`search.cluster.local_ray` starts Ray's
+  processes without it). What is logged leaves out the three key field names of
+  `excluded_keys`; the files the sweep writes go through `scrub`, which drops any
   field whose name contains `api_key` and any value that holds the key itself.
 """
 

@@ -1,51 +1,40 @@
-"""Ray's `WandbLoggerCallback` with runs W&B users can sort, filter and trust.
+"""One W&B run per trial, from the driver, through Ray Tune's public `tune.Callback`.
 
 Imported only when W&B is enabled (importing it imports wandb).
 
-- Each trial's run gets the whole `TrialConfig` plus the experiment (`search.tracking`) as its
-  config, job_type `trial` and tags; its logging actor defines the sweep's metric with
-  `summary=MODE` and, when the trial ends, writes its best epoch and how it ended (`completed`,
-  `stopped_early` with the stop epoch, `error`) into the summary and tags.
-- Ray sends a trial's logging actor its end marker only from `log_trial_end`; trials still
-  running when a sweep is interrupted never get one, so Ray's `on_experiment_end` waits its
-  whole upload timeout for them and then kills them mid-write. Sending the marker to every
-  actor first lets each run flush its history and finish; the timeout then only bounds slow
-  uploads.
-- Ray's `log_trial_end` only sends the end marker: a run whose actor was still starting (a
-  loaded machine takes tens of seconds) was killed at the sweep's end, its run file left at
-  W&B's 7-byte header. Here the end of a trial waits (up to `TRIAL_END_TIMEOUT`) for its run to
-  finish and be written; a run still unfinished when the sweep ends is named in a warning.
-
-Ray's callback hands `WANDB_API_KEY` to its logging actors as `runtime_env={"env_vars": ...}`,
-and Ray's runtime-env agent then writes that env, key included, into
-`session_*/logs/runtime_env_agent.log`. Here the actors get an empty runtime env and the key
-as a constructor argument (in memory: Ray's task spec), which the actor puts into its own
-process environment before `wandb.init` reads it.
+- At a trial's start the driver opens its run (`wandb.init(reinit="create_new")`, W&B's way of
+  holding several runs in one process; id = Ray's trial id): the whole `TrialConfig` plus the
+  experiment (`search.tracking`) as its config, job_type `trial`, tags, and the sweep's metric
+  defined with `summary=MODE`, so W&B's runs table sorts like the sweep.
+- Each result is logged as one history row (step = Ray's training iteration), without the
+  keys of `excluded_keys` and without anything that is not a number.
+- At the trial's end (completed, stopped early by ASHA or the time budget, errored) the run's
+  summary gets the best epoch and how the trial ended, its tags the outcome, and the run is
+  finished in a thread the trial's end waits for (up to `TRIAL_END_TIMEOUT`).
+- At the sweep's end the runs of trials still running (an interrupted sweep) are finished too,
+  and the wait for all of them is bounded by the mode's `UPLOAD_TIMEOUT`; a run cut there is
+  named in a warning.
+- The API key never leaves the driver: wandb reads it from the driver's environment; no Ray
+  actor, runtime env or log sees it. W&B trouble (an unreachable server) costs a trial its
+  run, with a warning, never the sweep.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import urllib.error
+import threading
+import time
 from collections.abc import Mapping
+from numbers import Number
 from pathlib import Path
 from typing import Any
 
-import ray
+import numpy as np
+from ray import tune
 from ray.air.constants import TRAINING_ITERATION
-
-# Private names (checked on Ray 2.60.0): the logging actor, its queue items and run-info hook
-# have no public counterpart; `tests/search/test_private_apis.py` lists every such use.
-from ray.air.integrations.wandb import (
-    WandbLoggerCallback,
-    _QueueItem,
-    _run_wandb_process_run_info_hook,
-    _WandbLoggingActor,
-)
+from ray.tune.utils import flatten_dict
 
 from search.tracking import (
-    SECRET_ENV,
     TRIAL_END_TIMEOUT,
     UPLOAD_TIMEOUT,
     excluded_keys,
@@ -56,124 +45,144 @@ from search.tracking import (
 )
 from trainables.config import TrialConfig
 
-OUTCOME = "cxr-tune outcome"  # queue item kind: how the trial ended, just before Ray's END
 
-
-class TrialRunActor(_WandbLoggingActor):
-    """Ray's logging actor, plus the metric's summary, the best epoch and the trial's outcome."""
-
-    def __init__(self, logdir: str, queue: Any, exclude: list, to_config: list, *args, **kwargs):
-        self._metric = kwargs.pop("cxr_metric")
-        self._metric_mode = kwargs.pop("cxr_mode")
-        os.environ.update(kwargs.pop("secret_env", None) or {})  # the key, in this actor only
-        super().__init__(logdir, queue, exclude, to_config, *args, **kwargs)
-
-    def run(self) -> None:
-        os.environ["WANDB_START_METHOD"] = "thread"
-        run = self._wandb.init(*self.args, **self.kwargs)
-        run.config.trial_log_path = self._logdir
-        _run_wandb_process_run_info_hook(run)
-        run.define_metric("epoch")
-        run.define_metric(self._metric, summary=self._metric_mode)  # runs table sorts by it
-        rows: list[dict[str, Any]] = []
-        ended = None
-        while True:
-            kind, content = self.queue.get()
-            if kind == _QueueItem.END:
-                break
-            if kind == OUTCOME:
-                ended = content
-                continue
-            if kind != _QueueItem.RESULT:
-                continue  # checkpoints are not uploaded (the exported bundle is)
-            log, config_update = self._handle_result(content)
-            try:
-                self._wandb.config.update(config_update, allow_val_change=True)
-                self._wandb.log(log, step=log.get(TRAINING_ITERATION))
-            except (urllib.error.HTTPError, FileNotFoundError) as err:
-                print(f"W&B: did not log a result: {err}")
-            rows.append(log)
-        run.summary.update(run_summary(rows, self._metric, self._metric_mode, ended))
-        if ended:
-            run.tags = (*run.tags, ended["tag"])
-        self._wandb.finish()
-
-
-class EndingWandbLoggerCallback(WandbLoggerCallback):
-    _logger_actor_cls = TrialRunActor
+class TrialRuns(tune.Callback):
+    """The trials' W&B runs (see the module's docstring)."""
 
     def __init__(
         self,
-        *args: Any,
+        *,
+        project: str,
+        group: str,
+        mode: str,
+        run_dir: Path,
         metric: str,
         metric_mode: str,
         max_epochs: int,
-        experiment: dict[str, Any],
-        **kwargs: Any,
+        experiment: Mapping[str, Any],
     ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_kwargs = dict(self.kwargs)
+        self.init = {"project": project, "group": group, "mode": mode, "dir": str(run_dir)}
         self.metric, self.metric_mode, self.max_epochs = metric, metric_mode, max_epochs
-        self.experiment = experiment
+        self.experiment = dict(experiment)
+        self.upload_timeout = UPLOAD_TIMEOUT[mode]
+        self.runs: dict[str, Any] = {}  # trial id -> its open run
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.finishing: dict[str, threading.Thread] = {}
 
-    def _start_logging_actor(self, trial: Any, exclude_results: list, **init_kwargs: Any) -> None:
-        # Private override (checked on Ray 2.60.0, W&B 0.31.0): the one place Ray copies the
-        # key into the logging actors' runtime env, so it is held back around Ray's method.
-        secrets = {k: os.environ[k] for k in SECRET_ENV if os.environ.get(k)}
-        for key in secrets:  # Ray's method copies these into the actors' runtime env
-            del os.environ[key]
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        import wandb
+
+        config = _trial_config(trial.config)
         try:
-            super()._start_logging_actor(trial, exclude_results, secret_env=secrets, **init_kwargs)
-        finally:
-            os.environ.update(secrets)
-
-    def log_trial_start(self, trial: Any) -> None:
-        try:
-            config = TrialConfig.from_dict(trial.config).to_dict()  # every field, defaults too
-        except (TypeError, ValueError):
-            config = dict(trial.config)
-        config = {k: v for k, v in config.items() if k not in self.excludes}
-        # Ray's log_trial_start lets these kwargs override what it passes to wandb.init.
-        self.kwargs = {
-            **self._init_kwargs,
-            "config": {**config, "experiment": self.experiment, "ray_trial_id": trial.trial_id},
-            "job_type": "trial",
-            "tags": trial_tags(config, self.experiment),
-            "cxr_metric": self.metric,
-            "cxr_mode": self.metric_mode,
-        }
-        super().log_trial_start(trial)
-
-    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
-        last = trial.last_result or {}
-        epoch = int(last.get("epoch", last.get(TRAINING_ITERATION, 0)) or 0)
-        if trial not in self._trial_queues:
+            run = wandb.init(
+                **self.init,
+                id=trial.trial_id,
+                name=str(trial),
+                config={**config, "experiment": self.experiment, "ray_trial_id": trial.trial_id},
+                job_type="trial",
+                tags=trial_tags(config, self.experiment),
+                settings=wandb_settings(),
+                reinit="create_new",
+                allow_val_change=True,
+            )
+            run.define_metric("epoch")
+            run.define_metric(self.metric, summary=self.metric_mode)  # the runs table sorts by it
+        except Exception as err:  # noqa: BLE001 - W&B trouble must not fail a trial
+            print(f"W&B: trial {trial.trial_id} has no run: {err}", file=sys.stderr, flush=True)
             return
-        self._trial_queues[trial].put((OUTCOME, outcome(epoch, self.max_epochs, failed)))
-        self._signal_logging_actor_stop(trial)
-        # The run is finished and its files written before the trial counts as ended.
-        ray.wait([self._trial_logging_futures[trial]], timeout=TRIAL_END_TIMEOUT)
-        self._cleanup_logging_actors()  # the finished ones; the rest wait for the sweep's end
+        self.runs[trial.trial_id], self.rows[trial.trial_id] = run, []
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        run = self.runs.get(trial.trial_id)
+        if run is None:
+            return
+        row = _loggable(result)
+        try:
+            run.log(row, step=result.get(TRAINING_ITERATION))
+        except Exception as err:  # noqa: BLE001 - a lost row is a warning
+            print(f"W&B: did not log a result of trial {trial.trial_id}: {err}", file=sys.stderr)
+        self.rows[trial.trial_id].append(row)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, failed=False)
+        self._wait([trial.trial_id], TRIAL_END_TIMEOUT)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, failed=True)
+        self._wait([trial.trial_id], TRIAL_END_TIMEOUT)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        for trial in list(self._trial_queues):
-            # A second end marker for a trial that already ended is never read: harmless.
-            self._signal_logging_actor_stop(trial)
-        pending = dict(self._trial_logging_futures)
-        if not pending:
-            return
-        _, unfinished = ray.wait(
-            list(pending.values()), num_returns=len(pending), timeout=self._upload_timeout
-        )
-        cut = sorted(t.trial_id for t, future in pending.items() if future in unfinished)
-        self._cleanup_logging_actors(timeout=0, kill_on_timeout=True)
+        for trial_id in list(self.runs):  # still running: the sweep was interrupted
+            self._finish(trial_id, None)
+        cut = self._wait(list(self.finishing), self.upload_timeout)
         if cut:
             print(
                 f"W&B: the runs of trial(s) {', '.join(cut)} did not finish within "
-                f"{self._upload_timeout} s and were stopped; their run files may be incomplete",
+                f"{self.upload_timeout} s; their run files may be incomplete",
                 file=sys.stderr,
                 flush=True,
             )
+
+    def _end(self, trial: Any, failed: bool) -> None:
+        if trial.trial_id not in self.runs:
+            return
+        last = trial.last_result or {}
+        epoch = int(last.get("epoch", last.get(TRAINING_ITERATION, 0)) or 0)
+        self._finish(trial.trial_id, outcome(epoch, self.max_epochs, failed))
+
+    def _finish(self, trial_id: str, ended: dict[str, Any] | None) -> None:
+        """Summary and tags now; `run.finish` (an upload when online) in a thread."""
+        run, rows = self.runs.pop(trial_id), self.rows.pop(trial_id)
+        try:
+            run.summary.update(run_summary(rows, self.metric, self.metric_mode, ended))
+            if ended:
+                run.tags = (*run.tags, ended["tag"])
+        except Exception as err:  # noqa: BLE001
+            print(f"W&B: trial {trial_id}'s summary was not written: {err}", file=sys.stderr)
+        thread = threading.Thread(target=run.finish, name=f"wandb-finish-{trial_id}", daemon=True)
+        thread.start()
+        self.finishing[trial_id] = thread
+
+    def _wait(self, trial_ids: list[str], timeout: float) -> list[str]:
+        """Join these runs' finishing threads within `timeout` seconds in all; the ids cut."""
+        deadline = time.monotonic() + timeout
+        cut = []
+        for trial_id in trial_ids:
+            thread = self.finishing.get(trial_id)
+            if thread is None:
+                continue
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                cut.append(trial_id)
+            else:
+                del self.finishing[trial_id]
+        return sorted(cut)
+
+
+def _trial_config(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Every `TrialConfig` field (defaults too), without excluded keys."""
+    try:
+        config = TrialConfig.from_dict(dict(values)).to_dict()
+    except (TypeError, ValueError):
+        config = dict(values)
+    excluded = set(excluded_keys())
+    return {k: v for k, v in config.items() if k not in excluded}
+
+
+NOT_LOGGED = ("config", "done", "should_checkpoint")  # as Ray's own W&B callback leaves out
+
+
+def _loggable(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A result's numbers, flattened ('a/b'), without its config and excluded keys."""
+    excluded = set(excluded_keys())
+    flat = flatten_dict({k: v for k, v in result.items() if k not in NOT_LOGGED}, delimiter="/")
+    return {
+        k: v
+        for k, v in flat.items()
+        if k.split("/")[0] not in excluded and isinstance(v, (Number, np.number))
+    }
 
 
 def wandb_callback(
@@ -186,21 +195,14 @@ def wandb_callback(
     metric_mode: str,
     max_epochs: int,
     experiment: Mapping[str, Any] | None = None,
-) -> EndingWandbLoggerCallback:
-    """A configured `EndingWandbLoggerCallback` (W&B enabled: the caller checks `mode`)."""
+) -> TrialRuns:
+    """The sweep's W&B callback (W&B enabled: the caller checks `mode`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    # Ray's callback checks the key in setup() unless WANDB_MODE says offline; the logging
-    # actors inherit this environment.
-    os.environ["WANDB_MODE"] = mode
-    return EndingWandbLoggerCallback(
+    return TrialRuns(
         project=project,
         group=group,
         mode=mode,
-        dir=str(run_dir),
-        settings=wandb_settings(),
-        upload_timeout=UPLOAD_TIMEOUT[mode],
-        excludes=excluded_keys(),
-        log_config=False,
+        run_dir=run_dir,
         metric=metric,
         metric_mode=metric_mode,
         max_epochs=max_epochs,

@@ -28,13 +28,6 @@ DOCUMENTED: dict[tuple[str, str], tuple[str, str]] = {
         "that never reported; summary.json lists every trial Ray tracked",
     ),
     ("tuner.py", "_local_tuner"): (RAY, "no public way to replace a restored Tuner's callbacks"),
-    ("wandb_callback.py", "_start_logging_actor"): (
-        RAY,
-        "the one place Ray copies WANDB_API_KEY into the logging actors' runtime env",
-    ),
-    ("wandb_callback.py", "_WandbLoggingActor"): (RAY, "the per-trial run, subclassed"),
-    ("wandb_callback.py", "_QueueItem"): (RAY, "the logging actor's queue protocol"),
-    ("wandb_callback.py", "_run_wandb_process_run_info_hook"): (RAY, "Ray's run-info hook"),
     ("optuna_pruned.py", "_cached_frozen_trial"): (
         OPTUNA,
         "a re-opened journal's trial state, put back into Ray's live Optuna trials",

@@ -127,7 +127,10 @@ def test_sigkill_with_a_stale_snapshot_resumes_exactly_leaving_no_secret_and_no_
     psutil = _psutil()
     storage, env = tmp_path / "runs", _env(tmp_path)
     exp = storage / "kill"
+    # Grace 3 = every epoch: no trial is stopped after one epoch (a fraction of a second here),
+    # so the kill below lands while trial 2 trains.
     args = ("--num-samples", "3", "--max-concurrent", "1", "--wandb-mode", "offline")
+    args += ("--grace-period", "3")
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(
         _command(storage, "kill", *args), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -150,11 +153,11 @@ def test_sigkill_with_a_stale_snapshot_resumes_exactly_leaving_no_secret_and_no_
 
         _wait(keep_state_until_first_is_done, first, step=0.05)
         first_id = _trial_id(exp, 0)
-        _wait(lambda: len(trial_dirs(exp)) >= 2, first, step=0.05)  # trial 2 has started
         ray_folder = _ray_folder(psutil, first.pid)
         ours = descendants(psutil, first.pid)
         assert ray_folder.is_dir() and ray_folder.stat().st_mode & 0o077 == 0  # 0700
         during = _hits([storage, tmp_path / "wandb-home", ray_folder], KEY)
+        _wait(lambda: len(trial_dirs(exp)) >= 2, first, step=0.02)  # trial 2 has started
         first.send_signal(signal.SIGKILL)  # the driver only: what it started must end itself
         first.wait(timeout=30)
     finally:

@@ -337,7 +337,7 @@ def test_the_output_is_quiet_and_ends_with_next_steps(sweep) -> None:
     assert "Configuration for experiment" not in out and "SearchGenerator" not in out
     assert "To visualize your results with TensorBoard" not in out
     assert not [line for line in out.splitlines() if " INFO " in line], out[-3000:]
-    assert "core_worker.cc" not in out  # Ray's C++ warning about the logging actors' arguments
+    assert "core_worker.cc" not in out  # Ray's C++ warnings (once about W&B's logging actors)
     assert "logging.cc" not in out  # nor Ray's C++ notice that it read RAY_BACKEND_LOG_LEVEL
     exp = sweep["exp"]
     steps = sweep["proc"].stdout.split("next steps:")[-1]

@@ -15,8 +15,9 @@ Imported only when W&B is enabled (importing it imports wandb).
   and the wait for all of them is bounded by the mode's `UPLOAD_TIMEOUT`; a run cut there is
   named in a warning.
 - The API key never leaves the driver: wandb reads it from the driver's environment; no Ray
-  actor, runtime env or log sees it. W&B trouble (an unreachable server) costs a trial its
-  run, with a warning, never the sweep.
+  actor, runtime env or log sees it. W&B trouble never fails the sweep: when the server cannot
+  be reached, that run and every later one are written offline (one warning naming the folder
+  to `wandb sync`); any other failure costs a trial its run, with a warning.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import wandb
 from ray import tune
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune.utils import flatten_dict
@@ -70,27 +72,45 @@ class TrialRuns(tune.Callback):
         self.finishing: dict[str, threading.Thread] = {}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        import wandb
-
-        config = _trial_config(trial.config)
         try:
-            run = wandb.init(
-                **self.init,
-                id=trial.trial_id,
-                name=str(trial),
-                config={**config, "experiment": self.experiment, "ray_trial_id": trial.trial_id},
-                job_type="trial",
-                tags=trial_tags(config, self.experiment),
-                settings=wandb_settings(),
-                reinit="create_new",
-                allow_val_change=True,
-            )
-            run.define_metric("epoch")
-            run.define_metric(self.metric, summary=self.metric_mode)  # the runs table sorts by it
+            run = self._open(trial)
         except Exception as err:  # noqa: BLE001 - W&B trouble must not fail a trial
-            print(f"W&B: trial {trial.trial_id} has no run: {err}", file=sys.stderr, flush=True)
+            if self.init["mode"] != "online":
+                print(f"W&B: trial {trial.trial_id} has no run: {err}", file=sys.stderr)
+                return
+            # The server is unreachable: this and every later run are written offline (each
+            # online attempt would hold the sweep's loop for the init timeout), to sync later.
+            why = (str(err).splitlines() or [type(err).__name__])[0]
+            print(
+                f"W&B: cannot reach the server ({why}); this sweep's runs are written offline "
+                f"under {self.init['dir']}: upload them later with `wandb sync`",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.init["mode"] = "offline"
+            self.upload_timeout = UPLOAD_TIMEOUT["offline"]
+            if not self.runs:  # the failed init keeps the trial's run id: start W&B afresh
+                wandb.teardown()
+            self.on_trial_start(iteration, trials, trial, **info)
             return
         self.runs[trial.trial_id], self.rows[trial.trial_id] = run, []
+
+    def _open(self, trial: Any) -> Any:
+        config = _trial_config(trial.config)
+        run = wandb.init(
+            **self.init,
+            id=trial.trial_id,
+            name=str(trial),
+            config={**config, "experiment": self.experiment, "ray_trial_id": trial.trial_id},
+            job_type="trial",
+            tags=trial_tags(config, self.experiment),
+            settings=wandb_settings(),
+            reinit="create_new",
+            allow_val_change=True,
+        )
+        run.define_metric("epoch")
+        run.define_metric(self.metric, summary=self.metric_mode)  # the runs table sorts by it
+        return run
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any

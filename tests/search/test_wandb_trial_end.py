@@ -69,3 +69,31 @@ def test_a_one_epoch_trial_keeps_its_whole_run_when_the_sweep_ends_right_after(
     # Finished: the trial's outcome is in its tags and summary, and W&B wrote its exit.
     assert "stopped_early" in final_run(run_file).tags and summary["stop_epoch"] == 1
     assert records_of(run_file, "exit")
+
+
+def test_an_unreachable_server_costs_one_init_timeout_and_the_runs_are_written_offline(
+    local_ray, tmp_path: Path, monkeypatch, capfd
+) -> None:
+    for var in ("CACHE", "CONFIG", "DATA"):
+        monkeypatch.setenv(f"WANDB_{var}_DIR", str(tmp_path / "wandb-home" / var.lower()))
+    monkeypatch.setenv("WANDB_API_KEY", "f" * 40)  # a fake key: nothing is sent anywhere
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on port 9
+    monkeypatch.setattr(tracking, "INIT_TIMEOUT", 2.0)
+    runs = tmp_path / "runs"
+    callback = wandb_callback(
+        "p", "g", "online", runs, metric="val_loss", metric_mode="min", max_epochs=1
+    )
+    tune.Tuner(
+        _one_epoch,
+        param_space={"x": tune.grid_search([0.0, 1.0])},
+        run_config=tune.RunConfig(
+            name="w", storage_path=str(tmp_path / "storage"), callbacks=[callback], verbose=0
+        ),
+    ).fit()
+    err = capfd.readouterr().err
+    assert err.count("W&B: cannot reach the server") == 1  # one timeout, not one per trial
+    assert "wandb sync" in err and "f" * 40 not in err
+    run_files = sorted(runs.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(run_files) == 2  # both trials' runs, offline
+    for run_file in run_files:
+        assert "completed" in final_run(run_file).tags and records_of(run_file, "exit")

@@ -149,6 +149,9 @@ def in_child(fn: Callable[[Any], T], arg: Any) -> T:
 def _child(fn: Callable[[Any], Any], arg: Any, write: int) -> None:
     """Never returns: sends ("ok", result) or ("error", type name, message) and exits."""
     try:
+        # The parent's handlers (a Ray worker's) are not the child's: SIGTERM ends it at once.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if sys.platform == "linux":  # PR_SET_PDEATHSIG: SIGTERM when the parent dies
             ctypes.CDLL(None).prctl(1, signal.SIGTERM)
         torch.set_num_threads(1)

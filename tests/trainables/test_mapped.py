@@ -97,3 +97,50 @@ def test_two_trials_share_one_copy_and_private_memory_stays_within_5_percent(
         assert private < 0.05 * grown, (private, grown)
         # The pages are the node's one copy, shared by both processes.
         assert a["Shared_Clean"] - b["Shared_Clean"] > 0.9 * grown
+
+
+_ORPHAN = r"""
+import os, sys, time
+from pathlib import Path
+from trainables.mapped import in_child
+
+def hang(path):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(600)
+
+in_child(hang, sys.argv[1])
+"""
+
+
+def test_the_listing_child_ends_when_its_trial_is_killed(tmp_path):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    pid_file = tmp_path / "child.pid"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN, str(pid_file)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        parent.kill()  # as Ray ends a stopped trial's process
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(child):
+            assert time.monotonic() < deadline, "the listing child outlived its trial"
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -506,13 +506,17 @@ class Record:
     """split -> uint8 (N, S, S), memory-mapped read-only."""
 
 
-def save_record(view: Path, meta: dict[str, Any], columns: dict[str, np.ndarray]) -> None:
-    """Store `meta` (JSON) and per-row `columns` as ``views/<id>.npz`` beside the view, so a
-    trial can map its splits without listing the files (`trainables.mapped`). The view's
-    content decides them, so the first writer's record stands; a view gone meanwhile gets none."""
+def save_record(
+    view: Path, build: Callable[[], tuple[dict[str, Any], dict[str, np.ndarray]]]
+) -> None:
+    """Store `build()`'s meta (JSON) and per-row columns as ``views/<id>.npz`` beside the view,
+    so a trial can map its splits without listing the files (`trainables.mapped`). The view's
+    content decides them, so a record is built once (the first writer's stands) and a view gone
+    meanwhile gets none."""
     path = view.with_suffix(RECORD_SUFFIX)
     if path.is_file():
         return
+    meta, columns = build()
     splits = _read(view.with_suffix(".json")).get("splits", {})
     arrays = {n: [s["array"], len(s["index"])] for n, s in splits.items()}
     body = json.dumps({"version": FORMAT_VERSION, "arrays": arrays, "meta": meta})

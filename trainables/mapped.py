@@ -55,9 +55,15 @@ def load_mapped(cfg: Any) -> Dataset:
 
 
 def _prepare(fields: dict[str, Any]) -> tuple[str, int]:
-    """The child's work: the full load, then the record a mapped load reads."""
+    """The child's work: the full load, then (once per view) the record a mapped load reads."""
     dataset = load_dataset(**fields)
     assert dataset.view is not None
+    save_record(dataset.view, lambda: _record(dataset))
+    return str(dataset.view), dataset.decoded
+
+
+def _record(dataset: Dataset) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The record's meta and columns: labels, paths and patients per split."""
     splits = {"train": dataset.train, "val": dataset.val}
     if dataset.test is not None:
         splits["test"] = dataset.test
@@ -72,8 +78,7 @@ def _prepare(fields: dict[str, Any]) -> tuple[str, int]:
         "report": dataset.report.to_dict(),
         "split_hash": dataset.split_record["hash"],
     }
-    save_record(dataset.view, meta, columns)
-    return str(dataset.view), dataset.decoded
+    return meta, columns
 
 
 def open_mapped(view: Path, decoded: int = 0) -> Dataset | None:

@@ -104,7 +104,7 @@ class TrialRuns(tune.Callback):
             config={**config, "experiment": self.experiment, "ray_trial_id": trial.trial_id},
             job_type="trial",
             tags=trial_tags(config, self.experiment),
-            settings=wandb_settings(),
+            settings=wandb_settings(quiet=True),  # no "wandb: ..." lines between the progress
             reinit="create_new",
             allow_val_change=True,
         )

@@ -45,10 +45,11 @@ def local_ray():
 
 
 def test_a_one_epoch_trial_keeps_its_whole_run_when_the_sweep_ends_right_after(
-    local_ray, tmp_path: Path, monkeypatch
+    local_ray, tmp_path: Path, monkeypatch, capfd
 ) -> None:
     for var in ("CACHE", "CONFIG", "DATA"):
         monkeypatch.setenv(f"WANDB_{var}_DIR", str(tmp_path / "wandb-home" / var.lower()))
+    monkeypatch.delenv("WANDB_SILENT", raising=False)  # as a user's shell has it
     monkeypatch.setenv("WANDB_MODE", "offline")
     # The sweep's end waits for no run: whatever the end of a trial did not finish is cut.
     monkeypatch.setitem(tracking.UPLOAD_TIMEOUT, "offline", 0)
@@ -69,6 +70,9 @@ def test_a_one_epoch_trial_keeps_its_whole_run_when_the_sweep_ends_right_after(
     # Finished: the trial's outcome is in its tags and summary, and W&B wrote its exit.
     assert "stopped_early" in final_run(run_file).tags and summary["stop_epoch"] == 1
     assert records_of(run_file, "exit")
+    # The driver's runs print nothing between the sweep's progress lines.
+    out = capfd.readouterr()
+    assert not [line for line in (out.out + out.err).splitlines() if line.startswith("wandb:")]
 
 
 def test_an_unreachable_server_costs_one_init_timeout_and_the_runs_are_written_offline(

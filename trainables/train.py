@@ -84,6 +84,11 @@ def train(
     step = make_step(cfg, model, optimizer, criterion, device)
 
     metrics: dict[str, float] = {}
+    if history and start_epoch >= cfg.epochs:
+        # Restored at the last epoch (a driver killed after the trial's final checkpoint, before
+        # its row reached storage): report that epoch again so the trial ends with its result.
+        metrics = history[-1]
+        report(metrics, None)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
         order = epoch_order(cfg, data, samplers["cpu"])

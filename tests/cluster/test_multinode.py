@@ -408,7 +408,8 @@ def test_resume_from_the_bucket_finishes_the_sweep(driver_loss):
     )
     for trial, rows in driver_loss.rows.items():
         # Every trial reached its last epoch after the resume.
-        assert rows[-1]["epoch"] == MAX_EPOCHS, (trial, driver_loss.log)
+        epochs = {t: [r["epoch"] for r in r_] for t, r_ in driver_loss.rows.items()}
+        assert rows[-1]["epoch"] == MAX_EPOCHS, (trial, epochs, driver_loss.log)
 
 
 def test_resume_does_not_rerun_finished_trials(driver_loss):

@@ -133,6 +133,13 @@ def test_resume_continues_at_next_epoch_with_same_optimizer_state(dataset, tmp_p
         full.metrics[2]["train_loss"], rel=1e-5
     )
 
+    # Restored from the last epoch's checkpoint (a driver killed before that epoch's row reached
+    # storage): nothing is trained, the last epoch is reported again, without a new checkpoint.
+    again = Recorder(keep=tmp_path / "again")
+    train(cfg, again, dataset=dataset, device="cpu", resume_from=tmp_path / "full" / "epoch3")
+    assert again.metrics == [full.metrics[-1]]
+    assert not (tmp_path / "again").exists()
+
 
 def test_resume_refuses_a_checkpoint_of_another_architecture(dataset, tmp_path):
     cfg = replace(BASE, epochs=1, max_train_batches=1)

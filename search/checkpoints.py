@@ -1,6 +1,6 @@
 """How often a trial checkpoints: under 2% of its training time, and always where ASHA decides.
 
-A checkpoint costs its save time (the measured `save_s` of `search/gpu_memory.py`: `torch.save`
+A checkpoint costs its save time (the measured `save_s` of `search/gpu_memory/`: `torch.save`
 plus the copy Ray makes into the trial's storage); an epoch costs its training and validation
 time. Every trial always saves at ASHA's rung epochs (`TrialConfig.checkpoint_epochs`, so a trial
 stopped at a rung ends on a checkpoint and stopping and resuming stay exact) and at its last

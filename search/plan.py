@@ -27,13 +27,14 @@ from search.checks import resume_changes, space_edit
 from search.cli import Profile, choose_profile, refuse, selection_of
 from search.resources import measure_before_packing
 from search.space import Space, load_space, space_sha256
-from search.tracking import resolve_mode, scrub
+from search.tracking import scrub
 from search.tuner import choose_sampler, startup_trials
 from trainables.experiment import (
     DATA_REPORT_FILE,
     ExperimentRecord,
     data_report_json,
     parse_data_report,
+    wandb_mode,
 )
 
 if TYPE_CHECKING:  # the data stack (torch, scikit-learn) loads when the pre-flight runs
@@ -216,7 +217,7 @@ def make_record(
         profile=profile.name,
         defaults=defaults,
         overrides=overrides,
-        wandb_mode=resolve_mode(args.wandb_mode),
+        wandb_mode=wandb_mode(args.wandb_mode),
         # wandb adds wandb/ below this: runs land in STORAGE/NAME/wandb/offline-run-*
         wandb_dir=path if not storage.is_uri(root) else str(Path("runs").resolve() / name),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -3,7 +3,7 @@
 On GPU machines trials get a fractional GPU so small models share a card: what packing buys is
 a GPU that stays busy through other trials' start-up, evaluation and checkpointing. The
 fraction comes from the trial's peak training memory measured on this card when
-`search/gpu_memory.py` has measured it (its table in `$CXR_TUNE_CACHE/gpu_memory.json`: the
+`search/gpu_memory/` has measured it (its table in `$CXR_TUNE_CACHE/gpu_memory.json`: the
 measured peak plus a margin, in eighths of a card, and each trial's allocator is capped to its
 share). Only without a measurement (a machine without a GPU, or a shape not measured yet) the
 fraction comes from the estimate below:

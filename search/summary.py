@@ -67,13 +67,21 @@ def trial_row(trial: Any, status: str, record: ExperimentRecord, gpus: float) ->
     }
 
 
+def tracked_trials(grid: Any) -> list[Any]:
+    """Every trial Ray tracked, as its final saved state has them (public
+    `tune.ExperimentAnalysis`): ResultGrid's Results carry no status, failure count, or trial
+    that never reported, and summary.json lists them all."""
+    from ray import tune
+
+    analysis = tune.ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem)
+    return list(analysis.trials)
+
+
 def summarize(
     grid: Any, record: ExperimentRecord, wall_s: float, gpus_of: Callable[[dict], float]
 ) -> dict[str, Any]:
     """What happened, from the trials Ray tracked (statuses as saved for a resume)."""
-    # Private (checked on Ray 2.60.0): ResultGrid's Results carry no trial status, failure
-    # count, or id of a trial that never reported; summary.json lists every trial Ray tracked.
-    trials = list(grid._experiment_analysis.trials)
+    trials = tracked_trials(grid)
     saved = saved_statuses(record)
     rows = [
         trial_row(t, saved.get(t.trial_id, t.status), record, gpus_of(t.config)) for t in trials

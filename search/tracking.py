@@ -43,10 +43,9 @@ from trainables.experiment import (
     ExperimentRecord,
     best_epoch_row,
     trial_outcome,
-    wandb_mode,
 )
 
-__all__ = ["WANDB_MODES", "resolve_mode"]
+__all__ = ["WANDB_MODES"]
 
 INIT_TIMEOUT = 30.0  # seconds wandb.init may wait for the server before giving up
 # Seconds the end of a sweep waits for the trials' W&B runs to finish (upload when online);
@@ -57,11 +56,6 @@ UPLOAD_TIMEOUT = {"online": 180, "offline": 90}
 TRIAL_END_TIMEOUT = 60.0
 SECRET_ENV = ("WANDB_API_KEY",)
 SUMMARY_PREFIXES = ("train_", "val_")  # the per-epoch metrics `best` keeps
-
-
-def resolve_mode(mode: str | None) -> str:
-    """The W&B mode of a new sweep (W&B's own rule, `trainables.experiment.wandb_mode`)."""
-    return wandb_mode(mode)
 
 
 def experiment_config(record: ExperimentRecord) -> dict[str, Any]:

@@ -148,7 +148,7 @@ class Split:
 class DataReport:
     """What a load found: classes and where they came from, images per class and split, and
     every skipped file with its reason. Printed by the driver, saved in the experiment folder
-    (`trainables.experiment.write_data_report`), summarised in summary.json, the report and
+    (`trainables.experiment.data_report_json`), summarised in summary.json, the report and
     the bundle."""
 
     root: str

@@ -16,8 +16,9 @@ from analysis.document import Document, _inline_html, write_report
 from analysis.load import Experiment, TrialRecord
 from analysis.tables import Scored, TrialEval
 from analysis.tta import TTA_POLICIES
+from search import storage
 from trainables.data import DataReport
-from trainables.experiment import ScoredCheckpoint, write_data_report
+from trainables.experiment import DATA_REPORT_FILE, ScoredCheckpoint, data_report_json
 from trainables.markdown import md_cell, md_code, md_text
 
 LINK = "[click](javascript:alert%281%29)"
@@ -77,7 +78,8 @@ def _hostile_document(out: Path) -> Document:
         skipped=[{"path": f"{ROOT}/{LINK}/x.png", "reason": "<b>not an image</b>"}],
         notes=[f"folder {HOSTILE[1]} renamed"], sources={c: [c + "_src"] for c in HOSTILE},
     )  # fmt: skip
-    write_data_report(data_dir, [report.to_dict()])
+    # As the driver saves it (search.plan.save_data_report).
+    storage.write_text(str(data_dir / DATA_REPORT_FILE), data_report_json([report.to_dict()]))
     missing = [f"trial {LINK}: **damaged** <i>"]
     exp = Experiment(data_dir, NAME, "val_acc", "max", 3, None, [record], missing)
     doc = Document(out)

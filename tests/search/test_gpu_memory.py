@@ -19,6 +19,7 @@ import torch
 
 from search import gpu_memory as gm
 from search import resources
+from search.gpu_memory.probe import _train_and_save
 from search.resources import gpu_fraction, resource_request, sized_share
 from trainables.config import TrialConfig
 
@@ -307,7 +308,7 @@ def test_the_measured_steps_and_save_run_the_product_training_path_on_cpu() -> N
 
     cfg = TrialConfig(model="simple_cnn_10m", image_size=32, batch_size=8)
     data = load_for_config(cfg)
-    timings = gm._train_and_save(cfg, data, torch.device("cpu"), steps=2)
+    timings = _train_and_save(cfg, data, torch.device("cpu"), steps=2)
     assert timings["step_s"] > 0 and timings["eval_s"] > 0 and timings["save_s"] > 0
     # The checkpoint it timed is the trial's own format: same size as one saved here after a
     # step (weights + both Adam moments).

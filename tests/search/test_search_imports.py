@@ -10,7 +10,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "search"
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+# A module or a subpackage (search/gpu_memory/): a subpackage counts as one node, its files'
+# imports together.
+MODULES = sorted(
+    [p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"]
+    + [p.parent.name for p in PACKAGE.glob("*/__init__.py")]
+)
+
+
+def _files(module: str) -> list[Path]:
+    single = PACKAGE / f"{module}.py"
+    return [single] if single.is_file() else sorted((PACKAGE / module).glob("*.py"))
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -24,9 +34,9 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def _imports(module: str) -> set[str]:
     """search modules `module` imports anywhere in its file, lazy imports included."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
     found = set()
-    for node in ast.walk(tree):
+    nodes = (n for f in _files(module) for n in ast.walk(ast.parse(f.read_text())))
+    for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.tracking import excluded_keys, outcome, resolve_mode, run_summary, scrub
-from trainables.experiment import wandb_sync_command
+from search.tracking import excluded_keys, outcome, run_summary, scrub
+from trainables.experiment import wandb_mode, wandb_sync_command
 
 
 @pytest.fixture
@@ -21,37 +21,37 @@ def no_wandb_env(monkeypatch, tmp_path):
 
 def test_wandb_mode_follows_wandbs_own_rule(no_wandb_env, monkeypatch) -> None:
     # Nothing configured: offline.
-    assert resolve_mode(None) == "offline"
+    assert wandb_mode(None) == "offline"
     # A key from `wandb login` (its netrc entry for the W&B host) means online ...
     no_wandb_env.write_text("machine api.wandb.ai\n  login user\n  password " + "n" * 40 + "\n")
     no_wandb_env.chmod(0o600)
-    assert resolve_mode(None) == "online"
+    assert wandb_mode(None) == "online"
     # ... but only for the host W&B talks to.
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
-    assert resolve_mode(None) == "offline"
+    assert wandb_mode(None) == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    assert resolve_mode(None) == "online"
+    assert wandb_mode(None) == "online"
     # WANDB_MODE beats a configured key (the Makefile's `WANDB_MODE ?= offline`), and the
     # flag beats WANDB_MODE.
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert resolve_mode(None) == "offline"
-    assert resolve_mode("disabled") == "disabled"
+    assert wandb_mode(None) == "offline"
+    assert wandb_mode("disabled") == "disabled"
     monkeypatch.setenv("WANDB_MODE", "dryrun")  # W&B's old word for offline
-    assert resolve_mode(None) == "offline"
+    assert wandb_mode(None) == "offline"
 
 
 def test_a_bad_wandb_mode_names_its_source_and_the_choices(no_wandb_env, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(ValueError, match=r"WANDB_MODE: unknown W&B mode 'sometimes'.*offline"):
-        resolve_mode(None)
+        wandb_mode(None)
     with pytest.raises(ValueError, match="--wandb-mode"):
-        resolve_mode("never")
+        wandb_mode("never")
 
 
 def test_wandb_disabled_env_disables(no_wandb_env, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     monkeypatch.setenv("WANDB_DISABLED", "true")
-    assert resolve_mode(None) == "disabled"
+    assert wandb_mode(None) == "disabled"
 
 
 def test_the_key_never_reaches_a_file(monkeypatch) -> None:

@@ -409,7 +409,7 @@ def test_resume_from_the_bucket_finishes_the_sweep(driver_loss):
     for trial, rows in driver_loss.rows.items():
         # Every trial reached its last epoch after the resume.
         epochs = {t: [r["epoch"] for r in r_] for t, r_ in driver_loss.rows.items()}
-        assert rows[-1]["epoch"] == MAX_EPOCHS, (trial, epochs, driver_loss.log)
+        assert rows[-1]["epoch"] == MAX_EPOCHS, f"{trial}: {epochs}\n{driver_loss.log}"
 
 
 def test_resume_does_not_rerun_finished_trials(driver_loss):

@@ -29,6 +29,7 @@ KEPT_ON_RESUME = (
     ("--grace-period", "grace_period"),
     ("--reduction-factor", "reduction_factor"),
     ("--time-budget", "time_budget"),
+    ("--max-failures", "max_failures"),
     ("--max-concurrent", "max_concurrent"),
     ("--cpus-per-trial", "cpus_per_trial"),
     ("--gpus-per-trial", "gpus_per_trial"),

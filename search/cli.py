@@ -219,6 +219,12 @@ def _what_to_run(p: argparse.ArgumentParser) -> None:
         type=_bounded(float, 1.0, 1e8, "a number of seconds in [1, 1e8]"),
         help="stop the sweep after this many seconds",
     )
+    p.add_argument(
+        "--max-failures",
+        type=_bounded(int, 0, 100, "an integer in [0, 100]"),
+        help="times a failed trial is retried from its last checkpoint (a worker or node that "
+        "died); 0 for a space whose failures are its own errors (default: 2)",
+    )
 
 
 def _resources(p: argparse.ArgumentParser) -> None:

@@ -114,6 +114,7 @@ def settings_for(record: ExperimentRecord, space: Space) -> TunerSettings:
         points_to_evaluate=tuple(record.points_to_evaluate or space.points_to_evaluate),
         n_startup_trials=record.tpe_startup_trials,
         time_budget_s=record.time_budget,
+        max_failures=MAX_FAILURES if record.max_failures is None else record.max_failures,
         wandb_project=record.wandb_project,
         wandb_mode=record.wandb_mode,
         wandb_dir=record.wandb_dir,

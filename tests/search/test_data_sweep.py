@@ -204,12 +204,16 @@ def test_a_sweep_in_which_every_trial_fails_exits_non_zero_even_without_export(t
         "--no-export",
         "--wandb-mode",
         "disabled",
+        "--max-failures",
+        "0",  # its own error: a retry would fail the same way
         space=space,
     )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "every trial failed" in proc.stderr
     summary = json.loads((tmp_path / "runs" / "s" / "summary.json").read_text())
     assert len(summary["errors"]) == 1
+    # Run once, not retried (Ray's count of the trial's failures).
+    assert [row["failures"] for row in summary["trial_rows"]] == [1]
 
 
 DICOM_SPACE = """

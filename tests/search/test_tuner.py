@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,10 @@ def test_settings_come_from_the_record(space) -> None:
     )
     assert (settings.seed, settings.time_budget_s, settings.wandb_project) == (3, 30.0, "p")
     assert (settings.num_samples, settings.max_concurrent, settings.reduction_factor) == (5, 2, 2)
+    # --max-failures: retries as given (0 included); the default of 2 without the flag.
+    assert settings.max_failures == 2
+    no_retries = replace(record, args={**record.args, "max_failures": 0})
+    assert settings_for(no_retries, space).max_failures == 0
 
 
 def test_searcher_and_scheduler_follow_the_settings(space) -> None:

@@ -101,6 +101,12 @@ class ExperimentRecord:
         return float(value) if value else None
 
     @property
+    def max_failures(self) -> int | None:
+        """Retries of a trial whose run failed (--max-failures), None: the product's default."""
+        value = self.args.get("max_failures")
+        return None if value is None else int(value)
+
+    @property
     def wandb_project(self) -> str:
         return str(self.args.get("wandb_project") or DEFAULT_WANDB_PROJECT)
 

@@ -11,10 +11,20 @@ Otsu's threshold, a binary opening (radius S / 32) that cuts thin wires, letters
 off the body, the largest connected component, then its convex hull, which takes in the dark
 lung fields the body surrounds.
 
-The check: an image's outside share is the positive saliency mass outside the body mask over all
-its positive mass. An image whose outside share is above `IMAGE_OUTSIDE` (0.5) draws its evidence
-mostly from outside the body; the model is flagged when more than `FLAG_SHARE` of the audited
-test images do.
+The check is causal: every pixel outside the body is set to the median grey of the image's
+outside (its background: markers, tags and text gone, the body untouched), and the model predicts
+again. An image's prediction rests on the outside when its predicted class's probability falls
+by more than `IMAGE_DROP` (0.5); the model is flagged when more than `FLAG_SHARE` (5 %) of the
+audited test images do. A model that predicts one class for at least `WEAK_TOP_SHARE` (90 %) of
+the audited images (which hold every class) is too weak to audit: nothing is flagged.
+
+Measured by `bench/audit_rates.py` (5 seeds per arm, `simple_cnn_10m` at 64 px, 60 audited test
+images; bench/RESULTS.md): trained 5 epochs, the clean phantom's models have 0-2 % of images
+resting on the outside (0 of 5 flagged) and the confounded phantom's 10-18 % (5 of 5 flagged);
+every 1-epoch model predicts one class for 92-100 % of images and is reported too weak. The
+rule this replaced (flag when over 10 % of images have more than half of their occlusion
+saliency outside the body) flagged 5 of 5 trained clean models: at 64 px the body covers about
+half of the image, so diffuse evidence is half outside.
 """
 
 from __future__ import annotations
@@ -33,8 +43,9 @@ from trainables.train import predict_proba
 
 PATCH = 8  # the occluding patch is S / PATCH pixels wide
 STRIDE = 8  # and moves by S / STRIDE pixels (= PATCH: a grid of non-overlapping cells)
-IMAGE_OUTSIDE = 0.5  # an image's evidence is "outside the body" above this share
-FLAG_SHARE = 0.10  # a model is flagged when more than this share of audited images are
+IMAGE_DROP = 0.5  # an image rests on the outside when removing it costs this much probability
+FLAG_SHARE = 0.05  # a model is flagged when more than this share of audited images do
+WEAK_TOP_SHARE = 0.9  # one class predicted for this share of audited images: too weak to audit
 
 
 def occlusion_saliency(
@@ -117,15 +128,32 @@ class Audit:
     labels: np.ndarray
     indices: np.ndarray
     """Positions of the audited images in the split."""
+    ablated_drop: np.ndarray
+    """How much the predicted class's probability falls when the outside is removed."""
 
     @property
-    def outside_images(self) -> float:
-        """Share of audited images whose evidence is mostly outside the body."""
-        return float(np.mean(self.outside > IMAGE_OUTSIDE))
+    def rests_outside(self) -> np.ndarray:
+        """Per image: removing the outside of the body costs its prediction over IMAGE_DROP."""
+        return self.ablated_drop > IMAGE_DROP
+
+    @property
+    def outside_share(self) -> float:
+        """Share of audited images whose prediction rests on the outside of the body."""
+        return float(np.mean(self.rests_outside))
+
+    @property
+    def top_class_share(self) -> float:
+        """Share of audited images given the most predicted class."""
+        return float(np.bincount(self.targets).max() / len(self.targets))
+
+    @property
+    def too_weak(self) -> bool:
+        """The model predicts (nearly) one class: its evidence says nothing about shortcuts."""
+        return self.top_class_share >= WEAK_TOP_SHARE
 
     @property
     def flagged(self) -> bool:
-        return self.outside_images > FLAG_SHARE
+        return not self.too_weak and self.outside_share > FLAG_SHARE
 
 
 def sample_per_class(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
@@ -154,7 +182,22 @@ def audit(
     masks = np.stack([body_mask(img[0].numpy()) for img in chosen])
     total = maps.sum(axis=(1, 2))
     outside = np.where(total > 0, (maps * ~masks).sum(axis=(1, 2)) / np.maximum(total, 1e-12), 0)
-    return Audit(maps, masks, outside, targets, labels[indices], indices)
+    rows = np.arange(len(chosen))
+    before = predict_proba(model, chosen, device, cfg=cfg).numpy()[rows, targets]
+    ablated = predict_proba(model, outside_removed(chosen, masks), device, cfg=cfg).numpy()
+    drop = before - ablated[rows, targets]
+    return Audit(maps, masks, outside, targets, labels[indices], indices, drop)
+
+
+def outside_removed(images: torch.Tensor, masks: np.ndarray) -> torch.Tensor:
+    """uint8 images (N, 1, S, S) with every pixel outside the body set to the median grey of
+    the image's outside (its background): markers, tags and text gone, the body untouched."""
+    out = images.clone()
+    for i, mask in enumerate(masks):
+        outside = torch.as_tensor(~mask)
+        if outside.any():
+            out[i, 0][outside] = images[i, 0][outside].median()
+    return out
 
 
 # --- the report's section -------------------------------------------------------------------
@@ -207,22 +250,30 @@ def audit_section(doc, evaluator, best) -> Audit:
     labels = data.test.labels.numpy()
     picks = sample_per_class(labels, PER_CLASS_AUDITED)
     result = audit(model, data.test.images, labels, evaluator.device, cfg, picks)
-    verdict = (
-        "**flagged: the evidence of many images lies outside the body** (markers, tags, "
-        "borders: a shortcut the model may have learned; check the data before trusting it)"
-        if result.flagged
-        else "not flagged: the evidence lies mostly in the body"
-    )
+    if result.too_weak:
+        verdict = (
+            f"**not audited: the model is too weak** (one class for {result.top_class_share:.0%}"
+            f" of these images, {WEAK_TOP_SHARE:.0%} or more is too weak): the evidence of a "
+            "model that barely tells the classes apart says nothing about shortcuts"
+        )
+    elif result.flagged:
+        verdict = (
+            "**flagged: many predictions rest on what lies outside the body** (markers, tags, "
+            "borders: a shortcut the model may have learned; check the data before trusting it)"
+        )
+    else:
+        verdict = "not flagged: the predictions rest on the body"
     doc.heading("Shortcut audit")
     doc.text(
-        f"Occlusion saliency of the best trial {md_code(best.trial.trial_id)} on {len(picks)} test "
-        f"images (up to {PER_CLASS_AUDITED} per class, seeded): each cell of a {PATCH} x {PATCH} "
-        "grid filled in turn with the image's median grey; the drop in the "
-        "predicted class's probability is the evidence at those pixels. The body is the convex "
-        "hull of the largest bright region (Gaussian smoothing, Otsu threshold, opening). "
-        f"{result.outside_images:.0%} of the audited images have more than "
-        f"{IMAGE_OUTSIDE:.0%} of their evidence outside the body (threshold "
-        f"{FLAG_SHARE:.0%}): {verdict}."
+        f"The best trial {md_code(best.trial.trial_id)} on {len(picks)} test images (up to "
+        f"{PER_CLASS_AUDITED} per class, seeded). The body is the convex hull of the largest "
+        "bright region (Gaussian smoothing, Otsu threshold, opening). With everything outside "
+        "it set to the background's grey, the model predicts again: for "
+        f"{result.outside_share:.0%} of the images the predicted class's probability falls by "
+        f"more than {IMAGE_DROP:.0%} points (threshold {FLAG_SHARE:.0%} of the images): "
+        f"{verdict}. The saliency (occlusion: each cell of a {PATCH} x {PATCH} grid filled in "
+        "turn with the image's median grey; the drop in the predicted class's probability is "
+        "the evidence there) shows where each prediction looks."
     )
     table = pd.DataFrame(
         {
@@ -233,8 +284,8 @@ def audit_section(doc, evaluator, best) -> Audit:
                 else float("nan")
                 for c in range(len(best.classes))
             ],
-            "images_mostly_outside": [
-                int(np.sum(result.outside[result.labels == c] > IMAGE_OUTSIDE))
+            "images_resting_outside": [
+                int(np.sum(result.rests_outside[result.labels == c]))
                 for c in range(len(best.classes))
             ],
         }

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.audit import audit, body_mask, occlusion_saliency, sample_per_class
+from analysis.audit import (
+    FLAG_SHARE,
+    WEAK_TOP_SHARE,
+    Audit,
+    audit,
+    body_mask,
+    occlusion_saliency,
+    outside_removed,
+    sample_per_class,
+)
 from trainables.config import TrialConfig
 from trainables.data import load_for_config
 from trainables.models import build_model
@@ -73,9 +82,9 @@ def test_audit_flags_the_confounded_model_and_not_the_clean_one(models):
         picks = sample_per_class(labels, AUDITED_PER_CLASS)
         results[conf] = audit(model, data.test.images, labels, "cpu", None, picks)
     # The measured shares, printed for the record (pytest -s).
-    print({c: round(r.outside_images, 3) for c, r in results.items()}, flush=True)
-    assert results[True].flagged, results[True].outside_images
-    assert not results[False].flagged, results[False].outside_images
+    print({c: round(r.outside_share, 3) for c, r in results.items()}, flush=True)
+    assert results[True].flagged, results[True].outside_share
+    assert not results[False].flagged, results[False].outside_share
     # The confounded model's outside evidence sits on the tagged images.
     diff, tagged = _tag_pixels(models)
     on_tagged = np.isin(results[True].indices, tagged)
@@ -99,3 +108,39 @@ def test_occlusion_credits_the_pixels_a_model_reads():
     mask = body_mask(images[0, 0].numpy())
     # The body mask holds the middle square and not the tag.
     assert mask[20:44, 20:44].all() and not mask[:8, :8].any()
+
+
+def test_removing_the_outside_erases_the_tag_and_keeps_the_body():
+    image = torch.full((1, 1, 64, 64), 10, dtype=torch.uint8)  # background
+    image[:, :, 16:48, 16:48] = 120  # the body
+    image[:, :, 2:8, 2:8] = 255  # a tag
+    mask = body_mask(image[0, 0].numpy())
+    out = outside_removed(image, mask[None])
+    assert (out[0, 0][torch.as_tensor(mask)] == image[0, 0][torch.as_tensor(mask)]).all()
+    assert out[0, 0, 2:8, 2:8].eq(10).all()  # the background's median grey
+    assert image[0, 0, 2:8, 2:8].eq(255).all()  # the input is left alone
+
+
+def _constructed(drops: list[float], targets: list[int]) -> Audit:
+    """An audit of len(drops) images, 3 classes in turn, with the given probability drops."""
+    n = len(drops)
+    none = np.zeros((n, 4, 4))
+    labels = np.arange(n) % 3
+    return Audit(
+        none, none > 0, none[:, 0, 0], np.array(targets), labels, np.arange(n), np.array(drops)
+    )
+
+
+def test_the_verdict_counts_images_resting_outside_and_refuses_a_one_class_model():
+    varied = [0, 1, 2] * 10  # 30 images, every class predicted
+    # 2 of 30 images (6.7 %) lose more than half their probability without the outside.
+    audited = _constructed([0.9, 0.6] + [0.4] * 28, varied)
+    assert audited.outside_share == pytest.approx(2 / 30) and 2 / 30 > FLAG_SHARE
+    assert not audited.too_weak and audited.flagged
+    # 1 of 30 (3.3 %): under the threshold; a drop of exactly 0.5 does not count.
+    assert not _constructed([0.9, 0.5] + [0.0] * 28, varied).flagged
+    # The same drops from a model that predicts one class for 28 of 30 images (93 %): too weak,
+    # never flagged.
+    weak = _constructed([0.9, 0.6] + [0.4] * 28, [0, 1] + [2] * 28)
+    assert weak.top_class_share == pytest.approx(28 / 30) and 28 / 30 >= WEAK_TOP_SHARE
+    assert weak.too_weak and not weak.flagged

@@ -51,15 +51,30 @@ logger = logging.getLogger(__name__)
 class PrunedOptunaSearch(OptunaSearch):
     """`OptunaSearch` with per-epoch reports and PRUNED/COMPLETE/FAIL told honestly.
 
-    Private state (checked on Ray 2.60.0 and Optuna 5.1.0; `tests/search/test_private_apis.py`
-    lists each): Ray's `_ot_trials`, `_ot_study`, `_completed_trials`, and Optuna's
-    `Study._storage` (no public accessor), `Trial._trial_id` (the storage's key) and
-    `Trial._cached_frozen_trial` (refreshed from a re-opened journal)."""
+    It reads the study through Optuna's public API only (`Study.get_trials`, `Study.tell`, and
+    the journal storage it was given, kept as `journal`: pickled with the searcher, it stays the
+    study's own storage object). It extends Ray's OptunaSearch, whose state (`_ot_trials`,
+    `_ot_study`, `_completed_trials`, checked on Ray 2.60.0) it uses as a subclass."""
 
-    def __init__(self, *args: Any, max_epochs: int, epoch_key: str = "epoch", **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        max_epochs: int,
+        epoch_key: str = "epoch",
+        journal_file: str = "",
+        **kwargs: Any,
+    ):
         self.max_epochs = max_epochs  # epochs, = ASHA max_t
         self.epoch_key = epoch_key
+        self.journal_file = str(journal_file)  # the study's journal ("": in memory)
+        self.journal = journal_storage(journal_file) if journal_file else None
+        if self.journal is not None:
+            kwargs["storage"] = self.journal
         super().__init__(*args, **kwargs)
+
+    def _frozen(self, ot_trial: Any) -> Any:
+        """The study's current record of a trial (the journal may be ahead of the pickle)."""
+        return self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
 
     def _epoch(self, result: dict[str, Any]) -> int:
         return int(result.get(self.epoch_key, result.get(TRAINING_ITERATION, 0)))
@@ -72,9 +87,10 @@ class PrunedOptunaSearch(OptunaSearch):
         if ot_trial is None or value is None:
             return
         step = self._epoch(result)
-        if step in ot_trial._cached_frozen_trial.intermediate_values:
+        frozen = self._frozen(ot_trial)
+        if step in frozen.intermediate_values:
             return  # an epoch reported again after a restore from checkpoint
-        if self._finished_in_storage(ot_trial):
+        if frozen.state.is_finished():
             return  # finished in the journal after Ray's last save of this searcher
         ot_trial.report(float(value), step=step)
 
@@ -122,17 +138,17 @@ class PrunedOptunaSearch(OptunaSearch):
 
     def _best_epoch(self, ot_trial: Any) -> tuple[int, float] | None:
         """(epoch, value) of the trial's best intermediate value by the sweep's rule."""
-        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        frozen = self._frozen(ot_trial)
         rows = [{"epoch": e, self.metric: v} for e, v in frozen.intermediate_values.items()]
         best = best_epoch_row(rows, self.metric, self.mode)
         return None if best is None else (best[0], float(best[1][self.metric]))
 
     def _finished_in_storage(self, ot_trial: Any) -> bool:
-        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+        return self._frozen(ot_trial).state.is_finished()
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
-        if isinstance(self._ot_study._storage, optuna.storages.JournalStorage):
+        if getattr(self, "journal", None) is not None:  # None: saved before it was kept
             self._reconcile_with_journal()
 
     def abandon(self, ray_ids: Iterable[str]) -> int:
@@ -144,32 +160,31 @@ class PrunedOptunaSearch(OptunaSearch):
             ot_trial = self._ot_trials.pop(ray_id, None)
             if ot_trial is not None:
                 forgotten += 1
-                self._abandon(self._ot_study._storage.get_trial(ot_trial._trial_id))
+                self._abandon(self._frozen(ot_trial))
         return forgotten
 
     def _abandon(self, frozen: Any) -> None:
         """FAIL a RUNNING study trial no Ray trial will finish (an enqueued point is queued
         again, as the pickled study would still hold it)."""
-        if frozen.state != TrialState.RUNNING:
+        if frozen.state != TrialState.RUNNING or self.journal is None:
             return
-        storage = self._ot_study._storage
+        storage = self.journal
+        study_id = storage.get_study_id_from_name(self._ot_study.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         why = "asked by a driver that stopped first"
-        storage.set_trial_user_attr(frozen._trial_id, "abandoned", why)
-        storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+        storage.set_trial_user_attr(trial_id, "abandoned", why)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
         if "fixed_params" in frozen.system_attrs:
             self._ot_study.enqueue_trial(frozen.system_attrs["fixed_params"])
 
     def _reconcile_with_journal(self) -> None:
         """Bring the restored trials in line with the journal (module docstring)."""
-        storage = self._ot_study._storage
-        known = {t._trial_id: ray_id for ray_id, t in self._ot_trials.items()}
+        known = {t.number: ray_id for ray_id, t in self._ot_trials.items()}
         for frozen in self._ot_study.get_trials(deepcopy=False):
-            ray_id = known.get(frozen._trial_id)
+            ray_id = known.get(frozen.number)
             if ray_id is None:
                 self._abandon(frozen)
                 continue
-            # The pickled trial's cache predates the journal's newer epochs.
-            self._ot_trials[ray_id]._cached_frozen_trial = storage.get_trial(frozen._trial_id)
             if frozen.state.is_finished():
                 self._completed_trials.add(ray_id)
 

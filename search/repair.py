@@ -46,8 +46,6 @@ from typing import Any
 
 import pyarrow.fs
 from ray import cloudpickle
-from ray._common.utils import binary_to_hex, hex_to_binary
-from ray.train._internal.storage import _exists_at_fs_path
 
 from trainables.cache import atomic_write_bytes
 from trainables.experiment import (
@@ -133,7 +131,7 @@ def _to_newest_checkpoint(
     old_root = _recorded_experiment_path(trial)
     if not isinstance(blob, dict) or blob.get("_type") != PICKLED or not old_root:
         return None
-    manager = cloudpickle.loads(hex_to_binary(blob["value"]))
+    manager = cloudpickle.loads(bytes.fromhex(blob["value"]))
     epochs = epoch_rows(rows)
     on_disk = find_checkpoints(trial_dir, epochs)
     if not on_disk:
@@ -153,7 +151,7 @@ def _to_newest_checkpoint(
     manager._latest_checkpoint_result = result
     meta["checkpoint_manager"] = {
         "_type": PICKLED,
-        "value": binary_to_hex(cloudpickle.dumps(manager)),
+        "value": cloudpickle.dumps(manager).hex(),
     }
     meta["last_result"] = row
     was = _iteration(latest) if latest else 0
@@ -294,19 +292,20 @@ def rebase_journal(experiment_dir: Path) -> list[str]:
     searcher_files = sorted(experiment_dir.glob(SEARCHER_GLOB))
     if not searcher_files:
         return notes
+    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     state = pickle.loads(searcher_files[-1].read_bytes())
-    storage = getattr(state.get("_ot_study"), "_storage", None)
-    backend = getattr(storage, "_backend", None)
-    if not isinstance(backend, JournalFileBackend):
-        return notes
-    recorded = Path(backend._file_path)
-    if recorded == journal:
+    # The searcher keeps its study's storage and file (`PrunedOptunaSearch.journal`,
+    # `journal_file`); a searcher saved before it kept them is left as it is.
+    storage, recorded = state.get("journal"), state.get("journal_file")
+    if not isinstance(storage, JournalStorage) or not recorded or Path(recorded) == journal:
         return notes
     if not journal.is_file():
         raise FileNotFoundError(missing_journal(experiment_dir, recorded))
+    # Private (checked on Optuna 5.1.0): JournalStorage has no public way to change its file.
     storage._backend = JournalFileBackend(str(journal))
+    state["journal_file"] = str(journal)
     _atomic_write(searcher_files[-1], pickle.dumps(state))
     return notes + [f"the Optuna study is read from {journal}, not {recorded}"]
 
@@ -517,7 +516,7 @@ def _repair_trial(entry: list[str], root: str) -> str | None:
     blob = meta.get("checkpoint_manager")
     if not isinstance(blob, dict) or blob.get("_type") != PICKLED:
         return None
-    manager = cloudpickle.loads(hex_to_binary(blob["value"]))
+    manager = cloudpickle.loads(bytes.fromhex(blob["value"]))
     latest = manager._latest_checkpoint_result
     old_root = _recorded_experiment_path(trial)
 
@@ -532,7 +531,7 @@ def _repair_trial(entry: list[str], root: str) -> str | None:
     manager._latest_checkpoint_result = replacement
     meta["checkpoint_manager"] = {
         "_type": PICKLED,
-        "value": binary_to_hex(cloudpickle.dumps(manager)),
+        "value": cloudpickle.dumps(manager).hex(),
     }
     entry[1] = json.dumps(meta)
     name = trial.get("trial_id", "?")
@@ -550,7 +549,7 @@ def _exists(result: Any, old_root: str | None = None, root: str | None = None) -
     path = checkpoint.path
     if old_root and root and path.startswith(old_root.rstrip("/") + "/"):
         path = root.rstrip("/") + path[len(old_root.rstrip("/")) :]
-    return _exists_at_fs_path(checkpoint.filesystem, path)
+    return checkpoint.filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
 def _recorded_experiment_path(trial: dict[str, Any]) -> str | None:
@@ -559,7 +558,7 @@ def _recorded_experiment_path(trial: dict[str, Any]) -> str | None:
     if not isinstance(blob, dict) or blob.get("_type") != PICKLED:
         return None
     try:
-        return cloudpickle.loads(hex_to_binary(blob["value"])).experiment_fs_path
+        return cloudpickle.loads(bytes.fromhex(blob["value"])).experiment_fs_path
     except Exception:  # a state this Ray cannot read: look where the paths say
         return None
 

@@ -146,7 +146,8 @@ def build_searcher(settings: TunerSettings, define: Callable) -> Any | None:
         sampler=build_sampler(settings),
         points_to_evaluate=list(settings.points_to_evaluate) or None,
         max_epochs=settings.max_epochs,
-        **optuna_storage(settings),
+        journal_file=settings.optuna_journal,  # "": in memory
+        study_name=settings.name,
     )
     if settings.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
@@ -174,15 +175,6 @@ def build_sampler(settings: TunerSettings) -> Any:
             warn_independent_sampling=False,  # conditional names fall back to random, quietly
         )
     return optuna.samplers.RandomSampler(seed=settings.seed)
-
-
-def optuna_storage(settings: TunerSettings) -> dict[str, Any]:
-    """The study's name and on-disk storage (`OptunaSearch` kwargs); {} for an in-memory one."""
-    if not settings.optuna_journal:
-        return {}
-    from search.optuna_pruned import journal_storage
-
-    return {"study_name": settings.name, "storage": journal_storage(settings.optuna_journal)}
 
 
 def tpe_startup(settings: TunerSettings) -> int:

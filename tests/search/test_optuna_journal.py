@@ -26,7 +26,7 @@ def searcher(path, points: list | None = None) -> PrunedOptunaSearch:
         sampler=optuna.samplers.RandomSampler(seed=0),
         max_epochs=MAX_EPOCHS,
         study_name="exp",
-        storage=journal_storage(path),
+        journal_file=str(path),
     )
 
 

@@ -23,23 +23,12 @@ DOCUMENTED: dict[tuple[str, str], tuple[str, str]] = {
     ),
     ("storage.py", "_replace"): ("Python urllib", "namedtuple's public method (SplitResult)"),
     ("tuner.py", "_local_tuner"): (RAY, "no public way to replace a restored Tuner's callbacks"),
-    ("optuna_pruned.py", "_cached_frozen_trial"): (
-        OPTUNA,
-        "a re-opened journal's trial state, put back into Ray's live Optuna trials",
-    ),
-    ("optuna_pruned.py", "_storage"): (OPTUNA, "Study has no public accessor for its storage"),
-    ("optuna_pruned.py", "_trial_id"): (OPTUNA, "the storage's trial key (Trial.number is not)"),
     # search/repair.py rewrites Ray's saved experiment before Tuner.restore (issue 23 replaces
     # it with an ask/tell searcher over Optuna's journal).
-    ("repair.py", "_storage"): (OPTUNA, "the pickled searcher's study storage (a journal file)"),
     ("repair.py", "_backend"): (OPTUNA, "JournalStorage's file backend, re-pointed on a move"),
-    ("repair.py", "_file_path"): (OPTUNA, "the journal file a pickled searcher points at"),
     ("repair.py", "_checkpoint_results"): (RAY, "a trial's checkpoint list in the saved state"),
     ("repair.py", "_latest_checkpoint_result"): (RAY, "the checkpoint Ray resumes a trial from"),
-    ("repair.py", "binary_to_hex"): (RAY, "ray._common.utils: Ray's encoding of saved trials"),
-    ("repair.py", "hex_to_binary"): (RAY, "ray._common.utils: Ray's encoding of saved trials"),
     ("repair.py", "_TrainingResult"): (RAY, "ray.train._internal: a saved checkpoint's result"),
-    ("repair.py", "_exists_at_fs_path"): (RAY, "ray.train._internal: Ray's own existence test"),
 }
 
 

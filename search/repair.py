@@ -292,6 +292,7 @@ def rebase_journal(experiment_dir: Path) -> list[str]:
     searcher_files = sorted(experiment_dir.glob(SEARCHER_GLOB))
     if not searcher_files:
         return notes
+    import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -304,6 +305,12 @@ def rebase_journal(experiment_dir: Path) -> list[str]:
     if not journal.is_file():
         raise FileNotFoundError(missing_journal(experiment_dir, recorded))
     # Private (checked on Optuna 5.1.0): JournalStorage has no public way to change its file.
+    # An Optuna that keeps the file elsewhere would make the assignment a silent no-op: refuse.
+    if not isinstance(getattr(storage, "_backend", None), JournalFileBackend):
+        raise RuntimeError(
+            f"this Optuna ({optuna.__version__}) keeps a journal's file where cxr-tune does not "
+            f"look (checked on 5.1): cannot move {recorded} to {journal}; resume where it was"
+        )
     storage._backend = JournalFileBackend(str(journal))
     state["journal_file"] = str(journal)
     _atomic_write(searcher_files[-1], pickle.dumps(state))

@@ -202,3 +202,22 @@ def test_trials_rays_saved_table_does_not_list_are_abandoned_not_left_running(tm
     saved = pickle.loads(next(folder.glob("searcher-state-*.pkl")).read_bytes())
     assert set(saved["_ot_trials"]) == {"a"}
     assert abandon_unlisted_trials(str(folder)) == []  # done once
+
+
+def test_an_optuna_that_moved_the_journal_file_attribute_is_refused_not_ignored(tmp_path):
+    """The one private Optuna name repair writes (JournalStorage._backend, checked on 5.1): an
+    Optuna without it must stop the move loudly, not re-point nothing."""
+    import pickle
+    import shutil
+
+    from search.repair import rebase_journal
+
+    original, copy = tmp_path / "exp", tmp_path / "copy"
+    _saved_experiment(original)
+    shutil.copytree(original, copy)
+    state_file = next(copy.glob("searcher-state-*.pkl"))
+    state = pickle.loads(state_file.read_bytes())
+    del state["journal"].__dict__["_backend"]  # as if a new Optuna named it otherwise
+    state_file.write_bytes(pickle.dumps(state))
+    with pytest.raises(RuntimeError, match="keeps a journal's file where cxr-tune does not look"):
+        rebase_journal(copy)

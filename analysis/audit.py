@@ -270,8 +270,8 @@ def audit_section(doc, evaluator, best) -> Audit:
         "bright region (Gaussian smoothing, Otsu threshold, opening). With everything outside "
         "it set to the background's grey, the model predicts again: for "
         f"{result.outside_share:.0%} of the images the predicted class's probability falls by "
-        f"more than {IMAGE_DROP:.0%} points (threshold {FLAG_SHARE:.0%} of the images): "
-        f"{verdict}. The saliency (occlusion: each cell of a {PATCH} x {PATCH} grid filled in "
+        f"more than {IMAGE_DROP:.1f} (threshold: {FLAG_SHARE:.0%} of the images): "
+        f"{verdict}. The saliency (occlusion: each cell of an {PATCH} x {PATCH} grid filled in "
         "turn with the image's median grey; the drop in the predicted class's probability is "
         "the evidence there) shows where each prediction looks."
     )

@@ -16,7 +16,13 @@ trial CPU-seconds (each trial's training wall time x the CPUs reserved for it) e
 
     python -m bench.seed_vs_sweep --size small  # CPU: phantom:small, 32 px, 4 epochs of 6 steps
     python -m bench.seed_vs_sweep --size medium # CPU: phantom:small, 64 px, 8 epochs of 12 steps
+    python -m bench.seed_vs_sweep --size decisive --seeds 3  # CPU: phantom:full, 64 px
     python -m bench.seed_vs_sweep --size full   # GPU: phantom:full, 256 px, 10 epochs
+
+`--seeds N` repeats the pair under training seeds 0..N-1 (each trial's initialisation and the
+sweep's sampler; the data, its split and the test images stay the same) and pools the N pairs
+on the same test images: McNemar's test on the stacked pairs is the stratified (Mantel-Haenszel)
+test for matched pairs, and the bootstrap intervals resample (seed, image) pairs.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 
+from analysis.tables import Scored
 from bench.common import REPO, Results, note, parser, setup
 from bench.harness import Sweep, run_sweep, space_for, start_ray, stop_ray
 from trainables.cache import atomic_write_text
@@ -52,6 +59,8 @@ SIZES = {
     "tiny": Size(32, 1, 1, "phantom:small"),
     "small": Size(32, 4, 6, "phantom:small"),
     "medium": Size(64, 8, 12, "phantom:small"),  # CPU: about 9 minutes on 2 idle cores
+    # CPU: phantom:full's 360 test and ~520 validation images at 64 px, about 15 min a seed
+    "decisive": Size(64, 8, 24, "phantom:full"),
     "full": Size(256, 10, 0, "phantom:full"),  # the seed's 10 epochs (spaces/seed.py)
 }
 
@@ -85,7 +94,13 @@ def spent(sweep: Sweep, cpus_per_trial: float) -> dict[str, float]:
 
 
 def run_side(
-    label: str, path: Path, size: Size, budget: int, storage: Path, placement: dict[str, Any]
+    label: str,
+    path: Path,
+    size: Size,
+    budget: int,
+    storage: Path,
+    placement: dict[str, Any],
+    seed: int = 0,
 ) -> tuple[Path, dict[str, Any]]:
     """One side's Ray run, stopped at `budget` epochs; writes its experiment record so
     `analysis.load` ranks its trials by the space's own metric."""
@@ -95,7 +110,7 @@ def run_side(
     space = space_for(
         path,
         {"image_size": size.image_size, "max_train_batches": size.max_train_batches},
-        {"data": size.data, "seed": 0},
+        {"data": size.data, "seed": seed},
         size.epochs,
         cpu=placement["gpus_per_trial"] == 0.0,
     )
@@ -110,6 +125,7 @@ def run_side(
         name=label,
         stop=EpochBudget(budget),
         grace_period=space.grace_period,
+        seed=seed,
         **placement,
     )
     record = ExperimentRecord(
@@ -184,6 +200,22 @@ def compare(seed: dict[str, Any], sweep: dict[str, Any]) -> list[dict[str, Any]]
             }
         )
     return rows
+
+
+def pool(sides: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's bests over several seeds as one side on the stacked (seed, image) pairs."""
+    out: dict[str, Any] = {"scored": {}, "test_paths": []}
+    for i, one in enumerate(sides):
+        out["test_paths"] += [f"seed{i}/{p}" for p in one["test_paths"]]
+    for view in VIEWS:
+        parts = [one["scored"][view] for one in sides]
+        out["scored"][view] = Scored(
+            np.concatenate([s.labels for s in parts]),
+            np.concatenate([s.preds for s in parts]),
+            np.concatenate([s.probs for s in parts]),
+            parts[0].classes,
+        )
+    return out
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
@@ -267,55 +299,96 @@ def main(argv: list[str] | None = None) -> int:
     sizes = ", ".join(f"{k} {v.image_size} px x {v.epochs} epochs" for k, v in SIZES.items())
     p = parser(__doc__.split("\n")[0], sizes=SIZES, sizes_help=f"{sizes} (tiny: smoke only)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the size's)")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds, one pair each (1)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="table folder")
     p.add_argument("--keep", type=Path, help="keep both experiments under this folder")
     args = p.parse_args(argv)
+    for flag in ("epochs", "seeds"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     device = setup(args)
     size = SIZES[args.size]
     if args.epochs is not None:
-        if args.epochs < 1:
-            p.error(f"--epochs must be at least 1, got {args.epochs}")
         size = Size(size.image_size, args.epochs, size.max_train_batches, size.data)
     results = Results("seed_vs_sweep", args, device, argv)
     budget = 9 * size.epochs  # epochs: the hand study's 9 runs, each trained to the end
     placement = placement_for(device)
     storage = Path(args.keep or tempfile.mkdtemp(prefix="cxr-bench-svs-")).resolve()
     temp_dir = start_ray(num_cpus=os.cpu_count() or 1)
+    pairs = []
     try:
-        seed_dir, seed_spend = run_side("hand_study", SEED_SPACE, size, budget, storage, placement)
-        sweep_dir, sweep_spend = run_side("sweep", SWEEP_SPACE, size, budget, storage, placement)
-        seed = evaluate_best(seed_dir, device.type)
-        sweep = evaluate_best(sweep_dir, device.type)
+        for seed in range(args.seeds):
+            pairs.append(run_pair(size, budget, storage / f"seed{seed}", placement, seed, device))
     finally:
         stop_ray(temp_dir)
         if args.keep is None:
             shutil.rmtree(storage, ignore_errors=True)
-    rows = compare(seed, sweep)
-    spend = {"hand study": seed_spend, "sweep": sweep_spend}
-    report(results, args, size, budget, rows, spend, seed, sweep)
+    report(results, args, size, budget, pairs)
     return 0
 
 
+def run_pair(
+    size: Size, budget: int, storage: Path, placement: dict[str, Any], seed: int, device: Any
+) -> dict[str, Any]:
+    """Both sides under one training seed, each side's best evaluated on test."""
+    seed_dir, seed_spend = run_side(
+        "hand_study", SEED_SPACE, size, budget, storage, placement, seed
+    )
+    sweep_dir, sweep_spend = run_side("sweep", SWEEP_SPACE, size, budget, storage, placement, seed)
+    return {
+        "seed": seed,
+        "hand_study": evaluate_best(seed_dir, device.type),
+        "sweep": evaluate_best(sweep_dir, device.type),
+        "spend": {"hand study": seed_spend, "sweep": sweep_spend},
+    }
+
+
+def per_seed(pairs: list[dict[str, Any]]) -> str:
+    """One line per seed: each side's best on validation and its test accuracy without TTA."""
+    lines = [
+        "| seed | hand study val | sweep val | hand study test acc | sweep test acc "
+        "| McNemar (no TTA) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pair in pairs:
+        row = compare(pair["hand_study"], pair["sweep"])[0]
+        m = row["mcnemar"]
+        lines.append(
+            f"| {pair['seed']} | {pair['hand_study']['val_value']:.3f} "
+            f"| {pair['sweep']['val_value']:.3f} | {row['seed_acc'].format()} "
+            f"| {row['sweep_acc'].format()} "
+            f"| {m.wrong_to_right} fixed / {m.right_to_wrong} broken, p = {m.pvalue:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def total_spend(pairs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each side's trials, epochs, trial CPU-seconds and wall time summed over seeds."""
+    keys = ("trials", "epochs", "trial_cpu_seconds", "wall_s")
+    return {
+        side: {key: sum(pair["spend"][side][key] for pair in pairs) for key in keys}
+        for side in ("hand study", "sweep")
+    }
+
+
 def report(
-    results: Results,
-    args: Any,
-    size: Size,
-    budget: int,
-    rows: list[dict[str, Any]],
-    spend: dict[str, dict[str, Any]],
-    seed: dict[str, Any],
-    sweep: dict[str, Any],
+    results: Results, args: Any, size: Size, budget: int, pairs: list[dict[str, Any]]
 ) -> None:
-    """Print the table and verdict, keep every figure in the JSON, the table as markdown."""
-    text = table(rows, spend) + "\n" + bests(seed, sweep)
+    """Print the pooled table, the per-seed lines and the verdict; keep every figure in the
+    JSON and the text as markdown."""
+    rows = compare(pool([p["hand_study"] for p in pairs]), pool([p["sweep"] for p in pairs]))
+    text = table(rows, total_spend(pairs)) + "\n" + per_seed(pairs) + "\n"
+    text += "".join(bests(pair["hand_study"], pair["sweep"]) for pair in pairs)
     said = verdict(rows)
     print(text + "\n" + said, flush=True)
-    for side, best in (("hand_study", seed), ("sweep", sweep)):
-        results.figure(
-            f"{side}.best", {k: v for k, v in best.items() if k not in ("scored", "test_paths")}
-        )
-        results.figure(f"{side}.spent", spend["hand study" if side == "hand_study" else "sweep"])
-    results.figure("size", vars(size) | {"epoch_budget": budget})
+    for pair in pairs:
+        name = f"seed{pair['seed']}"
+        for side in ("hand_study", "sweep"):
+            best = {k: v for k, v in pair[side].items() if k not in ("scored", "test_paths")}
+            results.figure(f"{name}.{side}.best", best)
+        results.figure(f"{name}.spent", pair["spend"])
+        results.figure(f"{name}.comparison", as_json(compare(pair["hand_study"], pair["sweep"])))
+    results.figure("size", vars(size) | {"epoch_budget": budget, "seeds": len(pairs)})
     results.figure("comparison", as_json(rows))
     results.figure("verdict", said)
     first = rows[0]
@@ -323,7 +396,7 @@ def report(
         "sweep_minus_seed_test_acc",
         first["sweep_acc"].value - first["seed_acc"].value,
         "> 0, McNemar p < 0.05",
-        f"no TTA, n = {first['n_test']}, p = {first['mcnemar'].pvalue:.3g}",
+        f"no TTA, {len(pairs)} seed(s), n = {first['n_test']}, p = {first['mcnemar'].pvalue:.3g}",
     )
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / f"seed_vs_sweep-{args.size}.md", text + "\n" + said + "\n")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from analysis.tables import Scored
-from bench.seed_vs_sweep import EpochBudget, as_json, compare, table, verdict
+from bench.seed_vs_sweep import EpochBudget, as_json, compare, per_seed, pool, table, verdict
 
 CLASSES = ["NORMAL", "BACTERIA", "VIRAL"]
 
@@ -75,3 +75,38 @@ def test_identical_predictions_are_within_noise_and_other_images_are_refused() -
     other["test_paths"] = other["test_paths"][::-1]
     with pytest.raises(ValueError, match="same test images"):
         compare(side(labels, preds), other)
+
+
+def test_seeds_pool_into_one_paired_test_on_the_stacked_images() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 120)
+    pairs, counts = [], []
+    for seed in range(3):
+        study = np.where(rng.random(120) < 0.5, labels, (labels + 1) % 3)
+        sweep = np.where(rng.random(120) < 0.7, labels, (labels + 2) % 3)
+        counts.append(
+            (
+                np.sum((study != labels) & (sweep == labels)),
+                np.sum((study == labels) & (sweep != labels)),
+            )
+        )
+        pairs.append(
+            {
+                "seed": seed,
+                "hand_study": side(labels, study) | {"val_value": 0.5},
+                "sweep": side(labels, sweep) | {"val_value": 0.6},
+            }
+        )
+    rows = compare(pool([p["hand_study"] for p in pairs]), pool([p["sweep"] for p in pairs]))
+    m = rows[0]["mcnemar"]
+    # The stratified test for matched pairs: discordant images summed over the seeds.
+    fixed, broken = (int(sum(c[i] for c in counts)) for i in (0, 1))
+    assert (m.wrong_to_right, m.right_to_wrong) == (fixed, broken) and rows[0]["n_test"] == 360
+    from math import comb
+
+    n, k = fixed + broken, max(fixed, broken)
+    assert m.pvalue == pytest.approx(min(1.0, 2 * sum(comb(n, j) for j in range(k, n + 1)) / 2**n))
+    text = per_seed(pairs)
+    assert [line.split(" | ")[0] for line in text.splitlines()[2:]] == ["| 0", "| 1", "| 2"]
+    for seed, (f, b) in enumerate(counts):
+        assert f"{f} fixed / {b} broken" in text.splitlines()[2 + seed]

@@ -139,24 +139,28 @@ def _restore(folder) -> PrunedOptunaSearch:
 def test_a_copied_experiment_resumes_on_its_own_journal(tmp_path) -> None:
     import shutil
 
-    from search.repair import rebase_journal
-
     original, copy = tmp_path / "exp", tmp_path / "copy"
     _saved_experiment(original)
     shutil.copytree(original, copy)
     before = (original / "optuna_journal.log").read_bytes()
-    # A killed driver's journal lock travelled with the copy.
-    (copy / "optuna_journal.log.lock").symlink_to(original / "optuna_journal.log")
+    # A killed driver's journal lock travelled with the copy: Optuna releases it after its
+    # grace period (JOURNAL_LOCK_GRACE_S), with nothing removed by hand.
+    lock = copy / "optuna_journal.log.lock"
+    lock.symlink_to(original / "optuna_journal.log")
 
-    notes = rebase_journal(copy)
-    assert any("removed the Optuna journal lock" in n for n in notes)
-    assert any(f"read from {copy / 'optuna_journal.log'}" in n for n in notes)
-    assert not (copy / "optuna_journal.log.lock").is_symlink()
+    from search.repair import rebase_journal
+
+    notes = rebase_journal(copy)  # the saved state named the original's journal
+    assert notes == [
+        f"the Optuna study is read from {copy / 'optuna_journal.log'}, not "
+        f"{original / 'optuna_journal.log'}"
+    ]
     assert rebase_journal(copy) == []  # done once
-
     restored = _restore(copy)
+    assert restored.journal_file == str(copy / "optuna_journal.log")
     restored.on_trial_complete("b", report(restored, "b", 2, 0.3))
     restored.suggest("c")
+    assert not lock.is_symlink()
     # The copy's study carries on (b finished, c asked); the original's journal is untouched.
     states = [t.state for t in load(copy / "optuna_journal.log")]
     assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING]
@@ -164,25 +168,28 @@ def test_a_copied_experiment_resumes_on_its_own_journal(tmp_path) -> None:
 
 
 def test_a_moved_experiment_without_its_journal_is_refused_naming_the_file(tmp_path) -> None:
+    from search.optuna_pruned import missing_journal
     from search.repair import rebase_journal
 
     original, moved = tmp_path / "exp", tmp_path / "moved"
     _saved_experiment(original)
     original.rename(moved)
+    assert missing_journal(moved) is None
     (moved / "optuna_journal.log").unlink()
-    with pytest.raises(
-        FileNotFoundError,
-        match=r"moved/optuna_journal.log: .* missing \(its saved searcher names .*exp/optuna",
-    ):
-        rebase_journal(moved)
+    assert missing_journal(moved) == (
+        f"{moved / 'optuna_journal.log'}: the experiment's Optuna study journal is missing; copy "
+        f"optuna_journal.log along with the experiment folder, or start a new --name"
+    )
+    with pytest.raises(FileNotFoundError, match="journal is missing"):
+        rebase_journal(moved)  # never re-pointed at a journal that is not there
 
 
 def test_trials_rays_saved_table_does_not_list_are_abandoned_not_left_running(tmp_path) -> None:
     """The searcher was saved after it asked for b, the trial table before: Ray will never run
     b, so the resume tells Optuna it failed (abandoned) and forgets it; a is left to run."""
     import json
-    import pickle
 
+    from search.optuna_pruned import read_state
     from search.repair import abandon_unlisted_trials
 
     folder = tmp_path / "exp"
@@ -199,25 +206,20 @@ def test_trials_rays_saved_table_does_not_list_are_abandoned_not_left_running(tm
     a, b = load(folder / "optuna_journal.log")
     assert a.state == TrialState.RUNNING and "abandoned" not in a.user_attrs
     assert b.state == TrialState.FAIL and "abandoned" in b.user_attrs
-    saved = pickle.loads(next(folder.glob("searcher-state-*.pkl")).read_bytes())
-    assert set(saved["_ot_trials"]) == {"a"}
+    saved = read_state(next(folder.glob("searcher-state-*.pkl")).read_bytes())
+    assert saved["trials"] == {"a": 0}  # the Ray-facing state: Ray ids to Optuna numbers
     assert abandon_unlisted_trials(str(folder)) == []  # done once
 
 
-def test_an_optuna_that_moved_the_journal_file_attribute_is_refused_not_ignored(tmp_path):
-    """The one private Optuna name repair writes (JournalStorage._backend, checked on 5.1): an
-    Optuna without it must stop the move loudly, not re-point nothing."""
-    import pickle
-    import shutil
-
-    from search.repair import rebase_journal
-
-    original, copy = tmp_path / "exp", tmp_path / "copy"
-    _saved_experiment(original)
-    shutil.copytree(original, copy)
-    state_file = next(copy.glob("searcher-state-*.pkl"))
-    state = pickle.loads(state_file.read_bytes())
-    del state["journal"].__dict__["_backend"]  # as if a new Optuna named it otherwise
-    state_file.write_bytes(pickle.dumps(state))
-    with pytest.raises(RuntimeError, match="keeps a journal's file where cxr-tune does not look"):
-        rebase_journal(copy)
+def test_the_sampler_resumes_its_random_state_not_its_seed(tmp_path) -> None:
+    """A restored sweep's random start-up goes on where it was, instead of asking again for
+    the values it began with (the sampler is saved, as Optuna's FAQ says)."""
+    journal = tmp_path / "optuna_journal.log"
+    s = searcher(journal)
+    first = s.suggest("a")["lr"]
+    s.save(str(tmp_path / "searcher-state-1.pkl"))
+    ahead = s.suggest("b")["lr"]
+    restored = searcher(journal)  # as unpickled from tuner.pkl: the sampler as first seeded
+    restored.restore(str(tmp_path / "searcher-state-1.pkl"))
+    again = restored.suggest("b2")["lr"]
+    assert again == pytest.approx(ahead) and again != pytest.approx(first)

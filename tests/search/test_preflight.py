@@ -213,3 +213,19 @@ def test_the_class_map_flag_reaches_the_data_the_trials_load(tmp_path, capsys):
 def no_experiment(storage) -> bool:
     """Nothing under --storage: the up-front write test may leave the (empty) folder itself."""
     return not storage.exists() or not any(storage.iterdir())
+
+
+def test_every_image_size_the_space_can_choose_is_decoded_before_the_sweep(tmp_path):
+    """A space choosing between two image sizes: the pre-flight decodes the data at both, so no
+    trial decodes (a pre-flight that warmed one size would leave the other's trials cold)."""
+    import dataclasses
+
+    root = make_folder(tmp_path / "d", counts=FOUR, images_per_patient=1)
+    body = "    trial.suggest_categorical('image_size', [32, 64])\n    return {}"
+    space = load_space(space_file(tmp_path, "val_acc", body), overrides={"data": str(root)})
+    checked = preflight(space)
+    assert sorted(r.image_size for r in checked.reports) == [32, 64]
+    assert all(r.decoded == 80 for r in checked.reports)
+    for size in (32, 64):
+        cfg = dataclasses.replace(checked.configs[0], image_size=size)
+        assert load_for_config(cfg).decoded == 0, size

@@ -14,7 +14,7 @@ PACKAGE = REPO / "search"
 LIBRARIES = ("ray", "optuna", "wandb")
 REFLECTION = ("getattr", "setattr", "hasattr", "delattr")
 
-RAY, OPTUNA = "Ray 2.60.0", "Optuna 5.1.0"
+RAY = "Ray 2.60.0"
 # (module, name) -> (library checked, why). The version in pyproject.toml bounds each library.
 DOCUMENTED: dict[tuple[str, str], tuple[str, str]] = {
     ("cli.py", "_get_help_string"): (
@@ -23,12 +23,11 @@ DOCUMENTED: dict[tuple[str, str], tuple[str, str]] = {
     ),
     ("storage.py", "_replace"): ("Python urllib", "namedtuple's public method (SplitResult)"),
     ("tuner.py", "_local_tuner"): (RAY, "no public way to replace a restored Tuner's callbacks"),
-    # search/repair.py rewrites Ray's saved experiment before Tuner.restore (issue 23 replaces
-    # it with an ask/tell searcher over Optuna's journal).
-    ("repair.py", "_backend"): (OPTUNA, "JournalStorage's file backend, re-pointed on a move"),
-    ("repair.py", "_checkpoint_results"): (RAY, "a trial's checkpoint list in the saved state"),
-    ("repair.py", "_latest_checkpoint_result"): (RAY, "the checkpoint Ray resumes a trial from"),
-    ("repair.py", "_TrainingResult"): (RAY, "ray.train._internal: a saved checkpoint's result"),
+    # search/ray_checkpoints.py: the two resume repairs of a trial's checkpoints in Ray's saved
+    # trial table (a checkpoint written after Ray's last save; Ray's stale-checkpoint issue).
+    ("ray_checkpoints.py", "_checkpoint_results"): (RAY, "a trial's saved checkpoint list"),
+    ("ray_checkpoints.py", "_latest_checkpoint_result"): (RAY, "the checkpoint a trial resumes"),
+    ("ray_checkpoints.py", "_TrainingResult"): (RAY, "ray.train._internal: a checkpoint's result"),
 }
 
 

@@ -81,6 +81,15 @@ def test_repair_repoints_a_trial_whose_latest_checkpoint_is_gone(experiment):
         / next(p.name for p in exp.iterdir() if p.is_dir() and p.name.startswith("_counter"))
         / "checkpoint_000002"
     )
+    # A finished trial is never resumed: its missing checkpoint needs no repair.
+    assert repair_missing_checkpoints(str(exp)) == []
+    assert _latest_checkpoint(exp) == "checkpoint_000002"
+    # A trial the state calls RUNNING (the driver was killed) would be restored from it.
+    state_file = max(exp.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    trial = json.loads(state["trial_data"][0][0])
+    state["trial_data"][0][0] = json.dumps(trial | {"status": "RUNNING"})
+    state_file.write_text(json.dumps(state))
     notes = repair_missing_checkpoints(str(exp))
     # The trial now resumes from the newest checkpoint that still exists, and the driver says so.
     assert _latest_checkpoint(exp) == "checkpoint_000001"
@@ -132,3 +141,82 @@ def test_a_search_counter_behind_the_trial_table_is_aligned_and_makes_no_extra_t
     tune.Tuner.restore(str(searched), trainable=_once, resume_errored=True).fit()
     state = json.loads(max(searched.glob("experiment_state-*.json")).read_text())
     assert len(state["trial_data"]) == 3
+
+
+def _killed_experiment(exp: Path, rows: list[dict], status: str = "RUNNING") -> Path:
+    """A driver killed after trial t's last row and before Ray saved it: the trial table still
+    says `status`, the searcher (saved with its journal) has t live, and t's folder has `rows`."""
+    import optuna
+
+    from search.optuna_pruned import PrunedOptunaSearch
+
+    exp.mkdir()
+    searcher = PrunedOptunaSearch(
+        lambda trial: trial.suggest_float("lr", 1e-4, 1e-2) and None,
+        "val_loss",
+        "min",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        max_epochs=5,
+        study_name="exp",
+        journal_file=str(exp / "optuna_journal.log"),
+    )
+    searcher.suggest("t")
+    searcher.save(str(exp / "searcher-state-2026-01-01_00-00-00.pkl"))
+    trial = {"trial_id": "t", "relative_logdir": "trial_t", "status": status}
+    table = {"trial_data": [[json.dumps(trial), json.dumps({})]], "runner_data": {}}
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(table))
+    (exp / "trial_t").mkdir()
+    lines = [json.dumps({"trial_id": "t", "training_iteration": r["epoch"], **r}) for r in rows]
+    (exp / "trial_t" / "result.json").write_text("\n".join(lines) + "\n")
+    return exp
+
+
+def _status_and_study(exp: Path) -> tuple[str, list]:
+    import optuna
+
+    from search.optuna_pruned import journal_storage
+
+    state = json.loads(max(exp.glob("experiment_state-*.json")).read_text())
+    status = json.loads(state["trial_data"][0][0])["status"]
+    storage = journal_storage(exp / "optuna_journal.log")
+    return status, optuna.load_study(study_name="exp", storage=storage).trials
+
+
+def test_a_trial_asha_stopped_before_the_save_is_finished_not_trained_again(tmp_path):
+    """ASHA stopped t at epoch 2 of 5 (its last row says done) after Ray's last save: Ray's
+    table still calls it RUNNING and would train it again. The resume marks it TERMINATED and
+    tells Optuna it was PRUNED with both epochs."""
+    from search.repair import reconcile
+
+    rows = [
+        {"epoch": 1, "val_loss": 0.9, "done": False},
+        {"epoch": 2, "val_loss": 0.8, "done": True},
+    ]
+    exp = _killed_experiment(tmp_path / "exp", rows)
+    notes = reconcile(exp, max_epochs=5)
+    assert notes[0] == (
+        "trial t finished (epoch 2) after Ray's last save of its state: recorded as finished, "
+        "not trained again"
+    )
+    status, (study_trial,) = _status_and_study(exp)
+    assert status == "TERMINATED"
+    assert study_trial.state.name == "PRUNED" and study_trial.intermediate_values == {
+        1: 0.9,
+        2: 0.8,
+    }
+    assert reconcile(exp, max_epochs=5) == []  # done once
+
+
+def test_a_trial_still_training_is_left_to_resume(tmp_path):
+    """The same kill while t trains (its last row is not done, epoch 2 of 5): it stays RUNNING
+    in the table and in the study, to continue from its checkpoint."""
+    from search.repair import reconcile
+
+    rows = [
+        {"epoch": 1, "val_loss": 0.9, "done": False},
+        {"epoch": 2, "val_loss": 0.8, "done": False},
+    ]
+    exp = _killed_experiment(tmp_path / "exp", rows)
+    assert reconcile(exp, max_epochs=5) == []
+    status, (study_trial,) = _status_and_study(exp)
+    assert status == "RUNNING" and study_trial.state.name == "RUNNING"

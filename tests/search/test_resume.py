@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 
 from search.watchdog import _psutil, descendants, still_running
@@ -173,8 +173,10 @@ def test_interrupted_and_killed_sweep_resumes_without_rerunning_finished_trials(
         # and reported again: Ray's saved state can lag the last result row by one epoch.)
         assert epochs == sorted(epochs), (d.name, epochs)
         assert set(epochs) == set(range(1, int(max(epochs)) + 1)), (d.name, epochs)
-    state = pickle.loads(sorted(exp.glob("searcher-state-*.pkl"))[-1].read_bytes())
-    trials = state["_ot_study"].trials  # read from the journal on disk (optuna_journal.log)
+    from search.optuna_pruned import journal_storage
+
+    storage = journal_storage(exp / "optuna_journal.log")  # the search's record
+    trials = optuna.load_study(study_name=exp.name, storage=storage).trials
     # The sweep's trials are its trial folders. A trial the resume found unknown to Ray's saved
     # table was removed (or moved to orphans/), though Optuna may have been told how it ended.
     ray_ids = {d.name.removeprefix("trial_") for d in dirs}

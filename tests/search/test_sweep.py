@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shlex
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from wandb_log import final_run, final_summary, history_rows, records_of
@@ -106,14 +106,17 @@ def test_sweep_finishes_with_asha_stopping_some_trials(sweep) -> None:
 
 
 def test_asha_stopped_trials_are_pruned_in_the_optuna_study(sweep) -> None:
+    from search.optuna_pruned import journal_storage, read_state
+
     state_file = sorted(sweep["exp"].glob("searcher-state-*.pkl"))[-1]
-    state = pickle.loads(state_file.read_bytes())
-    study, ot_trials = state["_ot_study"], state["_ot_trials"]
+    numbers = read_state(state_file.read_bytes())["trials"]  # Ray's ids to Optuna's numbers
+    storage = journal_storage(sweep["exp"] / "optuna_journal.log")
+    study = optuna.load_study(study_name=sweep["exp"].name, storage=storage)
     by_number = {t.number: t for t in study.trials}
     stopped = {s["trial_id"] for s in sweep["summary"]["stopped_early"]}
-    assert len(ot_trials) == NUM_SAMPLES
-    for ray_id, ot_trial in ot_trials.items():
-        frozen = by_number[ot_trial.number]
+    assert len(numbers) == NUM_SAMPLES
+    for ray_id, number in numbers.items():
+        frozen = by_number[number]
         per_epoch = {int(r["epoch"]): r["val_loss"] for r in sweep["rows"][ray_id]}
         # Every epoch reached Optuna as an intermediate value at step = epoch.
         assert frozen.intermediate_values == pytest.approx(per_epoch)

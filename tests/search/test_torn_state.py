@@ -13,7 +13,8 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from search.repair import resume_problem, saved_state
+from search.repair import resume_problem
+from search.saved_state import saved_state
 from trainables.experiment import OPTUNA_JOURNAL, read_ray_states
 
 STATE = "experiment_state-2026-01-01_00-00-00.json"
@@ -106,21 +107,32 @@ def test_a_journal_with_a_garbled_line_is_refused(tmp_path: Path) -> None:
 def test_a_torn_newest_searcher_save_is_set_aside_and_the_one_before_is_used(tmp_path):
     import cloudpickle
 
-    from search.repair import SEARCH_GEN_GLOB, SEARCHER_GLOB, set_aside_torn_pickles
+    from search.optuna_pruned import SEARCHER_GLOB, PrunedOptunaSearch, read_state
+    from search.saved_state import SEARCH_GEN_GLOB, set_aside_torn
 
-    # A SIGKILL while Ray rewrote its saves: the newest search-generator file is empty and the
+    # Saves cut short (a full disk, a crash): the newest search-generator file is empty and the
     # newest searcher file cut short; the older ones are whole.
     whole = cloudpickle.dumps({"counter": 3})
+    searcher = PrunedOptunaSearch(
+        None, "val", "max", sampler=optuna.samplers.RandomSampler(0), max_epochs=2, study_name="x"
+    )
+    searcher.suggest("a")
+    state = searcher.state_bytes()
     (tmp_path / "search_gen_state-2026-01-01_00-00-01.json").write_bytes(whole)
     (tmp_path / "search_gen_state-2026-01-01_00-00-02.json").write_bytes(b"")
-    (tmp_path / "searcher-state-2026-01-01_00-00-01.pkl").write_bytes(whole)
-    (tmp_path / "searcher-state-2026-01-01_00-00-02.pkl").write_bytes(whole[: len(whole) // 2])
-    notes = set_aside_torn_pickles(tmp_path)
+    (tmp_path / "searcher-state-2026-01-01_00-00-01.pkl").write_bytes(state)
+    (tmp_path / "searcher-state-2026-01-01_00-00-02.pkl").write_bytes(state[: len(state) // 2])
+    notes = set_aside_torn(tmp_path)
     assert len(notes) == 2 and all("is used instead" in n for n in notes)
-    # What Ray restores from (the newest by name in each glob) now unpickles.
+    # What Ray restores from (the newest by name in each glob) now loads.
     for pattern in (SEARCH_GEN_GLOB, SEARCHER_GLOB):
         newest = sorted(tmp_path.glob(pattern))[-1]
         assert newest.name.endswith("00-00-01" + newest.suffix)
-        assert cloudpickle.loads(newest.read_bytes()) == {"counter": 3}
+    assert (
+        cloudpickle.loads(sorted(tmp_path.glob(SEARCH_GEN_GLOB))[-1].read_bytes())["counter"] == 3
+    )
+    assert read_state(sorted(tmp_path.glob(SEARCHER_GLOB))[-1].read_bytes())["trials"] == {"a": 0}
     assert len(list(tmp_path.glob("*.torn"))) == 2  # kept for inspection, out of Ray's way
-    assert set_aside_torn_pickles(tmp_path) == []  # nothing torn is left
+    assert set_aside_torn(tmp_path) == []  # nothing torn is left
+    with pytest.raises(ValueError, match=r"^x.pkl: not a cxr-tune searcher state .* new --name$"):
+        read_state(state[:10], "x.pkl")

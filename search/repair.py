@@ -90,10 +90,9 @@ def reconcile(experiment_dir: Path, max_epochs: int) -> list[str]:
         if _is_done(rows, max_epochs):
             trial["status"], meta["last_result"] = "TERMINATED", rows[-1]
             finished[str(trial.get("trial_id"))] = rows
-            note = (
-                f"finished (epoch {int(rows[-1].get('epoch') or 0)}) after Ray's last save of its state: "
-                f"recorded as finished, not trained again"
-            )
+            epoch = int(rows[-1].get("epoch") or 0)
+            note = f"finished (epoch {epoch}) after Ray's last save of its state: recorded as "
+            note += "finished, not trained again"
         else:
             note = to_newest_checkpoint(trial, meta, experiment_dir / dir_name, rows)
         if note:

@@ -130,7 +130,7 @@ def searched(experiment, tmp_path_factory):
 
 
 def test_a_search_counter_behind_the_trial_table_is_aligned_and_makes_no_extra_trial(searched):
-    from search.repair import align_search_counter
+    from search.search_gen import align_search_counter
 
     notes = align_search_counter(str(searched))
     assert notes and "counted 2 trial(s) but Ray's saved trial table lists 3" in notes[0]

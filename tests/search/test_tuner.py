@@ -80,7 +80,7 @@ def test_tpe_startup_is_a_third_of_the_budget_plus_the_enqueued_points(space) ->
         **base, num_samples=12, grace_period=1, reduction_factor=3, points_to_evaluate=[{}] * 2
     )
     assert tpe_startup(settings) == 6
-    assert build_searcher(settings, space.define)._sampler._n_startup_trials == 6
+    assert build_searcher(settings, space.define).sampler._n_startup_trials == 6
     # A record written before the field existed still loads; its settings compute the count.
     old = ExperimentRecord.from_dict({"name": "x", "metric": "val_loss", "mode": "min"})
     assert old.tpe_startup_trials is None and old.points_to_evaluate == []

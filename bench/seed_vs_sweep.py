@@ -59,7 +59,7 @@ SIZES = {
     "tiny": Size(32, 1, 1, "phantom:small"),
     "small": Size(32, 4, 6, "phantom:small"),
     "medium": Size(64, 8, 12, "phantom:small"),  # CPU: about 9 minutes on 2 idle cores
-    # CPU: phantom:full's 360 test and ~520 validation images at 64 px, about 15 min a seed
+    # CPU: phantom:full's 360 test and 1,040 validation images at 64 px, ~15 min a seed
     "decisive": Size(64, 8, 24, "phantom:full"),
     "full": Size(256, 10, 0, "phantom:full"),  # the seed's 10 epochs (spaces/seed.py)
 }

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2.functional import equalize as _tv_equalize
 
 from trainables import vocab
 
@@ -58,9 +57,13 @@ def identity(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
 def equalize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Histogram equalization per image and channel, as PIL's `ImageOps.equalize` (the seed's)
     does on 8-bit images; deterministic, so `generator` is unused."""
+    # torchvision is imported here, not with the module: its import pulls in torch._dynamo
+    # (about a second of CPU), which a trial that never equalizes should not pay at start.
+    from torchvision.transforms.v2.functional import equalize as tv_equalize
+
     _check_batch(x)
     as_uint8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    return _tv_equalize(as_uint8).to(x.dtype) / 255
+    return tv_equalize(as_uint8).to(x.dtype) / 255
 
 
 def hflip(

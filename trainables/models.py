@@ -47,7 +47,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from trainables.config import TrialConfig
@@ -400,6 +399,8 @@ def _freeze(stages: list[list[list[nn.Module]]], frozen_depth: int, unfrozen_blo
 
 def _torchvision_model(cfg: TrialConfig, num_classes: int) -> nn.Module:
     name = cfg.model
+    import torchvision  # here, not at import: only torchvision backbones pay its start-up
+
     net = getattr(torchvision.models, name)(weights=None)
     load = _LOAD_WEIGHTS.get()
     if cfg.weights == "imagenet" and load:

@@ -77,18 +77,23 @@ def weight_file(model: str, weights: str) -> WeightFile:
     raise ValueError(f"model {model!r} has no weights {weights!r} to fetch")
 
 
-def _torchvision_enums() -> dict[str, Any]:
-    import torchvision
+def _torchvision_enum(name: str) -> Any:
+    """torchvision's weights enum `name`, imported when asked for: torchvision's import pulls in
+    torch._dynamo (about a second of CPU), which a trial without its backbones should not pay."""
 
-    m = torchvision.models
-    return {
-        "resnet18": lambda: m.ResNet18_Weights,
-        "resnet50": lambda: m.ResNet50_Weights,
-        "densenet121": lambda: m.DenseNet121_Weights,
-    }
+    def enum() -> Any:
+        import torchvision
+
+        return getattr(torchvision.models, name)
+
+    return enum
 
 
-_TORCHVISION = _torchvision_enums()
+_TORCHVISION = {
+    "resnet18": _torchvision_enum("ResNet18_Weights"),
+    "resnet50": _torchvision_enum("ResNet50_Weights"),
+    "densenet121": _torchvision_enum("DenseNet121_Weights"),
+}
 
 
 def _url(model: str, weights: str, default: str) -> str:

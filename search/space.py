@@ -122,9 +122,9 @@ def load_module(path: Path) -> types.ModuleType:
 class SpaceDefine:
     """The space's `define`, plus the run's constants, as a picklable callable.
 
-    Ray's `OptunaSearch` pickles its search space with the searcher state (for `Tuner.restore`),
-    so this holds the file path and re-imports the module after unpickling instead of pickling
-    the user's function. It returns what Ray merges into each trial's config:
+    Ray pickles the searcher, and with it this function, in the experiment's tuner.pkl (for
+    `Tuner.restore`), so this holds the file path and re-imports the module after unpickling
+    instead of pickling the user's function. It returns what is merged into each trial's config:
     `defaults` < the space's constants < `overrides`, except for names the space suggested (a
     returned constant would silently replace the sampled value in Ray's merge).
     """

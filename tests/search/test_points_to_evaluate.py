@@ -1,4 +1,4 @@
-"""Known-good configurations run first: a real Ray Tune + OptunaSearch define-by-run sweep.
+"""Known-good configurations run first: a real Ray Tune sweep with a define-by-run space.
 
 ray#35319: some Ray versions ignored `points_to_evaluate` for define-by-run spaces. This runs the
 product's driver on a tiny space whose POINTS_TO_EVALUATE name exact learning rates no sampler

@@ -32,24 +32,10 @@ from sklearn.metrics import balanced_accuracy_score
 from analysis.audit import PER_CLASS_AUDITED, audit, sample_per_class
 from trainables.config import TrialConfig
 from trainables.data import load_for_config
-from trainables.models import build_model
 from trainables.phantom import ensure_phantom
-from trainables.train import CHECKPOINT_FILE, train
+from trainables.train import train_model
 
 OLD_IMAGE_OUTSIDE, OLD_FLAG_SHARE = 0.5, 0.10  # the rule before this benchmark
-
-
-def trained(cfg: TrialConfig, data) -> torch.nn.Module:
-    last = {}
-
-    def keep(metrics, checkpoint_dir):
-        if checkpoint_dir is not None:
-            last["model"] = torch.load(checkpoint_dir / CHECKPOINT_FILE, weights_only=True)["model"]
-
-    train(cfg, keep, dataset=data, device="cpu")
-    model = build_model(cfg)
-    model.load_state_dict(last["model"])
-    return model.eval()
 
 
 def tagged_images(cfg: TrialConfig, test_images: torch.Tensor) -> np.ndarray:
@@ -66,7 +52,7 @@ def one_model(seed: int, confounder: bool, epochs: int) -> dict:
         model="simple_cnn_10m", image_size=64, epochs=epochs, lr=1e-4, data=str(root), seed=seed
     )
     data = load_for_config(cfg, include_test=True)
-    model = trained(cfg, data)
+    model = train_model(cfg, dataset=data, device="cpu")
     labels = data.test.labels.numpy()
     picks = sample_per_class(labels, PER_CLASS_AUDITED)
     result = audit(model, data.test.images, labels, "cpu", cfg, picks)

@@ -102,7 +102,7 @@ def reconcile(experiment_dir: Path, max_epochs: int) -> list[str]:
         saved.write(fs, state_file, json.dumps(table).encode())
     return (
         notes
-        + _tell_searcher(str(experiment_dir), finished)
+        + _tell_searcher(experiment_dir, finished)
         + _orphans(experiment_dir, listed, max_epochs)
     )
 
@@ -113,19 +113,21 @@ def _is_done(rows: list[dict[str, Any]], max_epochs: int) -> bool:
     )
 
 
-def _tell_searcher(experiment_path: str, finished: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _tell_searcher(experiment_dir: Path, finished: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Report each finished trial's epochs and end to the study (its journal), and free its
     concurrency slot, as Ray would have had the driver lived."""
-    table = saved.table_and(experiment_path, SEARCHER_GLOB) if finished else None
-    if table is not None:
-        searcher = PrunedOptunaSearch.from_state(table[3], table[2])
-        for trial_id, rows in finished.items():
-            for row in rows[:-1]:
-                searcher.on_trial_result(trial_id, row)
-            searcher.on_trial_complete(trial_id, result=rows[-1])
-    if finished:
-        free_slots(experiment_path, set(finished))
-    return [f"the searcher was told of {len(finished)} finished trial(s)"] if table else []
+    if not finished:
+        return []
+    free_slots(str(experiment_dir), set(finished))
+    newest = max(experiment_dir.glob(SEARCHER_GLOB), default=None)
+    if newest is None:
+        return []
+    searcher = PrunedOptunaSearch.from_state(newest.read_bytes(), str(newest))
+    for trial_id, rows in finished.items():
+        for row in rows[:-1]:
+            searcher.on_trial_result(trial_id, row)
+        searcher.on_trial_complete(trial_id, result=rows[-1])
+    return [f"the searcher was told of {len(finished)} finished trial(s)"]
 
 
 def _orphans(experiment_dir: Path, listed: set[str], max_epochs: int) -> list[str]:

@@ -458,6 +458,25 @@ def _architecture(cfg: TrialConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in keys}
 
 
+def train_model(
+    cfg: TrialConfig, dataset: Dataset | None = None, device: str | torch.device | None = None
+) -> nn.Module:
+    """Train `cfg` and return the model of its last checkpoint (eval mode, CPU), for code that
+    trains outside a sweep (benchmarks, tests); `train` keeps no model after it returns."""
+    last: dict[str, Any] = {}
+
+    def keep(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None:
+            last.update(load_checkpoint(checkpoint_dir))
+
+    train(cfg, keep, dataset=dataset, device=device)
+    if not last:
+        raise ValueError(f"training {cfg.model} wrote no checkpoint (checkpoint_epochs)")
+    model = build_model(cfg, num_classes=len(last["classes"]), load_weights=False)
+    model.load_state_dict(last["model"])
+    return model.eval()
+
+
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, TrialConfig, list[str]]:
     """Rebuild the model of a checkpoint (eval mode, CPU) with its config and class names."""
     state = load_checkpoint(path)

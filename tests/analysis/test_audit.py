@@ -20,9 +20,8 @@ from analysis.audit import (
 )
 from trainables.config import TrialConfig
 from trainables.data import load_for_config
-from trainables.models import build_model
 from trainables.phantom import ensure_phantom
-from trainables.train import CHECKPOINT_FILE, train
+from trainables.train import train_model
 
 AUDITED_PER_CLASS = 10  # test images per class: 30 images, 25% of them tagged in test
 
@@ -37,16 +36,7 @@ def _cfg(confounder: bool) -> TrialConfig:
 
 def _trained(cfg: TrialConfig):
     data = load_for_config(cfg, include_test=True)
-    last = {}
-
-    def keep(metrics, checkpoint_dir):
-        if checkpoint_dir is not None:
-            last["model"] = torch.load(checkpoint_dir / CHECKPOINT_FILE, weights_only=True)["model"]
-
-    train(cfg, keep, dataset=data, device="cpu")
-    model = build_model(cfg)
-    model.load_state_dict(last["model"])
-    return model.eval(), data
+    return train_model(cfg, dataset=data, device="cpu"), data
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from analysis.calibration import calibrate_model
 from analysis.predict import predict_files
@@ -14,8 +13,7 @@ from trainables.bundle import load_bundle, save_bundle, temperature_of
 from trainables.calibration import scaled_probs
 from trainables.config import TrialConfig
 from trainables.data import load_for_config
-from trainables.models import build_model
-from trainables.train import CHECKPOINT_FILE, train
+from trainables.train import train_model
 
 CFG = TrialConfig(
     model="simple_cnn_10m",
@@ -31,16 +29,7 @@ CFG = TrialConfig(
 def trained():
     """A briefly trained 32 px model (its last checkpoint's weights) and its data with test."""
     data = load_for_config(CFG, include_test=True)
-    last = {}
-
-    def keep(metrics, checkpoint_dir):
-        if checkpoint_dir is not None:
-            last["model"] = torch.load(checkpoint_dir / CHECKPOINT_FILE, weights_only=True)["model"]
-
-    train(CFG, keep, dataset=data, device="cpu")
-    model = build_model(CFG)
-    model.load_state_dict(last["model"])
-    return model.eval(), data
+    return train_model(CFG, dataset=data, device="cpu"), data
 
 
 def test_temperature_is_fitted_on_validation_and_poisoned_test_changes_nothing(trained):

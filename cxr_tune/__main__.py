@@ -1,5 +1,5 @@
 import sys
 
-from cxr_tune.cli import main
+from cxr_tune.cli import run
 
-sys.exit(main())
+sys.exit(run())

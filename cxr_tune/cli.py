@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cxr_tune import COMMAND_PREFIX, __version__
+from cxr_tune import COMMAND_PREFIX, __version__, exit_code
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve(target: str):
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name or "main")
+
+
+def run() -> int:
+    """The console script `cxr-tune` (and `python -m cxr_tune`): `main` on the command line,
+    then the exit status, by way of `exit_code`'s fast exit."""
+    return exit_code(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

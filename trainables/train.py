@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxr_tune import exit_code
 from trainables.augment import (
     normalize,
     prepare_batch,
@@ -547,4 +548,4 @@ def load_history(directory: Path) -> list[dict[str, float]]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main()))

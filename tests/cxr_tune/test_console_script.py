@@ -34,14 +34,14 @@ def _cxr_tune(*args: str) -> subprocess.CompletedProcess:
 def test_the_console_script_is_declared_and_points_at_the_dispatcher() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert project["project"]["scripts"] == {"cxr-tune": "cxr_tune.cli:main"}
+    assert project["project"]["scripts"] == {"cxr-tune": "cxr_tune.cli:run"}
     assert "cxr_tune" in project["tool"]["setuptools"]["packages"]
     # The commands, and the entry point resolves to the dispatcher.
     assert set(COMMANDS) == {
         "sweep", "report", "predict", "export", "rerun", "spaces", "train", "phantom", "models",
         "cache",
     }  # fmt: skip
-    assert callable(_resolve("cxr_tune.cli:main"))
+    assert callable(_resolve("cxr_tune.cli:run"))
 
 
 @pytest.mark.parametrize("command", ["", *COMMANDS])

@@ -6,10 +6,11 @@ and search state (`search.saved_state`) only every `TUNE_GLOBAL_CHECKPOINT_S` se
 deletes checkpoints beyond `num_to_keep` as soon as a newer one is registered. A driver stopped
 in between leaves a saved state that Ray would resume wrongly; `prepare_resume` repairs it:
 
-- `reconcile` (local): a trial the table calls unfinished whose last row says it is done is
-  marked TERMINATED and told to the searcher (it would train again); an unfinished one continues
-  from its newest checkpoint on disk; a folder the table does not list is removed (unfinished:
-  it restarts under a new id) or, finished, moved to `NAME/orphans/` with a note;
+- `reconcile`: a trial the table calls unfinished whose last row says it is done is marked
+  TERMINATED and told to the searcher (it would train again), local or on a bucket; locally, an
+  unfinished one continues from its newest checkpoint on disk, and a folder the table does not
+  list is removed (unfinished: it restarts under a new id) or, finished, moved to
+  `NAME/orphans/` with a note;
 - `repair_missing_checkpoints`: a trial whose latest checkpoint is gone (Ray's stale-checkpoint
   issue) is pointed at its newest one that exists, or none, instead of failing every retry;
 - `rebase_search_state` and `rebase_journal` (local): a moved or copied experiment's new trials
@@ -54,7 +55,7 @@ def prepare_resume(experiment_path: str, max_epochs: int, num_samples: int | Non
         notes += saved.set_aside_torn(Path(experiment_path))
         notes += rebase_search_state(Path(experiment_path))
         notes += rebase_journal(Path(experiment_path))
-        notes += reconcile(Path(experiment_path), max_epochs)
+    notes += reconcile(experiment_path, max_epochs)
     notes += repair_missing_checkpoints(experiment_path)
     notes += align_search_counter(experiment_path)
     notes += abandon_unlisted_trials(experiment_path)
@@ -73,20 +74,22 @@ def resume_problem(experiment_dir: Path) -> str | None:
     return missing_journal(experiment_dir) or torn_journal(experiment_dir / OPTUNA_JOURNAL)
 
 
-def reconcile(experiment_dir: Path, max_epochs: int) -> list[str]:
-    """Make Ray's saved trial table and searcher agree with the trial folders (module doc)."""
-    state = saved.saved_state(str(experiment_dir))
+def reconcile(experiment_path: str | Path, max_epochs: int) -> list[str]:
+    """Make Ray's saved trial table and searcher agree with the trial folders (module doc);
+    on a bucket, only trials that finished after the save (folders are moved only here)."""
+    state = saved.saved_state(str(experiment_path))
     if state is None:
         return []
     fs, state_file, table = state
+    root, local = state_file.rsplit("/", 1)[0], "://" not in str(experiment_path)
     listed, finished, notes = set(), {}, []
     for entry in table.get("trial_data", []):
         trial, meta = json.loads(entry[0]), json.loads(entry[1])
-        dir_name = Path(trial.get("relative_logdir") or "")
-        listed.add(dir_name.name)
-        rows = read_results(experiment_dir / dir_name).rows
+        dir_name = Path(trial.get("relative_logdir") or "").name
+        listed.add(dir_name)
         if trial.get("status") in TERMINAL_STATUSES:
             continue
+        rows = saved.trial_results(fs, f"{root}/{dir_name}").rows
         if _is_done(rows, max_epochs):
             trial["status"], meta["last_result"] = "TERMINATED", rows[-1]
             finished[str(trial.get("trial_id"))] = rows
@@ -94,17 +97,14 @@ def reconcile(experiment_dir: Path, max_epochs: int) -> list[str]:
             note = f"finished (epoch {epoch}) after Ray's last save of its state: recorded as "
             note += "finished, not trained again"
         else:
-            note = to_newest_checkpoint(trial, meta, experiment_dir / dir_name, rows)
+            note = to_newest_checkpoint(trial, meta, Path(root, dir_name), rows) if local else None
         if note:
             entry[0], entry[1] = json.dumps(trial), json.dumps(meta)
             notes.append(f"trial {trial.get('trial_id')} {note}")
     if notes:
         saved.write(fs, state_file, json.dumps(table).encode())
-    return (
-        notes
-        + _tell_searcher(experiment_dir, finished)
-        + _orphans(experiment_dir, listed, max_epochs)
-    )
+    notes += _tell_searcher(str(experiment_path), fs, root, finished)
+    return notes + (_orphans(Path(root), listed, max_epochs) if local else [])
 
 
 def _is_done(rows: list[dict[str, Any]], max_epochs: int) -> bool:
@@ -113,16 +113,18 @@ def _is_done(rows: list[dict[str, Any]], max_epochs: int) -> bool:
     )
 
 
-def _tell_searcher(experiment_dir: Path, finished: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _tell_searcher(
+    experiment_path: str, fs: Any, root: str, finished: dict[str, list[dict[str, Any]]]
+) -> list[str]:
     """Report each finished trial's epochs and end to the study (its journal), and free its
     concurrency slot, as Ray would have had the driver lived."""
     if not finished:
         return []
-    free_slots(str(experiment_dir), set(finished))
-    newest = max(experiment_dir.glob(SEARCHER_GLOB), default=None)
+    free_slots(experiment_path, set(finished))
+    newest = saved.newest(fs, root, SEARCHER_GLOB.split("*")[0])
     if newest is None:
         return []
-    searcher = PrunedOptunaSearch.from_state(newest.read_bytes(), str(newest))
+    searcher = PrunedOptunaSearch.from_state(saved.read(fs, newest), newest)
     for trial_id, rows in finished.items():
         for row in rows[:-1]:
             searcher.on_trial_result(trial_id, row)

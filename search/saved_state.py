@@ -21,7 +21,14 @@ from ray import cloudpickle
 
 from search.optuna_pruned import SEARCHER_GLOB, read_state
 from trainables.cache import atomic_write_bytes
-from trainables.experiment import newest_ray_state, parse_ray_state, ray_state_trials
+from trainables.experiment import (
+    RESULT_FILE,
+    Results,
+    newest_ray_state,
+    parse_ray_state,
+    parse_results,
+    ray_state_trials,
+)
 
 PICKLED = "CLOUDPICKLE_FALLBACK"  # how Ray embeds a pickle (hex) in its JSON
 SEARCH_GEN_GLOB = "search_gen_state-*.json"  # Ray's SearchGenerator
@@ -63,6 +70,14 @@ def newest(fs: pyarrow.fs.FileSystem, root: str, prefix: str) -> str | None:
 def read(fs: pyarrow.fs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as stream:
         return stream.read()
+
+
+def trial_results(fs: pyarrow.fs.FileSystem, trial_root: str) -> Results:
+    """A trial folder's result.json rows, local or in a bucket (none when it has no file)."""
+    path = f"{trial_root}/{RESULT_FILE}"
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return Results([])
+    return parse_results(read(fs, path).decode(errors="replace"))
 
 
 def write(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:

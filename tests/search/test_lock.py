@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from moto_s3 import moto_bucket
 
 from search.lock import LockedError, experiment_lock
 from trainables.experiment import LOCK_FILE, LockHolder, parse_lock
@@ -75,48 +76,10 @@ def test_local_lock_refuses_a_live_holder_and_takes_over_a_killed_one(tmp_path: 
     assert notes == []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_uri(tmp_path_factory):
-    boto3 = pytest.importorskip("boto3")
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    patch = pytest.MonkeyPatch()
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        patch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.create_bucket(Bucket="locks")
-                break
-            except Exception:
-                assert server.poll() is None and time.monotonic() < deadline, "no moto server"
-                time.sleep(0.3)
-        yield (
-            f"s3://locks/runs/exp?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1",
-            client,
-        )
-    finally:
-        patch.undo()
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+    with moto_bucket("locks", tmp_path_factory.mktemp("moto")) as (uri, client):
+        yield uri("runs/exp"), client
 
 
 def test_s3_lock_is_a_conditional_write_refused_while_held(s3_uri) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from moto_s3 import moto_bucket
 from ray import cloudpickle, tune
 from ray._common.utils import hex_to_binary
 
@@ -220,3 +221,41 @@ def test_a_trial_still_training_is_left_to_resume(tmp_path):
     assert reconcile(exp, max_epochs=5) == []
     status, (study_trial,) = _status_and_study(exp)
     assert status == "RUNNING" and study_trial.state.name == "RUNNING"
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory):
+    with moto_bucket("runs", tmp_path_factory.mktemp("moto")) as served:
+        yield served
+
+
+def test_on_a_bucket_a_trial_asha_stopped_before_the_save_is_finished_not_trained_again(
+    tmp_path, bucket
+):
+    """The same kill on a bucket: Ray uploads a trial's result.json after it saved the table
+    it uploads, so the table still says RUNNING. The resume reads the rows from the bucket."""
+    from search.repair import reconcile
+
+    uri, client = bucket
+    rows = [
+        {"epoch": 1, "val_loss": 0.9, "done": False},
+        {"epoch": 2, "val_loss": 0.8, "done": True},
+    ]
+    exp = _killed_experiment(tmp_path / "exp", rows)
+    for path in (p for p in exp.rglob("*") if p.is_file() and p.name != "optuna_journal.log"):
+        client.upload_file(str(path), "runs", f"exp/{path.relative_to(exp)}")
+    notes = reconcile(uri("exp"), max_epochs=5)
+    assert notes[0].startswith("trial t finished (epoch 2) after Ray's last save of its state")
+    [state_key] = [
+        o["Key"] for o in client.list_objects_v2(Bucket="runs")["Contents"]
+        if o["Key"].startswith("exp/experiment_state-")
+    ]  # fmt: skip
+    state = json.loads(client.get_object(Bucket="runs", Key=state_key)["Body"].read())
+    assert json.loads(state["trial_data"][0][0])["status"] == "TERMINATED"
+    # The study is in the driver's journal, beside the experiment's local folder.
+    _, (study_trial,) = _status_and_study(exp)
+    assert study_trial.state.name == "PRUNED" and study_trial.intermediate_values == {
+        1: 0.9,
+        2: 0.8,
+    }
+    assert reconcile(uri("exp"), max_epochs=5) == []  # done once

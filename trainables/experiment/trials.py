@@ -42,8 +42,13 @@ def read_results(trial_dir: Path) -> Results:
     path = Path(trial_dir) / RESULT_FILE
     if not path.is_file():
         return Results([])
+    return parse_results(path.read_text(errors="replace"))
+
+
+def parse_results(text: str) -> Results:
+    """`read_results` of a result.json's text (one read from a bucket, say)."""
     rows, damaged = [], 0
-    for line in path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:

@@ -1,7 +1,11 @@
 """One real sweep over every kind of model source: a torchvision backbone whose ImageNet file
 the driver downloads once (from a local HTTP server) for two trials, a user's own model from a
 plugin file, and a timm model (when the extra is installed); each exports and predicts. Then the
-same command offline is refused in one line before Ray starts."""
+same command offline is refused in one line before Ray starts.
+
+Those trials are the space's POINTS_TO_EVALUATE, and the sampler draws two more: the points are
+the first trials Ray creates, exactly and in order, though the space is define-by-run
+(ray#35319: some Ray versions ignored `points_to_evaluate` for define-by-run spaces)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from PIL import Image
@@ -21,7 +26,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
 from weight_server import WeightServer, resnet18_file  # noqa: E402
 
-from trainables.experiment import read_params, read_record, trial_dirs  # noqa: E402
+from search.optuna_pruned import journal_storage  # noqa: E402
+from trainables.experiment import (  # noqa: E402
+    OPTUNA_JOURNAL,
+    read_params,
+    read_ray_states,
+    read_record,
+    trial_dirs,
+)
 from trainables.weights import URLS_ENV  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -49,16 +61,18 @@ def tiny_net(cfg, num_classes=3):
 """
 
 MODELS = ["resnet18", "tiny_net"] + (["timm:resnet18"] if TIMM else [])
+POINTS = [
+    {"model": "resnet18", "weights": "imagenet", "lr": 1e-3},
+    {"model": "resnet18", "weights": "imagenet", "lr": 1e-4},
+] + [{"model": m, "lr": 1e-3} for m in MODELS[1:]]
+SAMPLED = 2  # trials the sampler draws after the points
 SPACE = f"""
 METRIC = "val_loss"
 MODE = "min"
 MAX_EPOCHS = 1
 MODELS = {MODELS!r}
-POINTS_TO_EVALUATE = [
-    {{"model": "resnet18", "weights": "imagenet", "lr": 1e-3}},
-    {{"model": "resnet18", "weights": "imagenet", "lr": 1e-4}},
-] + [{{"model": m, "lr": 1e-3}} for m in MODELS[1:]]
-NUM_SAMPLES = len(POINTS_TO_EVALUATE)
+POINTS_TO_EVALUATE = {POINTS!r}
+NUM_SAMPLES = len(POINTS_TO_EVALUATE) + {SAMPLED}
 
 
 def define(trial):
@@ -100,12 +114,19 @@ def swept(tmp_path_factory):
     finally:
         server.stop()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"tmp": tmp, "exp": tmp / "runs" / "w", "server": server, "file": good, "conv1": conv1}
+    return {
+        "tmp": tmp,
+        "exp": tmp / "runs" / "w",
+        "server": server,
+        "file": good,
+        "conv1": conv1,
+        "stdout": proc.stdout,
+    }
 
 
 def test_the_driver_downloads_once_and_every_trial_reads_the_cached_file(swept):
     name = swept["file"].name
-    assert swept["server"].requests[name] == 1  # two resnet18 trials, one download
+    assert swept["server"].requests[name] == 1  # two resnet18 trials or more, one download
     cached = swept["tmp"] / "torch" / "hub" / "checkpoints" / name
     record = read_record(swept["exp"])
     entry = record.weights["files"]["resnet18/imagenet"]
@@ -114,8 +135,32 @@ def test_the_driver_downloads_once_and_every_trial_reads_the_cached_file(swept):
     assert entry["sha256"].startswith(name.split("-")[1].split(".")[0])
     params = [read_params(d) for d in trial_dirs(swept["exp"])]
     resnets = [p for p in params if p["model"] == "resnet18"]
-    assert len(resnets) == 2 and all(p["weights_path"] == str(cached) for p in resnets)
+    imagenet = [p for p in resnets if p.get("weights") == "imagenet"]
+    assert len(imagenet) >= 2 and all(p["weights_path"] == str(cached) for p in imagenet)
     assert {p["model"] for p in params} == set(MODELS)
+
+
+def test_the_enqueued_points_are_the_first_trials_and_the_sampler_draws_the_rest(swept):
+    exp = swept["exp"]
+    # Creation order is the study's trial numbers in the journal (Ray's trial ids are random and
+    # two trials launched together start in either order); each study trial names the Ray
+    # trial that ran it, and that trial's own params.json must hold the same values.
+    study = optuna.load_study(study_name="w", storage=journal_storage(exp / OPTUNA_JOURNAL))
+    dirs = {s.trial_id: s.dir_name for s in read_ray_states(exp)}
+    by_number = sorted(study.get_trials(), key=lambda t: t.number)
+    trials = [read_params(exp / dirs[t.user_attrs["ray_trial_id"]]) for t in by_number]
+    for t, params in zip(by_number, trials, strict=True):
+        assert {k: params[k] for k in t.params} == t.params
+    assert len(trials) == len(POINTS) + SAMPLED
+    for point, params in zip(POINTS, trials, strict=False):  # exactly and in order
+        assert {k: params[k] for k in point} == point
+    # The later ones are the sampler's own (a drawn lr never equals a point's exactly).
+    assert all(p["lr"] not in (1e-3, 1e-4) for p in trials[len(POINTS) :])
+    # The record states the points and TPE's start-up count: the points + max(3, n / 3).
+    record = read_record(exp)
+    assert record.points_to_evaluate == POINTS
+    assert record.tpe_startup_trials == len(POINTS) + 3
+    assert f"TPE: {len(POINTS)} enqueued point(s) first" in swept["stdout"]
 
 
 def _image(path: Path) -> Path:

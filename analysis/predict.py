@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr_tune import exit_code, prog
+from cxr_tune import exit_status, prog
 
 if TYPE_CHECKING:  # torch and the model code load when a prediction runs (fast --help)
     import torch
@@ -316,4 +316,4 @@ def report(
 
 
 if __name__ == "__main__":
-    sys.exit(exit_code(main()))
+    sys.exit(exit_status(main))

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxr_tune import exit_code, prog
+from cxr_tune import exit_status, prog
 from trainables.experiment import DEFAULT_WANDB_PROJECT, WANDB_MODES
 from trainables.experiment import wandb_mode as resolve_wandb_mode
 
@@ -267,4 +267,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(exit_code(main()))
+    sys.exit(exit_status(main))

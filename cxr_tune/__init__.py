@@ -10,6 +10,7 @@ import gc
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -81,12 +82,15 @@ def typed_command() -> str:
     return shlex.join(typed)
 
 
-def exit_code(code: int | None) -> int:
-    """`sys.exit(exit_code(main()))`: a command's status, and an exit that skips the last
+def exit_status(main: Callable[[], int | None]) -> int:
+    """`sys.exit(exit_status(main))`: a command's status, and an exit that skips the last
     garbage collection of everything torch, Ray and pandas loaded (1-2 s of a sweep's driver).
 
-    `gc.freeze` moves the live objects out of the collector's reach, so the interpreter's
-    shutdown frees them by reference count only. Files, runs and Ray are closed by then (each
-    command closes what it opened), and atexit handlers still run."""
-    gc.freeze()
-    return int(code or 0)
+    `gc.freeze` moves the live objects out of the collector's reach, also when `main` refuses
+    with SystemExit, so the interpreter's shutdown frees them by reference count only. Files,
+    runs and Ray are closed by then (each command closes what it opened), and atexit handlers
+    still run."""
+    try:
+        return int(main() or 0)
+    finally:
+        gc.freeze()

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cxr_tune import COMMAND_PREFIX, __version__, exit_code
+from cxr_tune import COMMAND_PREFIX, __version__, exit_status
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,8 @@ def _resolve(target: str):
 
 def run() -> int:
     """The console script `cxr-tune` (and `python -m cxr_tune`): `main` on the command line,
-    then the exit status, by way of `exit_code`'s fast exit."""
-    return exit_code(main())
+    then the exit status, by way of `exit_status`'s fast exit."""
+    return exit_status(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

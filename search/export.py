@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxr_tune import exit_code, prog
+from cxr_tune import exit_status, prog
 from search.storage import is_uri
 from trainables.experiment import (
     EXPERIMENT_FILE,
@@ -467,4 +467,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(exit_code(main()))
+    sys.exit(exit_status(main))

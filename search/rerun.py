@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tune import exit_code, prog
+from cxr_tune import exit_status, prog
 from search import storage
 from search.cli import _bounded, _name, refuse
 from trainables.experiment import (
@@ -235,4 +235,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(exit_code(main()))
+    sys.exit(exit_status(main))

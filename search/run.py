@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cxr_tune import exit_code
+from cxr_tune import exit_status
 from search import signals, storage
 from search.checks import check_up_front
 from search.cli import build_parser, refuse, resume_command
@@ -291,4 +291,4 @@ def export_at_end(args: argparse.Namespace, record: ExperimentRecord) -> Path | 
 
 
 if __name__ == "__main__":
-    sys.exit(exit_code(main()))
+    sys.exit(exit_status(main))

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxr_tune import exit_code
+from cxr_tune import exit_status
 from trainables.augment import (
     normalize,
     prepare_batch,
@@ -548,4 +548,4 @@ def load_history(directory: Path) -> list[dict[str, float]]:
 
 
 if __name__ == "__main__":
-    sys.exit(exit_code(main()))
+    sys.exit(exit_status(main))

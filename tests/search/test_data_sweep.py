@@ -132,7 +132,7 @@ def test_the_report_tables_and_data_section_follow_the_four_classes(four, tmp_pa
     assert md_text("train/Lung_Opacity/pipe.png") in page and "Lung\\_Opacity" in page
 
 
-def test_a_resume_on_data_that_changed_is_refused_naming_the_change(four, tmp_path):
+def test_a_resume_on_data_that_changed_is_refused_naming_the_change(four, tmp_path, capsys):
     """A copy of the experiment whose data lost one image since it started: the resume's
     pre-flight sees other counts and refuses before Ray starts, naming the class."""
     from dataclasses import replace
@@ -147,19 +147,19 @@ def test_a_resume_on_data_that_changed_is_refused_naming_the_change(four, tmp_pa
     (exp / EXPERIMENT_FILE).write_text(copied.to_json())  # the copy's record, not the original's
     next(p for p in sorted((data / "train" / "Lung_Opacity").glob("*.png")) if p.is_file()).unlink()
     before = sorted(d.name for d in trial_dirs(exp))
-    proc = subprocess.run(
-        [sys.executable, "-m", "search.run", "--space", "spaces/smoke.py", "--resume"]
-        + ["--storage", str(tmp_path / "runs"), "--name", "s"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "--resume: the data changed since the experiment started" in proc.stderr
-    assert "Lung_Opacity" in proc.stderr and "Traceback" not in proc.stderr
-    assert "Started a local Ray instance" not in proc.stderr
+    import ray
+
+    from search.run import run
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        run(["--space", str(REPO / "spaces" / "smoke.py"), "--resume", "--name", "s"]
+            + ["--storage", str(tmp_path / "runs")])  # fmt: skip
+    assert refused.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--resume: the data changed since the experiment started" in line
+    assert "Lung_Opacity" in line
+    assert not ray.is_initialized()  # refused before Ray started
     assert sorted(d.name for d in trial_dirs(exp)) == before
 
 

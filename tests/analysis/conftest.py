@@ -1,41 +1,33 @@
-"""One small real sweep per test session (spaces/smoke.py through `python -m search.run`), and
-one report built from it, shared by the analysis tests."""
+"""A copy of the session's smoke sweep (tests/conftest.py), and one report built from it,
+shared by the analysis tests."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SWEEP_TIMEOUT = 420  # seconds; the sweep takes ~40 s on 2 idle cores
+from trainables.experiment import CHECKPOINT_FILE, EXPORT_DIR
 
 
 @pytest.fixture(scope="session")
-def smoke_experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """STORAGE/smoke: 4 trials of the 10M SimpleCNN at 32 px, 3 epochs, ASHA, exported bundle.
+def smoke_experiment(smoke_sweep: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's smoke sweep (tests/smoke_sweep.py: 6 trials of the 10M SimpleCNN
+    at 32 px, 3 epochs, ASHA), its bundle at NAME/export where the report records its TTA
+    choice: the analysis tests change the copy, never the sweep the search tests read.
+    Checkpoints are hard links (nothing rewrites one in place); every other file is copied."""
+    copy = tmp_path_factory.mktemp("analysis") / "smoke"
 
-    Run as a subprocess so Ray starts and stops with it (nothing left running in pytest).
-    """
-    storage = tmp_path_factory.mktemp("sweeps")
-    cmd = [
-        sys.executable, "-m", "search.run", "--space", "spaces/smoke.py", "--name", "smoke",
-        "--storage", str(storage), "--wandb-mode", "disabled", "--num-samples", "4",
-        "--max-concurrent", "2",
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=SWEEP_TIMEOUT
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"smoke sweep failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                    f"{proc.stderr[-4000:]}")  # fmt: skip
-    return storage / "smoke"
+    def link_checkpoints(src: str, dst: str) -> None:
+        (os.link if Path(src).name == CHECKPOINT_FILE else shutil.copy2)(src, dst)
+
+    shutil.copytree(smoke_sweep["exp"], copy, symlinks=True, copy_function=link_checkpoints)
+    shutil.copytree(smoke_sweep["bundle"], copy / EXPORT_DIR)
+    return copy
 
 
 @pytest.fixture(scope="session")

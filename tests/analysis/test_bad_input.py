@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
+from smoke_sweep import SMOKE_TRIALS
 
 from analysis import predict, report
 from analysis.load import load_experiment
@@ -64,8 +65,8 @@ def test_trials_without_checkpoints_are_listed_and_the_report_refused(tmp_path, 
             shutil.rmtree(ckpt)
     exp = load_experiment(exp_dir)
     # Every trial still loads (history, status), and each lack of a checkpoint is listed.
-    assert len(exp.trials) == 4 and exp.usable() == []
-    assert sum("has no checkpoint on disk" in m for m in exp.missing) == 4
+    assert len(exp.trials) == SMOKE_TRIALS and exp.usable() == []
+    assert sum("has no checkpoint on disk" in m for m in exp.missing) == SMOKE_TRIALS
     with pytest.raises(ValueError, match="no trial with a usable checkpoint"):
         report.build_report(exp, tmp_path / "out", device="cpu")
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from smoke_sweep import SMOKE_TRIALS
 
 from analysis import predict, report
 from analysis.evaluate import Evaluator
@@ -103,7 +104,7 @@ def test_statuses_agree_with_the_sweeps_own_summary(smoke_experiment, smoke_repo
     stopped = {row["trial_id"] for row in summary["stopped_early"]}
     # What ASHA stopped, read from files, matches what the live sweep reported.
     assert {t.trial_id for t in exp.trials if t.status == "stopped early"} == stopped
-    assert len(exp.trials) == summary["trials"] == 4
+    assert len(exp.trials) == summary["trials"] == SMOKE_TRIALS
     assert exp.missing == []
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from smoke_sweep import SMOKE_KEY, SMOKE_TRIALS
 from wandb_log import final_run, final_summary, history_rows, records_of
 
 from search.summary import installed_command
@@ -27,66 +28,16 @@ from trainables.experiment import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SECRET = "0123456789abcdef0123456789abcdef01234567"  # a fake W&B API key
-NUM_SAMPLES = 6
+SECRET = SMOKE_KEY  # the fake W&B API key the smoke sweep ran with
+NUM_SAMPLES = SMOKE_TRIALS
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> dict:
-    """One CLI sweep over a copy of spaces/smoke.py (the resume tests edit it): 6 trials of 3
-    epochs, 2 at a time, W&B offline, exported to a folder of the user's choice (--export)."""
-    base = tmp_path_factory.mktemp("sweep")
-    storage, bundle, space = base / "runs", base / "my bundle", base / "smoke.py"
-    space.write_text((REPO / "spaces" / "smoke.py").read_text())
-    env = {
-        **os.environ,
-        "WANDB_API_KEY": SECRET,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "search.run",
-            "--space",
-            str(space),
-            "--export",
-            str(bundle),
-            "--storage",
-            str(storage),
-            "--name",
-            "smoke",
-            "--num-samples",
-            str(NUM_SAMPLES),
-            "--max-concurrent",
-            "2",
-            "--wandb-mode",
-            "offline",
-            "--seed",
-            "0",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    exp = storage / "smoke"
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((exp / "summary.json").read_text())
-    rows = {d.name.removeprefix("trial_"): read_results(d).rows for d in trial_dirs(exp)}
-    return {
-        "proc": proc,
-        "exp": exp,
-        "summary": summary,
-        "rows": rows,
-        "bundle": bundle,
-        "space": space,
-        "storage": storage,
-    }
+def sweep(smoke_sweep) -> dict:
+    """The session's smoke sweep (tests/conftest.py); the analysis tests read a copy of it."""
+    return smoke_sweep
 
 
 def test_sweep_finishes_with_asha_stopping_some_trials(sweep) -> None:

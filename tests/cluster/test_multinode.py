@@ -341,9 +341,14 @@ def driver_loss(cluster, s3, tmp_path_factory):
                 if s == "TERMINATED" and len(rows.get(t, [])) == MAX_EPOCHS
             }
             # Past its first epoch, so Ray's saved (uploaded) table names a checkpoint of it:
-            # a trial that then started over at epoch 1 would be a lost checkpoint.
+            # a trial that then started over at epoch 1 would be a lost checkpoint. And two
+            # epochs or more from its end: the two first trials run side by side, so when one
+            # has finished the other is about to (the bucket's rows lag the trial by a sync);
+            # killed then, it would be a finished trial, not an interrupted one.
             running = [
-                t for t, s in statuses.items() if s == "RUNNING" and len(rows.get(t, [])) >= 2
+                t
+                for t, s in statuses.items()
+                if s == "RUNNING" and 2 <= len(rows.get(t, [])) <= MAX_EPOCHS - 2
             ]
             return (done, running) if done and running else None
 

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cxr_tune import prog
+from search.storage import is_uri
 from trainables.experiment import ExperimentRecord
 
 # Flags a resumed sweep keeps from its record: (flag, argparse dest). --num-samples is handled
@@ -55,7 +56,7 @@ def check_up_front(args: argparse.Namespace, gpus_visible: int) -> list[str]:
         print(f"warning: {too_big} unless the autoscaler adds a larger node", file=sys.stderr)
     elif too_big:
         problems.append(too_big)
-    if "://" not in args.storage:
+    if not is_uri(args.storage):
         problems.append(writable_folder(Path(args.storage).expanduser().resolve(), "--storage"))
     return [p for p in problems if p]
 
@@ -113,7 +114,7 @@ def check_export(export: Path | None, storage: str = "") -> str | None:
         return f"--export {export}: {refusal}"
     if out.is_dir() and not os.access(out, os.W_OK):
         return f"--export {export} cannot be written (permission denied)"
-    if storage and "://" not in storage:
+    if storage and not is_uri(storage):
         runs = Path(storage).expanduser().resolve()
         if runs == out or out in runs.parents:
             return (

@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from cxr_tune import typed_command
+from search.storage import is_uri
 from trainables.experiment import LOCK_FILE, LockHolder, parse_lock
 
 
@@ -60,7 +61,7 @@ def experiment_lock(experiment_path: str, notes: list[str] | None = None) -> Ite
     if experiment_path.startswith("s3://"):
         with _s3_lock(experiment_path, notes) as holder:
             yield holder
-    elif "://" in experiment_path:
+    elif is_uri(experiment_path):
         notes.append(
             f"{experiment_path.split('://')[0]}:// storage is not locked (only local folders "
             f"and s3:// are): make sure no other run uses this experiment"

@@ -37,6 +37,7 @@ from search.optuna_pruned import (
 )
 from search.ray_checkpoints import drop_missing, to_newest_checkpoint
 from search.search_gen import align_search_counter, free_slots, rebase_search_state, set_num_samples
+from search.storage import is_uri
 from trainables.experiment import (
     OPTUNA_JOURNAL,
     TERMINAL_STATUSES,
@@ -49,7 +50,7 @@ ORPHANS_DIR = "orphans"
 
 def prepare_resume(experiment_path: str, max_epochs: int, num_samples: int | None) -> list[str]:
     """Everything a resume fixes in the saved state first; one line per change, to print."""
-    local = "://" not in experiment_path
+    local = not is_uri(experiment_path)
     notes = []
     if local:
         notes += saved.set_aside_torn(Path(experiment_path))
@@ -81,7 +82,7 @@ def reconcile(experiment_path: str | Path, max_epochs: int) -> list[str]:
     if state is None:
         return []
     fs, state_file, table = state
-    root, local = state_file.rsplit("/", 1)[0], "://" not in str(experiment_path)
+    root, local = state_file.rsplit("/", 1)[0], not is_uri(str(experiment_path))
     listed, finished, notes = set(), {}, []
     for entry in table.get("trial_data", []):
         trial, meta = json.loads(entry[0]), json.loads(entry[1])

@@ -20,6 +20,7 @@ import pyarrow.fs
 from ray import cloudpickle
 
 from search.optuna_pruned import SEARCHER_GLOB, read_state
+from search.storage import is_uri
 from trainables.cache import atomic_write_bytes
 from trainables.experiment import (
     RESULT_FILE,
@@ -44,7 +45,7 @@ def saved_state(experiment_path: str) -> tuple[pyarrow.fs.FileSystem, str, dict]
     newest = newest_ray_state(i.path for i in fs.get_file_info(selector))
     if newest is None:
         return None
-    where = newest if "://" not in experiment_path else f"{experiment_path}/{Path(newest).name}"
+    where = newest if not is_uri(experiment_path) else f"{experiment_path}/{Path(newest).name}"
     return fs, newest, parse_ray_state(read(fs, newest), where)
 
 
@@ -136,4 +137,4 @@ def dump_blob(value: Any) -> dict[str, str]:
 
 
 def _as_uri(path: str) -> str:
-    return path if "://" in path else "file://" + path
+    return path if is_uri(path) else "file://" + path
